@@ -1,0 +1,54 @@
+"""Typed errors for everything a user can cause.
+
+Every message says what went wrong *and* what to do about it. Pages show them with
+``st.error``; the CLI prints them on one line and exits non-zero.
+"""
+from __future__ import annotations
+
+
+class RepLensError(Exception):
+    """Base class: an error the user can fix. ``str(err)`` is the whole message."""
+
+    exit_code: int = 2
+
+
+class InvalidInputError(RepLensError, ValueError):
+    """Arguments or data that cannot be used as given (empty set, zero vector, bad option)."""
+
+
+class ImageDecodeError(RepLensError):
+    """A file could not be read as an image."""
+
+
+class UnsupportedSourceError(RepLensError):
+    """A path that is neither a folder nor a .zip archive of images."""
+
+
+class DatasetNotFoundError(RepLensError, KeyError):
+    """A dataset name that the store does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownEncoderError(RepLensError, KeyError):
+    """An encoder id that is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class EncoderUnavailableError(RepLensError):
+    """A registered encoder that cannot be loaded here (offline hub, missing package, bad file)."""
+
+
+class EmbeddingsNotFoundError(RepLensError):
+    """No stored embeddings for a (dataset, encoder key)."""
+
+
+class DatabaseLockedError(RepLensError):
+    """Another process holds the DuckDB file open for writing."""
+
+
+class ImportFormatError(RepLensError):
+    """A file of vectors to import that cannot be parsed or matched to images."""

@@ -1,0 +1,137 @@
+"""Bring your own vectors: import embeddings computed elsewhere (csv, parquet, npy, npz).
+
+Rows are matched to the dataset's images by an id column holding, in order of preference,
+the relative path, the file name or stem (when unique in the dataset), or the content hash.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.errors import ImportFormatError
+from core.store import Store
+
+IMPORT_PREFIX = "import:"
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    dataset: str
+    encoder: str
+    imported: int
+    unmatched: list[str]
+    dim: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "encoder": self.encoder, "imported": self.imported,
+                "unmatched": self.unmatched, "dim": self.dim}
+
+
+def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name: str,
+                      id_column: str | None = None) -> ImportReport:
+    """Read vectors from ``path`` and store them under the key ``import:<encoder_name>``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImportFormatError(f"{path} does not exist.")
+    if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,80}", encoder_name):
+        raise ImportFormatError(f"--encoder-name {encoder_name!r}: use letters, digits, '.', '_' or '-' (max 80).")
+    store.require_dataset(dataset)
+    ids, vectors = _read_vectors(path, store, dataset, id_column)
+    if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
+        raise ImportFormatError(f"{path.name}: expected a non-empty 2-D table of vectors, got shape {vectors.shape}.")
+    if not np.isfinite(vectors).all():
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
+        raise ImportFormatError(f"{path.name}: row {bad} ({ids[bad]!r}) has NaN or infinite values; fix or drop it.")
+    hashes, unmatched = _match_ids(store, dataset, ids)
+    keep = [i for i, h in enumerate(hashes) if h is not None]
+    if not keep:
+        raise ImportFormatError(
+            f"None of the {len(ids)} ids in {path.name} matched an image of {dataset!r} "
+            f"(first id: {ids[0]!r}). Ids must be relative paths, file names or content hashes."
+        )
+    key = f"{IMPORT_PREFIX}{encoder_name}"
+    dim = int(vectors.shape[1])
+    spec = {"id": key, "version": "imported", "name": encoder_name, "family": "imported", "source": str(path),
+            "dim": dim, "needs_network": False, "has_text_tower": False}
+    existing = store.encoder_spec(key)
+    if existing is not None and int(existing["dim"]) != dim:
+        raise ImportFormatError(f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name.")
+    store.register_encoder(key, key, "imported", "imported", "imported", dim, spec)
+    written = store.write_embeddings(key, [hashes[i] for i in keep], vectors[keep])
+    return ImportReport(dataset, key, written, unmatched, dim)
+
+
+def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None) -> tuple[list[str], np.ndarray]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            vectors = np.load(path, allow_pickle=False)
+            paths = store.dataset_paths(dataset)["rel_path"].tolist()
+            if len(vectors) != len(paths):
+                raise ImportFormatError(
+                    f"{path.name} has {len(vectors)} rows but {dataset!r} has {len(paths)} paths. A .npy must list "
+                    "every path in sorted order; use .npz (arrays 'ids' and 'vectors') or csv/parquet with an id column."
+                )
+            return paths, np.asarray(vectors, np.float32)
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as npz:
+                if "ids" not in npz or "vectors" not in npz:
+                    raise ImportFormatError(f"{path.name}: a .npz needs arrays 'ids' and 'vectors'; has {list(npz)}.")
+                return [str(i) for i in npz["ids"]], np.asarray(npz["vectors"], np.float32)
+        if suffix in (".csv", ".tsv"):
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            raise ImportFormatError(f"{path.name}: unsupported format; use .csv, .tsv, .parquet, .npy or .npz.")
+    except ImportFormatError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ImportFormatError(f"Could not read {path.name}: {exc}") from exc
+    return _frame_vectors(frame, path.name, id_column)
+
+
+def _frame_vectors(frame: pd.DataFrame, name: str, id_column: str | None) -> tuple[list[str], np.ndarray]:
+    id_column = id_column or next((c for c in ("rel_path", "path", "id", "filename", "content_hash") if c in frame), None)
+    if id_column is None or id_column not in frame:
+        raise ImportFormatError(f"{name}: name the id column with --id-column (columns: {list(frame.columns)[:10]}).")
+    ids = frame[id_column].astype(str).tolist()
+    rest = frame.drop(columns=[id_column])
+    list_cols = [c for c in rest if rest[c].map(lambda v: isinstance(v, (list, np.ndarray, str))).all()
+                 and c in ("vector", "embedding", "embeddings")]
+    if list_cols:
+        column = rest[list_cols[0]]
+        rows = [json.loads(v) if isinstance(v, str) else v for v in column]
+        return ids, np.asarray([np.asarray(r, np.float32) for r in rows], np.float32)
+    numeric = rest.select_dtypes(include="number")
+    if numeric.shape[1] == 0:
+        raise ImportFormatError(f"{name}: no numeric columns and no 'vector'/'embedding' list column found.")
+    return ids, numeric.to_numpy(np.float32)
+
+
+def _match_ids(store: Store, dataset: str, ids: list[str]) -> tuple[list[str | None], list[str]]:
+    paths = store.dataset_paths(dataset)
+    by_path = dict(zip(paths["rel_path"], paths["content_hash"]))
+    names = paths["rel_path"].map(lambda p: p.rsplit("/", 1)[-1])
+    stems = names.map(lambda n: n.rsplit(".", 1)[0])
+    by_name = _unique_map(names, paths["content_hash"])
+    by_stem = _unique_map(stems, paths["content_hash"])
+    hashes = set(paths["content_hash"])
+    matched: list[str | None] = []
+    for raw in ids:
+        key = raw.replace("\\", "/").removeprefix("./")
+        found = by_path.get(key) or by_name.get(key) or by_stem.get(key) or (key if key in hashes else None)
+        matched.append(found)
+    unmatched = [i for i, h in zip(ids, matched) if h is None]
+    return matched, unmatched
+
+
+def _unique_map(keys: pd.Series, values: pd.Series) -> dict[str, str]:
+    counts = keys.value_counts()
+    return {k: v for k, v in zip(keys, values) if counts[k] == 1}
