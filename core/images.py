@@ -18,9 +18,9 @@ import warnings
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -400,6 +400,10 @@ class _FolderSource:
     def _rel(self, path: Path) -> str:
         return path.relative_to(self.root).as_posix()
 
+    def stat(self, rel_path: str) -> tuple[int, float]:
+        info = os.stat(self.root / _checked_rel_path(rel_path))
+        return info.st_size, info.st_mtime
+
     def read(self, rel_path: str) -> tuple[bytes, float]:
         path = self.root / _checked_rel_path(rel_path)
         # Checked before open(): opening a FIFO named *.png blocks until someone writes to it.
@@ -430,6 +434,12 @@ class _ZipSource:
             suffix = PurePosixPath(rel_path).suffix.lower()
             (images if suffix in SUPPORTED_EXTENSIONS else texts).append(rel_path)
         return _listing_with_captions(images, texts, list(self.index.skipped))
+
+    def stat(self, rel_path: str) -> tuple[int, float]:
+        info = self.index.members.get(rel_path)
+        if info is None:
+            raise FileNotFoundError(f"no member {rel_path!r} in the archive")
+        return info.file_size, _zip_mtime(info)
 
     def read(self, rel_path: str) -> tuple[bytes, float]:
         info = self.index.members.get(rel_path)
@@ -625,8 +635,13 @@ def scan(
     progress: ProgressCallback | None = None,
     workers: int = 4,
     cache_dir: str | os.PathLike[str] | None = None,
+    known: Callable[[str], Mapping[str, ImageRecord]] | None = None,
 ) -> ScanResult:
     """Hash and decode every image under ``source``; bad files become ``SkippedFile``.
+
+    ``known(root)`` may return the records of an earlier scan of the same root (by
+    rel_path): a file whose size and mtime are unchanged (and whose thumbnail exists) keeps
+    its record without being read again, so rescanning a large folder is cheap.
 
     ``progress(done, total)`` runs on the calling thread (so UI code may use it), first with
     ``done == 0`` and then once per finished file; an exception from it cancels the scan.
@@ -638,9 +653,10 @@ def scan(
     listing = src.listing()
     result = ScanResult(root=str(src.root), skipped=list(listing.skipped))
     total = len(listing.candidates)
+    previous = known(result.root) if known is not None else {}
     if progress is not None:
         progress(0, total)
-    for record, skipped in _run_pool(src, listing.candidates, workers, cache_dir, progress):
+    for record, skipped in _run_pool(src, listing.candidates, workers, cache_dir, progress, previous):
         if record is not None:
             result.records.append(record)
         result.skipped.extend(skipped)
@@ -658,11 +674,13 @@ def _run_pool(
     workers: int,
     cache_dir: str | os.PathLike[str] | None,
     progress: ProgressCallback | None,
+    previous: Mapping[str, ImageRecord],
 ) -> Iterator[_Outcome]:
     total = len(candidates)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replens-scan") as pool:
         pending: set[Future[_Outcome]] = {
-            pool.submit(_scan_one, src, candidate, cache_dir) for candidate in candidates
+            pool.submit(_scan_one, src, candidate, cache_dir, previous.get(candidate.rel_path))
+            for candidate in candidates
         }
         done_count = 0
         try:
@@ -680,9 +698,15 @@ def _run_pool(
 
 
 def _scan_one(
-    src: _Source, candidate: _Candidate, cache_dir: str | os.PathLike[str] | None
+    src: _Source,
+    candidate: _Candidate,
+    cache_dir: str | os.PathLike[str] | None,
+    previous: ImageRecord | None = None,
 ) -> _Outcome:
     rel_path = candidate.rel_path
+    if previous is not None and _unchanged(src, previous, cache_dir):
+        caption, caption_problem = _read_caption(src, candidate.caption_rel_path)
+        return replace(previous, caption=caption), [caption_problem] if caption_problem else []
     try:
         data, mtime = src.read(rel_path)
     except _READ_ERRORS as exc:
@@ -707,6 +731,15 @@ def _scan_one(
         caption=caption,
     )
     return record, [caption_problem] if caption_problem else []
+
+
+def _unchanged(src: _Source, previous: ImageRecord, cache_dir: str | os.PathLike[str] | None) -> bool:
+    try:
+        n_bytes, mtime = src.stat(previous.rel_path)
+    except _READ_ERRORS:
+        return False  # let the full path report why it cannot be read
+    same_file = n_bytes == previous.n_bytes and abs(mtime - previous.mtime) < 1e-3
+    return same_file and (cache_dir is None or thumbnail_path(cache_dir, previous.content_hash).exists())
 
 
 def _read_caption(src: _Source, rel_path: str | None) -> tuple[str | None, SkippedFile | None]:

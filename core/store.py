@@ -305,6 +305,15 @@ class Store:
             [dataset],
         ).df()
 
+    def known_files(self, dataset: str, source: str) -> pd.DataFrame:
+        """What the last ingest of ``source`` recorded (for incremental rescans)."""
+        return self._cursor().execute(
+            "SELECT di.rel_path, di.content_hash, di.labels, di.caption, di.mtime, i.width, i.height, i.n_bytes, "
+            "i.format FROM dataset_images di JOIN images i ON i.content_hash = di.content_hash "
+            "WHERE di.dataset = ? AND di.source = ?",
+            [dataset, source],
+        ).df()
+
     def skipped_files(self, dataset: str) -> pd.DataFrame:
         return self._cursor().execute(
             "SELECT source, rel_path, reason, stage, seen_at FROM skipped_files WHERE dataset = ? ORDER BY rel_path",

@@ -1,0 +1,58 @@
+# RepLens: two commands.
+#   make demo   venv + demo folder + embeddings (offline default encoder) + the app on :8501
+#   make test   venv + the whole test suite (unit, AppTest, real-browser end-to-end)
+SHELL := /bin/bash
+PYTHON_BOOT ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEMO_DATASET ?= demo
+DEMO_GENERATED := cache/demo-generated
+PORT ?= 8501
+# pip prints one warning per package for this image's unused local indexes; keep the log readable.
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: venv test demo demo-data browser bench clean-cache help
+
+help:
+	@echo "make demo   # install, embed the demo folder, serve http://localhost:$(PORT)"
+	@echo "make test   # install and run every test (unit, AppTest, browser)"
+
+$(STAMP): requirements.txt requirements-nodeps.txt
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
+	set -o pipefail; $(PIP) -r requirements.txt 2>&1 | grep -v "is ignored: it is neither"
+	set -o pipefail; $(PIP) --no-deps -r requirements-nodeps.txt 2>&1 | grep -v "is ignored: it is neither"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian's Chromium drives the browser tests (Playwright cannot download its own here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: venv browser
+	$(PY) -m pytest
+
+# Tux Paint's stamps (796 captioned PNGs in category folders) when apt can install them,
+# else a generated set. Nothing is downloaded at run time.
+demo-data: venv
+	@if [ ! -d /usr/share/tuxpaint/stamps ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tuxpaint-stamps-default) \
+	  || echo "tuxpaint-stamps-default not installable; using a generated demo set"; fi
+	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d $(DEMO_GENERATED) ]; then \
+	  $(PY) -m core demo-data $(DEMO_GENERATED); fi
+
+demo: demo-data
+	$(PY) -m core ingest $$( [ -d /usr/share/tuxpaint/stamps ] && echo /usr/share/tuxpaint/stamps || echo $(DEMO_GENERATED) ) --dataset $(DEMO_DATASET)
+	$(PY) -m core embed --dataset $(DEMO_DATASET) --encoder $$($(PY) -c "from core.encoders import DEFAULT_ENCODER; print(DEFAULT_ENCODER)")
+	$(PY) -m streamlit run app.py --server.port $(PORT)
+
+bench: venv
+	$(PY) bench/embed_bench.py
+	$(PY) bench/eval_encoders.py
+
+clean-cache:
+	rm -rf cache/replens.duckdb cache/thumbs cache/uploads cache/indexes
