@@ -96,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--per-class", type=int, default=24)
     p.set_defaults(func=cmd_demo_data)
+
+    # Analysis commands (cluster, labels, …) live beside their engine modules.
+    from core import cli_analysis
+
+    cli_analysis.add_commands(sub)
     return parser
 
 

@@ -129,7 +129,42 @@ def m002_projections(cur: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (m001_initial, m002_projections)
+def m003_clusters(cur: duckdb.DuckDBPyConnection) -> None:
+    cur.execute(
+        """
+        CREATE TABLE cluster_runs (
+            run_id VARCHAR PRIMARY KEY,
+            dataset VARCHAR NOT NULL,
+            encoder_key VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            params JSON NOT NULL,
+            n_clusters INTEGER NOT NULL,
+            noise_fraction DOUBLE NOT NULL,
+            metrics JSON NOT NULL,
+            parent_run_id VARCHAR,          -- set for runs derived by merge/split edits
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE cluster_assignments (
+            run_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            cluster INTEGER NOT NULL,       -- -1 = noise
+            PRIMARY KEY (run_id, content_hash)
+        );
+        CREATE TABLE cluster_labels (
+            run_id VARCHAR NOT NULL,
+            cluster INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,        -- clip | text | visual | user
+            candidates JSON NOT NULL,       -- ranked alternatives with scores (provenance)
+            edited BOOLEAN NOT NULL,        -- true once a user changed it
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (run_id, cluster)
+        );
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (m001_initial, m002_projections, m003_clusters)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -523,6 +558,8 @@ class Store:
             "WHERE dataset = ? ORDER BY created_at DESC",
             [dataset],
         ).df()
+
+    # -- clusters -----------------------------------------------------------------------
 
     # -- runs -------------------------------------------------------------------------
 
