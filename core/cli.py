@@ -98,9 +98,10 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_data)
 
     # Analysis commands (cluster, labels, …) live beside their engine modules.
-    from core import cli_analysis
+    from core import cli_analysis, cli_snapshots
 
     cli_analysis.add_commands(sub)
+    cli_snapshots.add_commands(sub)
     return parser
 
 

@@ -164,7 +164,48 @@ def m003_clusters(cur: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (m001_initial, m002_projections, m003_clusters)
+def m004_snapshots(cur: duckdb.DuckDBPyConnection) -> None:
+    # A snapshot is immutable and self-contained: it copies what it shows, so it survives the
+    # deletion of its source run and works after import into a database without the images.
+    cur.execute(
+        """
+        CREATE TABLE snapshots (
+            snapshot_id VARCHAR PRIMARY KEY,   -- content hash of the manifest + tables
+            title VARCHAR NOT NULL,
+            notes VARCHAR NOT NULL,
+            dataset VARCHAR NOT NULL,
+            encoder_key VARCHAR NOT NULL,
+            cluster_run_id VARCHAR,
+            manifest JSON NOT NULL,
+            origin VARCHAR NOT NULL,           -- 'local' or 'imported'
+            created_at TIMESTAMPTZ NOT NULL
+        );
+        CREATE TABLE snapshot_points (
+            snapshot_id VARCHAR NOT NULL,
+            content_hash VARCHAR NOT NULL,
+            rel_path VARCHAR NOT NULL,
+            labels VARCHAR[] NOT NULL,
+            x FLOAT, y FLOAT,
+            cluster INTEGER NOT NULL,
+            PRIMARY KEY (snapshot_id, content_hash)
+        );
+        CREATE TABLE snapshot_clusters (
+            snapshot_id VARCHAR NOT NULL,
+            cluster INTEGER NOT NULL,
+            label VARCHAR NOT NULL,
+            method VARCHAR NOT NULL,
+            candidates JSON NOT NULL,
+            edited BOOLEAN NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (snapshot_id, cluster)
+        );
+        """
+    )
+
+
+MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (
+    m001_initial, m002_projections, m003_clusters, m004_snapshots,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -560,6 +601,8 @@ class Store:
         ).df()
 
     # -- clusters -----------------------------------------------------------------------
+
+    # -- snapshots ----------------------------------------------------------------------
 
     # -- runs -------------------------------------------------------------------------
 
