@@ -1,0 +1,138 @@
+"""Run iEAT batteries on stored embeddings: the glue between the store and ``core.bias``.
+
+A *battery* is a list of tests, each naming four stimulus sets (X, Y, A, B) by image
+content hash. Sets come from dataset folders, clusters, map selections or uploads; the
+runner looks the vectors up per encoder, runs ``bias.association_test`` plus a bootstrap CI,
+and Holm-corrects the p-values across every row of the resulting table.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from core import bias
+from core.errors import InvalidInputError
+from core.store import Store
+
+ROLES = ("x", "y", "a", "b")
+
+
+@dataclass(frozen=True)
+class BatteryTest:
+    """One association test: a name and four lists of content hashes."""
+
+    name: str
+    x: tuple[str, ...]
+    y: tuple[str, ...]
+    a: tuple[str, ...]
+    b: tuple[str, ...]
+    roles: dict[str, str] = field(default_factory=dict)  # role -> what the user picked (folder, cluster…)
+
+    def sets(self) -> dict[str, tuple[str, ...]]:
+        return {"x": self.x, "y": self.y, "a": self.a, "b": self.b}
+
+
+@dataclass(frozen=True)
+class BatteryOutcome:
+    test: str
+    encoder_key: str
+    result: bias.AssociationResult
+    ci: tuple[float, float]
+    drivers: pd.DataFrame  # the target images with the largest |s(w)|
+
+
+@dataclass(frozen=True)
+class BatteryResult:
+    table: pd.DataFrame           # one row per (test, encoder), Holm-adjusted p included
+    outcomes: list[BatteryOutcome]
+
+
+def folder_hashes(images: pd.DataFrame, folder: str) -> tuple[str, ...]:
+    """Hashes of the images whose folder labels contain ``folder`` (any level, or a/b)."""
+    parts = tuple(p for p in folder.strip("/").split("/") if p)
+    if not parts:
+        raise InvalidInputError("An empty folder name selects nothing; pick a sub-folder of the dataset.")
+
+    def inside(labels: Sequence[str]) -> bool:
+        labels = tuple(labels)
+        return any(labels[i:i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
+
+    return tuple(images.loc[images["labels"].map(inside), "content_hash"])
+
+
+def folder_test(images: pd.DataFrame, name: str, x: str, y: str, a: str, b: str) -> BatteryTest:
+    picked = {"x": x, "y": y, "a": a, "b": b}
+    sets = {role: folder_hashes(images, folder) for role, folder in picked.items()}
+    for role, hashes in sets.items():
+        if not hashes:
+            raise InvalidInputError(f"{name}: set {role.upper()} (folder {picked[role]!r}) has no images.")
+    return BatteryTest(name, **sets, roles={r: f"folder {f}" for r, f in picked.items()})
+
+
+def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: Sequence[BatteryTest], *,
+                n_samples: int = bias.DEFAULT_N_SAMPLES, seed: int | None = 0, n_drivers: int = 8,
+                progress: Callable[[int, int], None] | None = None) -> BatteryResult:
+    """Every test on every encoder; p-values Holm-corrected across the whole table."""
+    if not tests or not encoder_keys:
+        raise InvalidInputError("Pick at least one test and one encoder.")
+    outcomes: list[BatteryOutcome] = []
+    total, done = len(tests) * len(encoder_keys), 0
+    for key in encoder_keys:
+        images, vectors = store.load_embeddings(dataset, key)
+        row_of = {h: i for i, h in enumerate(images["content_hash"])}
+        for test in tests:
+            outcomes.append(_run_one(test, key, images, vectors, row_of, n_samples, seed, n_drivers))
+            done += 1
+            if progress:
+                progress(done, total)
+    return BatteryResult(_table(outcomes, tests), outcomes)
+
+
+def _run_one(test: BatteryTest, key: str, images: pd.DataFrame, vectors: np.ndarray, row_of: dict[str, int],
+             n_samples: int, seed: int | None, n_drivers: int) -> BatteryOutcome:
+    rows = {role: _rows(test, role, hashes, row_of, key) for role, hashes in test.sets().items()}
+    sets = {role: vectors[idx] for role, idx in rows.items()}
+    result = bias.association_test(sets["x"], sets["y"], sets["a"], sets["b"], n_samples=n_samples, seed=seed)
+    ci = bias.bootstrap_effect_size_ci(sets["x"], sets["y"], sets["a"], sets["b"], seed=seed)
+    drivers = _drivers(images, rows, result, n_drivers)
+    return BatteryOutcome(test.name, key, result, ci, drivers)
+
+
+def _rows(test: BatteryTest, role: str, hashes: Sequence[str], row_of: dict[str, int], key: str) -> np.ndarray:
+    missing = [h for h in hashes if h not in row_of]
+    if missing:
+        raise InvalidInputError(
+            f"{test.name}: {len(missing)} image(s) of set {role.upper()} have no embedding under {key}. "
+            "Extract the dataset with that encoder first (Data page or `python -m core embed`)."
+        )
+    if not hashes:
+        raise InvalidInputError(f"{test.name}: set {role.upper()} is empty.")
+    return np.array([row_of[h] for h in hashes], dtype=np.int64)
+
+
+def _drivers(images: pd.DataFrame, rows: dict[str, np.ndarray], result: bias.AssociationResult,
+             n: int) -> pd.DataFrame:
+    """Target images whose association s(w) is largest in magnitude: what drives d."""
+    frame = pd.concat([
+        images.iloc[rows["x"]][["content_hash", "rel_path", "source"]].assign(set="X", score=result.x_scores),
+        images.iloc[rows["y"]][["content_hash", "rel_path", "source"]].assign(set="Y", score=result.y_scores),
+    ], ignore_index=True)
+    order = np.argsort(-np.abs(frame["score"].to_numpy()), kind="stable")
+    return frame.iloc[order[:n]].reset_index(drop=True)
+
+
+def _table(outcomes: Sequence[BatteryOutcome], tests: Sequence[BatteryTest]) -> pd.DataFrame:
+    sizes = {t.name: {role: len(h) for role, h in t.sets().items()} for t in tests}
+    rows = [{
+        "test": o.test, "encoder": o.encoder_key, "effect_size": o.result.effect_size,
+        "ci_low": o.ci[0], "ci_high": o.ci[1], "p_value": o.result.p_value,
+        "p_holm": np.nan, "exact": o.result.exact, "n_permutations": o.result.n_permutations,
+        "min_p_value": o.result.min_p_value,
+        **{f"n_{role}": sizes[o.test][role] for role in ROLES},
+    } for o in outcomes]
+    table = pd.DataFrame(rows)
+    table["p_holm"] = bias.holm_correction(table["p_value"].to_numpy())
+    return table
