@@ -369,6 +369,8 @@ class _ZipIndex:
 
 
 class _FolderSource:
+    label_skip = 0  # every parent folder under the root is a label
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
@@ -426,6 +428,8 @@ class _ZipSource:
     def __init__(self, root: Path, index: _ZipIndex) -> None:
         self.root = root
         self.index = index
+        # Zipping a folder wraps everything in that folder's name; it is not a label.
+        self.label_skip = 1 if _single_wrapper_folder(index.members) else 0
 
     def listing(self) -> _Listing:
         images: list[str] = []
@@ -453,6 +457,12 @@ class _ZipSource:
 
 
 _Source = _FolderSource | _ZipSource
+
+
+def _single_wrapper_folder(members: Mapping[str, zipfile.ZipInfo]) -> bool:
+    images = [m for m in members if PurePosixPath(m).suffix.lower() in SUPPORTED_EXTENSIONS]
+    tops = {m.split("/", 1)[0] for m in images}
+    return bool(images) and len(tops) == 1 and all("/" in m for m in images)
 
 
 class _NotReadable(Exception):
@@ -722,7 +732,7 @@ def _scan_one(
     record = ImageRecord(
         content_hash=digest,
         rel_path=rel_path,
-        labels=tuple(rel_path.split("/")[:-1]),
+        labels=tuple(rel_path.split("/")[src.label_skip:-1]),
         width=decoded.width,
         height=decoded.height,
         n_bytes=len(data),

@@ -1,6 +1,7 @@
 """The shared ingest path: incremental rescans re-read only what changed."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -58,3 +59,26 @@ def test_rescan_keeps_a_caption_edit(folder: Path, tmp_path: Path) -> None:
     assert frame.loc["cats/0.png", "caption"] == "A sleepy cat."
     assert list(frame.loc["cats/0.png", "labels"]) == ["cats"]
     assert np.all(frame["n_paths"] == 1)
+
+
+def test_zip_of_a_folder_does_not_label_everything_with_the_folder_name(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for rel, colour in (("photos/cats/a.png", (1, 2, 3)), ("photos/dogs/b.png", (4, 5, 6)),
+                            ("photos/c.png", (7, 8, 9))):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
+            zf.writestr(rel, buf.getvalue())
+    scan = images.scan(archive)
+    labels = {r.rel_path: r.labels for r in scan.records}
+    assert labels == {"photos/cats/a.png": ("cats",), "photos/dogs/b.png": ("dogs",), "photos/c.png": ()}
+    # Two top-level folders: both are real labels.
+    mixed = tmp_path / "mixed.zip"
+    with zipfile.ZipFile(mixed, "w") as zf:
+        for rel in ("cats/a.png", "dogs/b.png"):
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (len(rel), 0, 0)).save(buf, format="PNG")
+            zf.writestr(rel, buf.getvalue())
+    assert {r.labels for r in images.scan(mixed).records} == {("cats",), ("dogs",)}
