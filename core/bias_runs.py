@@ -136,3 +136,15 @@ def _table(outcomes: Sequence[BatteryOutcome], tests: Sequence[BatteryTest]) -> 
     table = pd.DataFrame(rows)
     table["p_holm"] = bias.holm_correction(table["p_value"].to_numpy())
     return table
+
+
+def folder_options(images: pd.DataFrame) -> list[str]:
+    """Every folder (and nested folder path) that holds images, with its image count, sorted."""
+    counts: dict[str, int] = {}
+    for labels in images["labels"]:
+        labels = tuple(labels)
+        for depth in range(1, len(labels) + 1):
+            path = "/".join(labels[:depth])
+            counts[path] = counts.get(path, 0) + 1
+    return sorted(counts)
+

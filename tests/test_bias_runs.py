@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from core import bias
-from core.bias_runs import BatteryTest, folder_hashes, run_battery, folder_test
+from core.bias_runs import BatteryTest, folder_hashes, folder_options, folder_test, run_battery
 from core.datasets import ingest_path
 from core.errors import InvalidInputError
 from core.store import Store
@@ -84,3 +84,9 @@ def test_nested_folder_selection_and_errors(store_with_two_encoders: tuple[Store
                           folder_hashes(images, "unpleasant"))
     with pytest.raises(InvalidInputError, match="no embedding"):
         run_battery(store, "stim", ["enc-a@v/last/cls"], [unknown])
+
+
+def test_folder_options_lists_nested_paths(store_with_two_encoders: tuple[Store, dict[str, np.ndarray]]) -> None:
+    store, _ = store_with_two_encoders
+    assert folder_options(store.dataset_images("stim")) == ["flowers", "insects", "pleasant", "pleasant/warm",
+                                                            "unpleasant"]
