@@ -24,11 +24,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RepLensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: work committed so far is kept; rerun to continue", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if not _is_environment_error(exc):
+            raise  # a bug in RepLens: the traceback is what a bug report needs
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return RepLensError.exit_code
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message on one line (library messages often span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_environment_error(exc: BaseException) -> bool:
+    """Failures of the machine, not of RepLens: files that cannot be read or written, a file
+    at REPLENS_DB that is not a DuckDB database."""
+    if isinstance(exc, OSError):
+        return True
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(exc, (duckdb.IOException, duckdb.PermissionException))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -50,5 +50,9 @@ class DatabaseLockedError(RepLensError):
     """Another process holds the DuckDB file open for writing."""
 
 
+class DatabaseError(RepLensError):
+    """The DuckDB file cannot be used: not a DuckDB file, unreadable, or from a newer RepLens."""
+
+
 class ImportFormatError(RepLensError):
     """A file of vectors to import that cannot be parsed or matched to images."""

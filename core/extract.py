@@ -7,6 +7,7 @@ forward pass; vectors are written to DuckDB in chunks, each in its own transacti
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from core import images
 from core.encoders import BaseEncoder
@@ -107,26 +109,41 @@ def _run(store: Store, dataset: str, encoder: BaseEncoder, pending: Sequence[Pen
     failures: list[tuple[PendingImage, str]] = []
     done = report.cached
     draft = (encoder.spec.input_size, encoder.spec.input_size)
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="replens-decode") as pool:
-        for batch in _prepared_batches(pool, pending, encoder, batch_size, draft):
-            good = [p for p in batch if p.array is not None]
-            failures.extend((p.item, p.error or "unknown error") for p in batch if p.array is None)
-            if good:
-                vectors, batch_size = _embed_with_backoff(encoder, np.stack([p.array for p in good]), batch_size)
-                chunk_hashes.extend(p.item.content_hash for p in good)
-                chunk_vectors.append(vectors)
-            done += len(batch)
-            if len(chunk_hashes) >= CHUNK_SIZE:
-                report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
-            if progress:
-                progress(done, total)
-            if should_stop and should_stop():
-                break
-    report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
-    report.batch_size = batch_size
-    if failures:
-        store.record_embed_failures(dataset, [f[0] for f in failures], [f[1] for f in failures])
-        report.failed = [{"path": f"{item.rel_path}", "reason": reason} for item, reason in failures]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="replens-decode") as pool:
+            for batch in _prepared_batches(pool, pending, encoder, batch_size, draft):
+                good = [p for p in batch if p.array is not None]
+                failures.extend((p.item, p.error or "unknown error") for p in batch if p.array is None)
+                if good:
+                    vectors, batch_size = _embed_with_backoff(encoder, np.stack([p.array for p in good]), batch_size)
+                    chunk_hashes.extend(p.item.content_hash for p in good)
+                    chunk_vectors.append(vectors)
+                done += len(batch)
+                if len(chunk_hashes) >= CHUNK_SIZE:
+                    report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
+                if progress:
+                    progress(done, total)
+                if should_stop and should_stop():
+                    break
+        report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
+    except BaseException:
+        # What was computed before the error is valid: keep it (and the files that failed to
+        # decode), so a rerun neither recomputes it nor forgets why those files were skipped.
+        with contextlib.suppress(Exception):
+            report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
+        with contextlib.suppress(Exception):
+            _record_failures(store, dataset, failures, report)
+        raise
+    finally:
+        report.batch_size = batch_size
+    _record_failures(store, dataset, failures, report)
+
+
+def _record_failures(store: Store, dataset: str, failures: list[tuple[PendingImage, str]],
+                     report: EmbedReport) -> None:
+    report.failed = [{"path": f"{item.rel_path}", "reason": reason} for item, reason in failures]
+    # Replaces the dataset's earlier embed failures: files that embed now stop being reported.
+    store.record_embed_failures(dataset, [f[0] for f in failures], [f[1] for f in failures])
 
 
 def _flush(store: Store, key: str, hashes: list[str], vectors: list[np.ndarray]) -> int:
@@ -164,31 +181,69 @@ def _prepared_batches(pool: ThreadPoolExecutor, pending: Sequence[PendingImage],
         window = window[batch_size:]
 
 
+# torch raises torch.OutOfMemoryError (a RuntimeError); onnxruntime raises its own exception
+# types (not RuntimeError) with "Failed to allocate memory" or a CUDA "out of memory" failure.
+_OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation")
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, Exception) and not isinstance(exc, RepLensError) and any(
+        marker in str(exc).lower() for marker in _OOM_MARKERS)
+
+
 def _embed_with_backoff(encoder: BaseEncoder, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
-    """Run the batch; on a GPU out-of-memory error, halve the batch size and retry in pieces."""
-    try:
-        return encoder.embed_batch(batch), batch_size
-    except RuntimeError as exc:
-        if "out of memory" not in str(exc).lower() or len(batch) == 1:
-            raise
-        _empty_gpu_cache()
-        smaller = max(1, min(batch_size, len(batch)) // 2)
-        parts = [_embed_with_backoff(encoder, batch[i:i + smaller], smaller) for i in range(0, len(batch), smaller)]
-        return np.concatenate([p[0] for p in parts]), min(p[1] for p in parts)
+    """Run ``batch`` in pieces of at most ``batch_size``; on a GPU out-of-memory error, halve the
+    piece size and retry. Returns the vectors and the piece size that fits, which later batches
+    start from (so one out-of-memory error does not recur, or shrink the size again, every batch)."""
+    out: list[np.ndarray] = []
+    start = 0
+    while start < len(batch):
+        piece = batch[start:start + batch_size]
+        try:
+            out.append(encoder.embed_batch(piece))
+        except Exception as exc:
+            if not _is_out_of_memory(exc) or len(piece) == 1:
+                raise
+            _empty_gpu_cache()
+            batch_size = max(1, len(piece) // 2)
+            continue
+        start += len(piece)
+    return (out[0] if len(out) == 1 else np.concatenate(out)), batch_size
 
 
 def _empty_gpu_cache() -> None:
-    import torch
-
+    try:
+        import torch
+    except ImportError:  # an onnxruntime-only install
+        return
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
 
 def embed_images(encoder: BaseEncoder, pil_images: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
-    """Embed in-memory PIL images (an uploaded query image, say) without touching the store."""
+    """Embed in-memory images (an uploaded query image, say) without touching the store.
+
+    Items are PIL images or the bytes of image files. Bytes are decoded exactly as
+    :func:`embed_dataset` decodes a dataset's files (JPEG draft, EXIF orientation, transparency
+    on grey), so the same file gives the same vector either way; PIL images get the same
+    orientation and transparency handling.
+    """
     if not pil_images:
         return np.zeros((0, encoder.dim), np.float32)
     batch_size = batch_size or default_batch_size(encoder.device)
-    arrays = [encoder.preprocess(img) for img in pil_images]
+    if batch_size < 1:
+        raise InvalidInputError(f"batch_size={batch_size} must be >= 1")
+    draft = (encoder.spec.input_size, encoder.spec.input_size)
+    arrays = [encoder.preprocess(_as_rgb(img, draft)) for img in pil_images]
     out = [encoder.embed_batch(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
     return np.concatenate(out)
+
+
+def _as_rgb(item: Any, draft: tuple[int, int]) -> Image.Image:
+    """The RGB image the dataset pipeline would have embedded for ``item`` (bytes or PIL image)."""
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return images.decode_rgb(bytes(item), draft_size=draft)
+    if not isinstance(item, Image.Image):
+        raise InvalidInputError(f"embed_images takes PIL images or image file bytes, not {type(item).__name__}")
+    oriented = ImageOps.exif_transpose(item) or item
+    return images._to_rgb(oriented)

@@ -45,6 +45,8 @@ def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name
     ids, vectors = _read_vectors(path, store, dataset, id_column)
     if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] == 0:
         raise ImportFormatError(f"{path.name}: expected a non-empty 2-D table of vectors, got shape {vectors.shape}.")
+    if len(ids) != len(vectors):
+        raise ImportFormatError(f"{path.name}: {len(ids)} ids but {len(vectors)} vectors; give one id per vector.")
     if not np.isfinite(vectors).all():
         bad = int(np.flatnonzero(~np.isfinite(vectors).all(axis=1))[0])
         raise ImportFormatError(f"{path.name}: row {bad} ({ids[bad]!r}) has NaN or infinite values; fix or drop it.")
@@ -55,6 +57,7 @@ def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name
             f"None of the {len(ids)} ids in {path.name} matched an image of {dataset!r} "
             f"(first id: {ids[0]!r}). Ids must be relative paths, file names or content hashes."
         )
+    keep = _drop_repeated_images(path.name, ids, hashes, vectors, keep)
     key = f"{IMPORT_PREFIX}{encoder_name}"
     dim = int(vectors.shape[1])
     spec = {"id": key, "version": "imported", "name": encoder_name, "family": "imported", "source": str(path),
@@ -63,7 +66,8 @@ def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name
     if existing is not None and int(existing["dim"]) != dim:
         raise ImportFormatError(f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name.")
     store.register_encoder(key, key, "imported", "imported", "imported", dim, spec)
-    written = store.write_embeddings(key, [hashes[i] for i in keep], vectors[keep])
+    # Importing under the same name again means "these are my vectors now": overwrite.
+    written = store.write_embeddings(key, [hashes[i] for i in keep], vectors[keep], replace=True)
     return ImportReport(dataset, key, written, unmatched, dim)
 
 
@@ -85,7 +89,9 @@ def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None)
                     raise ImportFormatError(f"{path.name}: a .npz needs arrays 'ids' and 'vectors'; has {list(npz)}.")
                 return [str(i) for i in npz["ids"]], np.asarray(npz["vectors"], np.float32)
         if suffix in (".csv", ".tsv"):
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+            # Ids stay text: "0001" (a file stem) must not become the number 1.
+            text_columns = {c: str for c in (id_column, *_ID_COLUMNS) if c}
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=text_columns)
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
@@ -97,18 +103,32 @@ def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None)
     return _frame_vectors(frame, path.name, id_column)
 
 
+_ID_COLUMNS = ("rel_path", "path", "id", "filename", "content_hash")
+# pandas' name for a header-less column, e.g. the row index that DataFrame.to_csv writes by default.
+_UNNAMED_COLUMN = re.compile(r"Unnamed: \d+")
+
+
 def _frame_vectors(frame: pd.DataFrame, name: str, id_column: str | None) -> tuple[list[str], np.ndarray]:
-    id_column = id_column or next((c for c in ("rel_path", "path", "id", "filename", "content_hash") if c in frame), None)
+    id_column = id_column or next((c for c in _ID_COLUMNS if c in frame), None)
     if id_column is None or id_column not in frame:
         raise ImportFormatError(f"{name}: name the id column with --id-column (columns: {list(frame.columns)[:10]}).")
     ids = frame[id_column].astype(str).tolist()
     rest = frame.drop(columns=[id_column])
+    rest = rest.drop(columns=[c for c in rest if _UNNAMED_COLUMN.fullmatch(str(c))])
     list_cols = [c for c in rest if rest[c].map(lambda v: isinstance(v, (list, np.ndarray, str))).all()
                  and c in ("vector", "embedding", "embeddings")]
     if list_cols:
         column = rest[list_cols[0]]
-        rows = [json.loads(v) if isinstance(v, str) else v for v in column]
-        return ids, np.asarray([np.asarray(r, np.float32) for r in rows], np.float32)
+        try:
+            rows = [np.asarray(json.loads(v) if isinstance(v, str) else v, np.float32) for v in column]
+        except (ValueError, TypeError) as exc:
+            raise ImportFormatError(f"{name}: column {list_cols[0]!r} holds something that is not a list of numbers "
+                                    f"({exc}).") from exc
+        lengths = sorted({len(r) if r.ndim == 1 else -1 for r in rows})
+        if len(lengths) != 1 or lengths[0] < 1:
+            raise ImportFormatError(f"{name}: the vectors in column {list_cols[0]!r} have different lengths "
+                                    f"({', '.join(map(str, lengths[:5]))}); every vector needs the same dimension.")
+        return ids, np.stack(rows)
     numeric = rest.select_dtypes(include="number")
     if numeric.shape[1] == 0:
         raise ImportFormatError(f"{name}: no numeric columns and no 'vector'/'embedding' list column found.")
@@ -133,5 +153,25 @@ def _match_ids(store: Store, dataset: str, ids: list[str]) -> tuple[list[str | N
 
 
 def _unique_map(keys: pd.Series, values: pd.Series) -> dict[str, str]:
-    counts = keys.value_counts()
-    return {k: v for k, v in zip(keys, values) if counts[k] == 1}
+    """key -> hash for keys that name one image (two paths with the same bytes are one image)."""
+    images_per_key = pd.DataFrame({"key": keys, "value": values}).groupby("key")["value"].nunique()
+    return {k: v for k, v in zip(keys, values) if images_per_key[k] == 1}
+
+
+def _drop_repeated_images(name: str, ids: list[str], hashes: list[str | None], vectors: np.ndarray,
+                          keep: list[int]) -> list[int]:
+    """One row per image: rows naming the same image must agree, or which one wins is arbitrary."""
+    first: dict[str, int] = {}
+    unique: list[int] = []
+    for i in keep:
+        h = hashes[i]
+        assert h is not None
+        if h not in first:
+            first[h] = i
+            unique.append(i)
+        elif not np.array_equal(vectors[first[h]], vectors[i]):
+            raise ImportFormatError(
+                f"{name}: rows {first[h]} ({ids[first[h]]!r}) and {i} ({ids[i]!r}) are the same image "
+                "with different vectors; keep one of them."
+            )
+    return unique

@@ -17,7 +17,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from core import config
 from core.errors import (
+    DatabaseError,
     DatabaseLockedError,
     DatasetNotFoundError,
     EmbeddingsNotFoundError,
@@ -243,6 +244,7 @@ class Store:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else config.cache_dir()
         self._con: duckdb.DuckDBPyConnection | None = None
         self._open_lock = threading.Lock()
+        self._write_lock = threading.RLock()  # one write transaction at a time: no conflicts between threads
         self._local = threading.local()
 
     # -- connection -------------------------------------------------------------------
@@ -272,13 +274,17 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
         cur = self._cursor()
-        cur.execute("BEGIN TRANSACTION")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
+        with self._write_lock:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                try:
+                    cur.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a failed COMMIT has already ended the transaction; keep the original error
+                raise
 
     def close(self) -> None:
         with self._open_lock:
@@ -325,15 +331,17 @@ class Store:
             try:
                 stats = _ingest_rows(cur, dataset, source, now)
             finally:
-                cur.unregister("scan_rows")
-            cur.execute("DELETE FROM skipped_files WHERE dataset = ? AND source = ? AND stage = 'ingest'", [dataset, source])
+                _unregister(cur, "scan_rows")
+            # The rescan is the truth about this source: earlier embed failures of its files are stale too
+            # (a file still broken is skipped again by the scan, or fails again at the next embed).
+            cur.execute("DELETE FROM skipped_files WHERE dataset = ? AND source = ?", [dataset, source])
             if len(skipped_df):
                 cur.register("skipped_rows", skipped_df)
                 cur.execute(
                     "INSERT INTO skipped_files SELECT ?, ?, rel_path, reason, 'ingest', ? FROM skipped_rows",
                     [dataset, source, now],
                 )
-                cur.unregister("skipped_rows")
+                _unregister(cur, "skipped_rows")
         return IngestStats(dataset=dataset, **stats)
 
     def dataset_names(self) -> list[str]:
@@ -352,7 +360,7 @@ class Store:
         return self._cursor().execute(
             """
             SELECT d.name AS dataset,
-                   count(DISTINCT di.rel_path || di.source) AS n_paths,
+                   count(DISTINCT (di.source, di.rel_path)) AS n_paths,
                    count(DISTINCT di.content_hash) AS n_images,
                    (SELECT count(*) FROM skipped_files s WHERE s.dataset = d.name) AS n_skipped,
                    string_agg(DISTINCT di.source, '; ') AS sources,
@@ -391,16 +399,20 @@ class Store:
         ).df()
 
     def skipped_files(self, dataset: str) -> pd.DataFrame:
+        self.require_dataset(dataset)
         return self._cursor().execute(
             "SELECT source, rel_path, reason, stage, seen_at FROM skipped_files WHERE dataset = ? ORDER BY rel_path",
             [dataset],
         ).df()
 
     def record_embed_failures(self, dataset: str, failures: Sequence[PendingImage], reasons: Sequence[str]) -> None:
-        if not failures:
-            return
+        """Replace the dataset's embed-stage failures with this run's: a file that embeds now
+        is no longer reported, one that still fails is reported with its latest reason."""
         now = _now()
         with self._transaction() as cur:
+            cur.execute("DELETE FROM skipped_files WHERE dataset = ? AND stage = 'embed'", [dataset])
+            if not failures:
+                return
             cur.executemany(
                 "INSERT OR REPLACE INTO skipped_files VALUES (?, ?, ?, ?, 'embed', ?)",
                 [[dataset, f.source, f.rel_path, r, now] for f, r in zip(failures, reasons)],
@@ -410,10 +422,11 @@ class Store:
 
     def register_encoder(self, key: str, encoder_id: str, version: str, layer: str, pooling: str,
                          dim: int, spec: dict[str, Any]) -> None:
-        self._cursor().execute(
-            "INSERT INTO encoders VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (encoder_key) DO NOTHING",
-            [key, encoder_id, version, layer, pooling, int(dim), json.dumps(spec, sort_keys=True), _now()],
-        )
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO encoders VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (encoder_key) DO NOTHING",
+                [key, encoder_id, version, layer, pooling, int(dim), json.dumps(spec, sort_keys=True), _now()],
+            )
 
     def encoder_spec(self, key: str) -> dict[str, Any] | None:
         rows = self._cursor().execute("SELECT spec FROM encoders WHERE encoder_key = ?", [key]).fetchall()
@@ -434,10 +447,12 @@ class Store:
         ).fetchall()
         return [PendingImage(*r) for r in rows]
 
-    def write_embeddings(self, encoder_key: str, hashes: Sequence[str], vectors: np.ndarray) -> int:
-        """Store one chunk of vectors in one transaction; returns how many were new.
+    def write_embeddings(self, encoder_key: str, hashes: Sequence[str], vectors: np.ndarray, *,
+                         replace: bool = False) -> int:
+        """Store one chunk of vectors in one transaction; returns how many rows were written.
 
-        Existing (key, hash) pairs are left untouched, so a rerun never rewrites a vector.
+        Extraction leaves existing (key, hash) pairs untouched, so a rerun never rewrites a
+        vector; ``replace=True`` (a re-import of user vectors) overwrites them instead.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[0] != len(hashes):
@@ -445,23 +460,32 @@ class Store:
         if not len(hashes):
             return 0
         n, dim = vectors.shape
-        offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int32))
+        # 64-bit offsets: one call may carry more than 2**31 floats (a large import).
+        offsets = pa.array(np.arange(0, (n + 1) * dim, dim, dtype=np.int64))
         table = pa.table(
             {
                 "content_hash": pa.array(list(hashes), pa.string()),
-                "vector": pa.ListArray.from_arrays(offsets, pa.array(vectors.ravel())),
+                "vector": pa.LargeListArray.from_arrays(offsets, pa.array(vectors.ravel())),
             }
         )
         with self._transaction() as cur:
+            known = cur.execute("SELECT dim FROM encoders WHERE encoder_key = ?", [encoder_key]).fetchall()
+            if known and int(known[0][0]) != dim:
+                raise InvalidInputError(f"{encoder_key} stores {known[0][0]}-d vectors; got {dim}-d ones")
             before = cur.execute("SELECT count(*) FROM embeddings WHERE encoder_key = ?", [encoder_key]).fetchall()[0][0]
             cur.register("chunk", table)
             try:
+                if replace:
+                    cur.execute("DELETE FROM embeddings WHERE encoder_key = ? AND content_hash IN "
+                                "(SELECT content_hash FROM chunk)", [encoder_key])
+                    before = cur.execute("SELECT count(*) FROM embeddings WHERE encoder_key = ?",
+                                         [encoder_key]).fetchall()[0][0]
                 cur.execute(
                     "INSERT OR IGNORE INTO embeddings SELECT ?, content_hash, vector, ? FROM chunk",
                     [encoder_key, _now()],
                 )
             finally:
-                cur.unregister("chunk")
+                _unregister(cur, "chunk")
             after = cur.execute("SELECT count(*) FROM embeddings WHERE encoder_key = ?", [encoder_key]).fetchall()[0][0]
         return int(after - before)
 
@@ -482,9 +506,11 @@ class Store:
             params=[dataset, encoder_key],
         ).to_arrow_table()
         if table.num_rows == 0:
+            how = (f"python -m core import-embeddings FILE --dataset {dataset} --encoder-name {encoder_key[7:]}"
+                   if encoder_key.startswith("import:")
+                   else f"python -m core embed --dataset {dataset} --encoder {encoder_key.split('@')[0]}")
             raise EmbeddingsNotFoundError(
-                f"Dataset {dataset!r} has no embeddings for encoder {encoder_key!r}. Run: "
-                f"python -m core embed --dataset {dataset} --encoder {encoder_key.split('@')[0]}"
+                f"Dataset {dataset!r} has no embeddings for encoder {encoder_key!r}. Run: {how}"
             )
         column = table.column("vector").combine_chunks()
         matrix = column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, dim)
@@ -579,7 +605,7 @@ class Store:
             try:
                 cur.execute("INSERT INTO projection_points SELECT ?, content_hash, x, y FROM points", [projection_key])
             finally:
-                cur.unregister("points")
+                _unregister(cur, "points")
 
     def load_projection(self, projection_key: str) -> tuple[list[str], np.ndarray] | None:
         """(hashes, coords) of a stored layout, or None when it was never computed."""
@@ -602,24 +628,277 @@ class Store:
 
     # -- clusters -----------------------------------------------------------------------
 
+    def save_cluster_run(self, run_id: str, dataset: str, encoder_key: str, method: str, params: dict[str, Any],
+                         hashes: Sequence[str], labels: np.ndarray, metrics: dict[str, Any], n_clusters: int,
+                         noise_fraction: float, parent_run_id: str | None = None) -> None:
+        """Store one clustering (run row + one assignment per image hash, -1 = noise) in one transaction.
+
+        ``params`` and ``metrics`` must be JSON-serialisable (plain Python values).
+        """
+        labels = np.asarray(labels)
+        if labels.shape != (len(hashes),):
+            raise InvalidInputError(f"labels shape {labels.shape} does not match {len(hashes)} hashes")
+        if len(set(hashes)) != len(hashes):
+            raise InvalidInputError(f"{len(hashes) - len(set(hashes))} duplicate image hashes in a cluster run")
+        table = pa.table({"content_hash": pa.array(list(hashes), pa.string()),
+                          "cluster": pa.array(labels.astype(np.int32))})
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO cluster_runs (run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, "
+                "metrics, parent_run_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [run_id, dataset, encoder_key, method, json.dumps(params, sort_keys=True), int(n_clusters),
+                 float(noise_fraction), json.dumps(metrics, sort_keys=True), parent_run_id, _now()],
+            )
+            cur.register("assignments", table)
+            try:
+                cur.execute("INSERT INTO cluster_assignments SELECT ?, content_hash, cluster FROM assignments", [run_id])
+            finally:
+                _unregister(cur, "assignments")
+
+    def load_cluster_run(self, run_id: str) -> tuple[dict[str, Any], list[str], np.ndarray] | None:
+        """(meta, hashes, labels) of a stored clustering, hashes sorted; None when there is no such run."""
+        cur = self._cursor()
+        rows = cur.execute(
+            "SELECT run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, metrics, parent_run_id, "
+            "created_at FROM cluster_runs WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+        if not rows:
+            return None
+        names = ("run_id", "dataset", "encoder_key", "method", "params", "n_clusters", "noise_fraction", "metrics",
+                 "parent_run_id", "created_at")
+        meta = dict(zip(names, rows[0]))
+        meta["params"], meta["metrics"] = json.loads(meta["params"]), json.loads(meta["metrics"])
+        table = cur.sql(
+            "SELECT content_hash, cluster FROM cluster_assignments WHERE run_id = ? ORDER BY content_hash",
+            params=[run_id],
+        ).to_arrow_table()
+        labels = table.column("cluster").to_numpy().astype(np.int64)
+        return meta, table.column("content_hash").to_pylist(), labels
+
+    def list_cluster_runs(self, dataset: str | None = None) -> pd.DataFrame:
+        """Every stored clustering (newest first), optionally of one dataset; params/metrics as JSON text."""
+        sql = ("SELECT run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, metrics, "
+               "parent_run_id, created_at FROM cluster_runs")
+        if dataset is not None:
+            return self._cursor().execute(sql + " WHERE dataset = ? ORDER BY created_at DESC", [dataset]).df()
+        return self._cursor().execute(sql + " ORDER BY created_at DESC").df()
+
+    def save_cluster_labels(self, run_id: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Upsert machine labels (dicts with cluster, label, method, candidates) in one transaction.
+
+        A label a user edited is never overwritten. Returns how many rows were written.
+        """
+        frame = pd.DataFrame(
+            {"cluster": [int(r["cluster"]) for r in rows], "label": [str(r["label"]) for r in rows],
+             "method": [str(r["method"]) for r in rows],
+             "candidates": [json.dumps(r.get("candidates", []), sort_keys=True) for r in rows]},
+            columns=["cluster", "label", "method", "candidates"],
+        ).astype({"cluster": "int64", "label": "object", "method": "object", "candidates": "object"})
+        if frame.empty:
+            return 0
+        with self._transaction() as cur:
+            edited = {r[0] for r in cur.execute(
+                "SELECT cluster FROM cluster_labels WHERE run_id = ? AND edited", [run_id]).fetchall()}
+            cur.register("label_rows", frame)
+            try:
+                cur.execute(
+                    "INSERT INTO cluster_labels SELECT ?, cluster, label, method, candidates, false, ? FROM label_rows "
+                    "ON CONFLICT (run_id, cluster) DO UPDATE SET label = excluded.label, method = excluded.method, "
+                    "candidates = excluded.candidates, updated_at = excluded.updated_at WHERE NOT cluster_labels.edited",
+                    [run_id, _now()],
+                )
+            finally:
+                _unregister(cur, "label_rows")
+        return int((~frame["cluster"].isin(edited)).sum())
+
+    def load_cluster_labels(self, run_id: str) -> pd.DataFrame:
+        """cluster, label, method, candidates (parsed), edited, updated_at; one row per labelled cluster."""
+        frame = self._cursor().execute(
+            "SELECT cluster, label, method, candidates, edited, updated_at FROM cluster_labels WHERE run_id = ? "
+            "ORDER BY cluster",
+            [run_id],
+        ).df()
+        frame["candidates"] = [json.loads(c) for c in frame["candidates"]]
+        return frame
+
+    def set_cluster_label(self, run_id: str, cluster: int, label: str) -> None:
+        """A user's name for a cluster (method 'user', edited); it wins over any later recomputation.
+
+        The machine's candidates, if any, are kept as provenance.
+        """
+        if not label or not label.strip():
+            raise InvalidInputError(f"label {label!r} is empty; type a name for cluster {cluster}")
+        self._cursor().execute(
+            "INSERT INTO cluster_labels VALUES (?, ?, ?, 'user', '[]', true, ?) ON CONFLICT (run_id, cluster) "
+            "DO UPDATE SET label = excluded.label, method = 'user', edited = true, updated_at = excluded.updated_at",
+            [run_id, int(cluster), label.strip(), _now()],
+        )
+
     # -- snapshots ----------------------------------------------------------------------
+    # Snapshots copy what they show (see m004); core.snapshots builds, checks and hashes
+    # them. These methods only move rows. Points and clusters travel as Arrow tables.
+
+    def snapshot_source_run(self, run_id: str) -> dict[str, Any] | None:
+        """A cluster run as a snapshot reads it, or None: run fields, assignments, labels.
+
+        ``assignments`` (content_hash, cluster) and ``labels`` (cluster, label, method,
+        candidates, edited) are Arrow tables ordered by hash / cluster; JSON stays text.
+        """
+        cur = self._cursor()
+        rows = cur.execute(
+            "SELECT run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, metrics, parent_run_id, "
+            "created_at FROM cluster_runs WHERE run_id = ?",
+            [run_id],
+        ).fetchall()
+        if not rows:
+            return None
+        names = ("run_id", "dataset", "encoder_key", "method", "params", "n_clusters", "noise_fraction", "metrics",
+                 "parent_run_id", "created_at")
+        run: dict[str, Any] = dict(zip(names, rows[0]))
+        run["assignments"] = cur.sql(
+            "SELECT content_hash, cluster FROM cluster_assignments WHERE run_id = ? ORDER BY content_hash",
+            params=[run_id],
+        ).to_arrow_table()
+        run["labels"] = cur.sql(
+            "SELECT cluster, label, method, candidates::VARCHAR AS candidates, edited FROM cluster_labels "
+            "WHERE run_id = ? ORDER BY cluster",
+            params=[run_id],
+        ).to_arrow_table()
+        return run
+
+    def insert_snapshot(self, row: dict[str, Any], points: pa.Table, clusters: pa.Table) -> bool:
+        """Write one snapshot (row + points + clusters) in one transaction; False if the id exists.
+
+        ``row`` holds the ``snapshots`` columns; ``points`` / ``clusters`` hold the columns of
+        ``snapshot_points`` / ``snapshot_clusters`` without ``snapshot_id``.
+        """
+        snapshot_id = row["snapshot_id"]
+        with self._transaction() as cur:
+            if cur.execute("SELECT 1 FROM snapshots WHERE snapshot_id = ?", [snapshot_id]).fetchall():
+                return False
+            cur.execute(
+                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [snapshot_id, row["title"], row["notes"], row["dataset"], row["encoder_key"], row["cluster_run_id"],
+                 row["manifest"], row["origin"], row["created_at"]],
+            )
+            cur.register("snap_points", points)
+            cur.register("snap_clusters", clusters)
+            try:
+                cur.execute(
+                    "INSERT INTO snapshot_points SELECT ?, content_hash, rel_path, labels, x, y, cluster FROM snap_points",
+                    [snapshot_id],
+                )
+                cur.execute(
+                    "INSERT INTO snapshot_clusters SELECT ?, cluster, label, method, candidates, edited, size "
+                    "FROM snap_clusters",
+                    [snapshot_id],
+                )
+            finally:
+                _unregister(cur, "snap_points")
+                _unregister(cur, "snap_clusters")
+        return True
+
+    def snapshot_rows(self, snapshot_id: str) -> tuple[dict[str, Any], pa.Table, pa.Table] | None:
+        """(row, points, clusters) of one snapshot, or None. Points by hash, clusters by number."""
+        cur = self._cursor()
+        rows = cur.execute(
+            "SELECT snapshot_id, title, notes, dataset, encoder_key, cluster_run_id, manifest, origin, created_at "
+            "FROM snapshots WHERE snapshot_id = ?",
+            [snapshot_id],
+        ).fetchall()
+        if not rows:
+            return None
+        names = ("snapshot_id", "title", "notes", "dataset", "encoder_key", "cluster_run_id", "manifest", "origin",
+                 "created_at")
+        points = cur.sql(
+            "SELECT content_hash, rel_path, labels, x, y, cluster FROM snapshot_points WHERE snapshot_id = ? "
+            "ORDER BY content_hash",
+            params=[snapshot_id],
+        ).to_arrow_table()
+        clusters = cur.sql(
+            "SELECT cluster, label, method, candidates::VARCHAR AS candidates, edited, size FROM snapshot_clusters "
+            "WHERE snapshot_id = ? ORDER BY cluster",
+            params=[snapshot_id],
+        ).to_arrow_table()
+        return dict(zip(names, rows[0])), points, clusters
+
+    def list_snapshots(self, query: str | None = None) -> pd.DataFrame:
+        """Newest first; ``query`` keeps rows whose title, notes or dataset contain it (any case)."""
+        sql = """
+            SELECT s.snapshot_id, s.title, s.notes, s.dataset, s.encoder_key, s.cluster_run_id, s.origin,
+                   s.created_at,
+                   (SELECT count(*) FROM snapshot_points p WHERE p.snapshot_id = s.snapshot_id) AS n_points,
+                   (SELECT count(*) FROM snapshot_clusters c WHERE c.snapshot_id = s.snapshot_id) AS n_clusters
+            FROM snapshots s
+        """
+        params: list[Any] = []
+        if query:
+            sql += " WHERE contains(lower(s.title || chr(10) || s.notes || chr(10) || s.dataset), lower(?))"
+            params.append(query)
+        return self._cursor().execute(sql + " ORDER BY s.created_at DESC, s.snapshot_id", params).df()
+
+    def snapshot_ids_starting(self, prefix: str) -> list[str]:
+        """Stored snapshot ids that begin with ``prefix`` (for short ids typed by hand)."""
+        return [r[0] for r in self._cursor().execute(
+            "SELECT snapshot_id FROM snapshots WHERE starts_with(snapshot_id, ?) ORDER BY snapshot_id", [prefix]
+        ).fetchall()]
+
+    def delete_snapshot(self, snapshot_id: str) -> bool:
+        """Remove a snapshot and its rows in one transaction; False if there was none."""
+        with self._transaction() as cur:
+            gone = cur.execute("DELETE FROM snapshots WHERE snapshot_id = ? RETURNING 1", [snapshot_id]).fetchall()
+            cur.execute("DELETE FROM snapshot_points WHERE snapshot_id = ?", [snapshot_id])
+            cur.execute("DELETE FROM snapshot_clusters WHERE snapshot_id = ?", [snapshot_id])
+        return bool(gone)
+
+    def snapshot_table_counts(self) -> dict[str, int]:
+        """Row counts of the snapshot tables (to check that a failed import changed nothing)."""
+        cur = self._cursor()
+        return {t: int(cur.execute(f"SELECT count(*) FROM {t}").fetchall()[0][0])
+                for t in ("snapshots", "snapshot_points", "snapshot_clusters")}
+
+    def _insert_cluster_run_for_tests(self, run_id: str, dataset: str, encoder_key: str, method: str,
+                                      params: dict[str, Any], metrics: dict[str, Any], hashes: Sequence[str],
+                                      clusters: Sequence[int], labels: Sequence[dict[str, Any]] = ()) -> None:
+        """Test fixture only: write a cluster run's rows directly (core.cluster owns real runs)."""
+        assigned = np.asarray(clusters, dtype=np.int64)
+        n_clusters = len(set(assigned[assigned >= 0].tolist()))
+        noise = float((assigned < 0).mean()) if len(assigned) else 0.0
+        now = _now()
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO cluster_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?)",
+                [run_id, dataset, encoder_key, method, json.dumps(params, sort_keys=True), n_clusters, noise,
+                 json.dumps(metrics, sort_keys=True), now],
+            )
+            cur.executemany("INSERT INTO cluster_assignments VALUES (?, ?, ?)",
+                            [[run_id, h, int(c)] for h, c in zip(hashes, assigned)])
+            if labels:
+                cur.executemany(
+                    "INSERT INTO cluster_labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [[run_id, int(lab["cluster"]), lab["label"], lab.get("method", "user"),
+                      json.dumps(lab.get("candidates", [])), bool(lab.get("edited", False)), now] for lab in labels],
+                )
 
     # -- runs -------------------------------------------------------------------------
 
     def start_run(self, kind: str, dataset: str | None, encoder_key: str | None, params: dict[str, Any]) -> str:
         run_id = uuid.uuid4().hex[:12]
-        self._cursor().execute(
-            "INSERT INTO runs (run_id, kind, dataset, encoder_key, params, status, started_at) "
-            "VALUES (?, ?, ?, ?, ?, 'running', ?)",
-            [run_id, kind, dataset, encoder_key, json.dumps(params, sort_keys=True), _now()],
-        )
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO runs (run_id, kind, dataset, encoder_key, params, status, started_at) "
+                "VALUES (?, ?, ?, ?, ?, 'running', ?)",
+                [run_id, kind, dataset, encoder_key, json.dumps(params, sort_keys=True), _now()],
+            )
         return run_id
 
     def finish_run(self, run_id: str, *, stats: dict[str, Any] | None = None, error: str | None = None) -> None:
-        self._cursor().execute(
-            "UPDATE runs SET status = ?, stats = ?, error = ?, finished_at = ? WHERE run_id = ?",
-            ["failed" if error else "done", json.dumps(stats or {}, sort_keys=True), error, _now(), run_id],
-        )
+        with self._transaction() as cur:
+            cur.execute(
+                "UPDATE runs SET status = ?, stats = ?, error = ?, finished_at = ? WHERE run_id = ?",
+                ["failed" if error else "done", json.dumps(stats or {}, sort_keys=True), error, _now(), run_id],
+            )
 
     def runs(self, kind: str | None = None) -> pd.DataFrame:
         sql = "SELECT * FROM runs" + (" WHERE kind = ?" if kind else "") + " ORDER BY started_at DESC"
@@ -687,7 +966,7 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
     applied = {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
     newer = [v for v in applied if v > SCHEMA_VERSION]
     if newer:
-        raise DatabaseLockedError(
+        raise DatabaseError(
             f"The database was written by a newer RepLens (schema {max(newer)} > {SCHEMA_VERSION}). "
             "Upgrade RepLens or point REPLENS_DB at another file."
         )
@@ -707,12 +986,23 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
 def _locked_error(path: Path, exc: Exception) -> Exception:
     text = str(exc)
     if "lock" not in text.lower():
-        return exc
+        return DatabaseError(
+            f"Could not open the database {path}: {text.splitlines()[0] if text else type(exc).__name__}. "
+            "Check that REPLENS_DB names a RepLens DuckDB file (or a new path) and that its folder is writable."
+        )
     holder = text.split("Conflicting lock is held in", 1)[-1].split(". See also")[0].strip()
     return DatabaseLockedError(
         f"The database {path} is open in another process ({holder}). Close that process "
         "(e.g. stop the running RepLens app or CLI command) or set REPLENS_DB to another file."
     )
+
+
+def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Drop a registered Arrow/pandas view. Runs in ``finally`` blocks: inside a transaction
+    that has already failed DuckDB refuses even this, and that refusal must not replace the
+    error that caused it (the view dies with the cursor's transaction anyway)."""
+    with suppress(duckdb.Error):
+        cur.unregister(name)
 
 
 def _check_dataset_name(name: str) -> None:
