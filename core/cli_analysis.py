@@ -1,8 +1,226 @@
-"""CLI commands for the analyses built on stored embeddings (registered by core.cli)."""
+"""CLI commands for the analyses built on stored embeddings (registered by core.cli).
+
+    python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden} [--k N] [--seed S]
+    python -m core cluster-runs [--dataset NAME]
+    python -m core labels --run RUN_ID --method {clip,text,visual}
+    python -m core diagnostics --dataset NAME [--encoder ID] [--compare]
+
+Each takes ``--json`` and then prints exactly one JSON object on stdout.
+"""
 from __future__ import annotations
 
 import argparse
+import json
+import warnings
+from typing import Any
+
+from core.errors import InvalidInputError
+
+CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
+LABEL_METHODS = ("clip", "text", "visual")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add analysis sub-commands to ``python -m core``."""
+    p = sub.add_parser("cluster", help="cluster a dataset's embeddings and store the run")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", required=True, help="encoder id, full cache key, or import:NAME")
+    p.add_argument("--layer")
+    p.add_argument("--pool")
+    p.add_argument("--method", required=True, choices=CLUSTER_METHODS)
+    p.add_argument("--k", type=int, help="number of clusters (kmeans, agglomerative); default: chosen automatically")
+    p.add_argument("--k-selection", choices=("silhouette", "eigengap"), help="how k is chosen when --k is absent")
+    p.add_argument("--seed", type=int, help="random_state (default 0)")
+    p.add_argument("--min-cluster-size", type=int, help="hdbscan: smallest cluster")
+    p.add_argument("--resolution", type=float, help="leiden: higher gives more clusters (default 1.0)")
+    p.add_argument("--reduce", choices=("none", "pca", "umap"), help="space to cluster in (default per method)")
+    p.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also fit with N seeds and report their pairwise ARI")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster)
+
+    p = sub.add_parser("cluster-runs", help="list stored cluster runs")
+    p.add_argument("--dataset")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cluster_runs)
+
+    p = sub.add_parser("labels", help="name the clusters of a stored run")
+    p.add_argument("--run", required=True, help="cluster run id (see cluster-runs)")
+    p.add_argument("--method", required=True, choices=LABEL_METHODS)
+    p.add_argument("--words", help="clip: extra words, comma-separated, added to the vocabulary")
+    p.add_argument("--vocabulary", help="clip: a text file with one word per line instead of core/data/nouns.txt")
+    p.add_argument("--clip-encoder", help="clip: stored key of the CLIP embeddings (default: the dataset's)")
+    p.add_argument("--weights", help="clip: local weights file for the text tower")
+    p.add_argument("--device", default="cpu", help="clip: cpu (default), cuda, mps")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_labels)
+
+    p = sub.add_parser("diagnostics", help="representation diagnostics (RankMe, uniformity, LID, hubness, kNN, probe)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", help="one encoder (id or key); default: every embedded encoder")
+    p.add_argument("--layer")
+    p.add_argument("--pool")
+    p.add_argument("--compare", action="store_true", help="also CKA and mutual-kNN between encoders")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_diagnostics)
+
+
+def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
+    method = args.method
+    params: dict[str, Any] = {}
+    if args.k is not None:
+        if method not in ("kmeans", "agglomerative"):
+            raise InvalidInputError(f"--k applies to kmeans and agglomerative, not {method} "
+                                    "(hdbscan: --min-cluster-size; leiden: --resolution)")
+        params["n_clusters"] = args.k
+    if args.k_selection is not None:
+        if method not in ("kmeans", "agglomerative"):
+            raise InvalidInputError(f"--k-selection applies to kmeans and agglomerative, not {method}")
+        params["k_selection"] = args.k_selection
+    if args.min_cluster_size is not None:
+        if method not in ("hdbscan", "leiden"):
+            raise InvalidInputError(f"--min-cluster-size applies to hdbscan and leiden, not {method}")
+        params["min_cluster_size"] = args.min_cluster_size
+    if args.resolution is not None:
+        if method != "leiden":
+            raise InvalidInputError(f"--resolution applies to leiden, not {method}")
+        params["resolution"] = args.resolution
+    if args.reduce is not None:
+        params["reduce"] = None if args.reduce == "none" else args.reduce
+    if args.seed is not None:
+        params["random_state"] = args.seed
+    return params
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from core.cli import _emit, _store, resolve_encoder_key
+    from core.cluster import run_clustering
+
+    params = _cluster_params(args)
+    if args.stability == 1 or args.stability < 0:
+        raise InvalidInputError(f"--stability {args.stability}: give 2 or more seeds (or 0 for none)")
+    seed = args.seed or 0
+    store = _store()
+    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    images, vectors = store.load_embeddings(args.dataset, key)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = run_clustering(store, args.dataset, key, args.method, params, images=images, vectors=vectors,
+                             stability_seeds=list(range(seed, seed + args.stability)))
+    notes = _notes(caught)
+    cluster_of = dict(zip(run.hashes, run.labels.tolist()))
+    payload = {
+        "run_id": run.run_id, "dataset": args.dataset, "encoder": key, "method": run.method, "params": run.params,
+        "n_clusters": run.n_clusters, "noise_fraction": run.noise_fraction, "metrics": run.metrics,
+        "warnings": notes,
+        "assignments": [{"path": path, "cluster": int(cluster_of[h])}
+                        for path, h in zip(images["rel_path"], images["content_hash"])],
+    }
+
+    def human() -> None:
+        m = run.metrics
+        print(f"run {run.run_id}: {run.method} on {key}: {run.n_clusters} clusters, "
+              f"{run.noise_fraction:.1%} noise, silhouette {_fmt(m.get('silhouette'))}, {m.get('seconds', 0):.2f}s")
+        if "ari" in m:
+            print(f"  vs folders: ARI {m['ari']:.3f}  NMI {m['nmi']:.3f}  Hungarian accuracy "
+                  f"{m['hungarian_accuracy']:.3f} ({m['n_classes']} folders)")
+        if "stability" in m:
+            print(f"  seed stability: mean ARI {m['stability']['mean_ari']:.3f} (min {m['stability']['min_ari']:.3f})")
+        sizes = ", ".join(f"{c}:{n}" for c, n in m["sizes"].items())
+        print(f"  sizes: {sizes}")
+        for note in notes:
+            print(f"  warning: {note}")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def cmd_cluster_runs(args: argparse.Namespace) -> int:
+    from core.cli import _emit, _store
+
+    frame = _store().list_cluster_runs(args.dataset)
+    records = [{**r, "params": json.loads(r["params"]), "metrics": json.loads(r["metrics"]),
+                "created_at": str(r["created_at"])} for r in frame.to_dict("records")]
+
+    def human() -> None:
+        if frame.empty:
+            print("no cluster runs yet; create one with: python -m core cluster --dataset NAME --encoder ID --method hdbscan")
+            return
+        for r in records:
+            parent = f" (from {r['parent_run_id']})" if r["parent_run_id"] else ""
+            print(f"{r['run_id']}  {r['dataset']:<12} {r['method']:<13} {r['n_clusters']:>4} clusters "
+                  f"{r['noise_fraction']:6.1%} noise  {r['encoder_key']}{parent}  {r['created_at']}")
+
+    _emit(args, records, human)
+    return 0
+
+
+def cmd_labels(args: argparse.Namespace) -> int:
+    from core.cli import _emit, _store
+    from core.concepts import label_run, load_vocabulary
+
+    options: dict[str, Any] = {}
+    if args.method == "clip":
+        if args.words:
+            options["extra_words"] = [w.strip() for w in args.words.split(",") if w.strip()]
+        if args.vocabulary:
+            options["vocabulary"] = load_vocabulary(args.vocabulary)
+        options.update(encoder_key=args.clip_encoder, weights=args.weights, device=args.device)
+    elif any((args.words, args.vocabulary, args.clip_encoder, args.weights)):
+        raise InvalidInputError(f"--words/--vocabulary/--clip-encoder/--weights apply to --method clip, not {args.method}")
+    store = _store()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        labels = label_run(store, args.run, args.method, **options)
+    notes = _notes(caught)
+    payload = {"run_id": args.run, "method": args.method, "warnings": notes,
+               "labels": [c.to_dict() for c in labels]}
+
+    def human() -> None:
+        for c in labels:
+            alts = ", ".join(f"{x['word']} {x['score']:.3g}" for x in c.candidates)
+            edited = " (edited by a user)" if c.edited else ""
+            print(f"cluster {c.cluster:>3}: {c.label}{edited}    [{alts}]")
+        for note in notes:
+            print(f"warning: {note}")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def cmd_diagnostics(args: argparse.Namespace) -> int:
+    from core.cli import _emit, _store, resolve_encoder_key
+    from core.diagnostics import compare_encoders, dataset_diagnostics
+
+    store = _store()
+    store.require_dataset(args.dataset)
+    keys = [resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)] if args.encoder else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = dataset_diagnostics(store, args.dataset, keys)
+        comparison = compare_encoders(store, args.dataset) if args.compare else None
+    payload: dict[str, Any] = {"dataset": args.dataset, "encoders": table.to_dict("records"), "warnings": _notes(caught)}
+    if comparison is not None:
+        payload["comparison"] = comparison.to_dict("records")
+
+    def human() -> None:
+        print(table.to_string(index=False))
+        if comparison is not None:
+            print()
+            print(comparison.to_string(index=False))
+
+    _emit(args, payload, human)
+    return 0
+
+
+def _notes(caught: list[warnings.WarningMessage]) -> list[str]:
+    from core.cluster import ClusteringWarning
+    from core.concepts import LabellingWarning
+    from core.diagnostics import DiagnosticsWarning
+
+    ours = (ClusteringWarning, LabellingWarning, DiagnosticsWarning)
+    return list(dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ours)))
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

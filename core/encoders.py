@@ -196,6 +196,12 @@ def load_encoder(encoder_id: str, device: str | None = "auto", *, layer: str | N
     pooling = pooling or spec.default_pooling
     _check_option("layer", layer, spec.layers, spec.id)
     _check_option("pooling", pooling, spec.poolings, spec.id)
+    if weights and not Path(weights).is_file():
+        raise EncoderUnavailableError(f"Weights file {weights} does not exist; pass the path of a local checkpoint.")
+    if weights:
+        # Other weights, other vectors: the file's identity goes into the cache key.
+        spec = dataclasses.replace(spec, version=f"{spec.version}+{_file_version(Path(weights))}",
+                                   needs_network=False)
     try:
         return entry.loader(spec, resolve_device(device), layer, pooling, weights)
     except (EncoderUnavailableError, InvalidInputError):
