@@ -51,7 +51,9 @@ class BatteryResult:
 
 
 def folder_hashes(images: pd.DataFrame, folder: str) -> tuple[str, ...]:
-    """Hashes of the images whose folder labels contain ``folder`` (any level, or a/b)."""
+    """Hashes of the images whose folder labels contain ``folder`` (any level, or a/b).
+
+    Pass ``store.dataset_paths(dataset)`` so that every path of an image counts."""
     parts = tuple(p for p in folder.strip("/").split("/") if p)
     if not parts:
         raise InvalidInputError("An empty folder name selects nothing; pick a sub-folder of the dataset.")
@@ -60,7 +62,8 @@ def folder_hashes(images: pd.DataFrame, folder: str) -> tuple[str, ...]:
         labels = tuple(labels)
         return any(labels[i:i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
 
-    return tuple(images.loc[images["labels"].map(inside), "content_hash"])
+    # ``images`` may list every path: an image filed in two folders belongs to both sets, once.
+    return tuple(dict.fromkeys(images.loc[images["labels"].map(inside), "content_hash"]))
 
 
 def folder_test(images: pd.DataFrame, name: str, x: str, y: str, a: str, b: str) -> BatteryTest:
@@ -74,6 +77,7 @@ def folder_test(images: pd.DataFrame, name: str, x: str, y: str, a: str, b: str)
 
 def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: Sequence[BatteryTest], *,
                 n_samples: int = bias.DEFAULT_N_SAMPLES, seed: int | None = 0, n_drivers: int = 8,
+                alternative: str = "greater",
                 progress: Callable[[int, int], None] | None = None) -> BatteryResult:
     """Every test on every encoder; p-values Holm-corrected across the whole table."""
     if not tests or not encoder_keys:
@@ -84,7 +88,7 @@ def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: 
         images, vectors = store.load_embeddings(dataset, key)
         row_of = {h: i for i, h in enumerate(images["content_hash"])}
         for test in tests:
-            outcomes.append(_run_one(test, key, images, vectors, row_of, n_samples, seed, n_drivers))
+            outcomes.append(_run_one(test, key, images, vectors, row_of, n_samples, seed, n_drivers, alternative))
             done += 1
             if progress:
                 progress(done, total)
@@ -92,10 +96,11 @@ def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: 
 
 
 def _run_one(test: BatteryTest, key: str, images: pd.DataFrame, vectors: np.ndarray, row_of: dict[str, int],
-             n_samples: int, seed: int | None, n_drivers: int) -> BatteryOutcome:
+             n_samples: int, seed: int | None, n_drivers: int, alternative: str) -> BatteryOutcome:
     rows = {role: _rows(test, role, hashes, row_of, key) for role, hashes in test.sets().items()}
     sets = {role: vectors[idx] for role, idx in rows.items()}
-    result = bias.association_test(sets["x"], sets["y"], sets["a"], sets["b"], n_samples=n_samples, seed=seed)
+    result = bias.association_test(sets["x"], sets["y"], sets["a"], sets["b"], n_samples=n_samples, seed=seed,
+                                   alternative=alternative)
     ci = bias.bootstrap_effect_size_ci(sets["x"], sets["y"], sets["a"], sets["b"], seed=seed)
     drivers = _drivers(images, rows, result, n_drivers)
     return BatteryOutcome(test.name, key, result, ci, drivers)

@@ -272,24 +272,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_bias(args: argparse.Namespace) -> int:
-    from core import bias
+    from core.bias_runs import folder_options, folder_test, run_battery
 
     store = _store()
     key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
-    images, vectors = store.load_embeddings(args.dataset, key)
-    sets = {role: vectors[folder_mask(images["labels"], getattr(args, role))] for role in "xyab"}
-    for role, arr in sets.items():
-        if len(arr) == 0:
-            raise InvalidInputError(
-                f"--{role} {getattr(args, role)!r} matches no embedded image of {args.dataset!r}; "
-                f"folders: {', '.join(sorted(folder_names(images['labels'])))}"
-            )
-    result = bias.association_test(sets["x"], sets["y"], sets["a"], sets["b"], n_samples=args.n_samples,
-                                   seed=args.seed, alternative=args.alternative)
-    low, high = bias.bootstrap_effect_size_ci(sets["x"], sets["y"], sets["a"], sets["b"], seed=args.seed)
+    paths = store.dataset_paths(args.dataset)
+    try:
+        test = folder_test(paths, f"{args.x} vs {args.y}", args.x, args.y, args.a, args.b)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc} Folders: {', '.join(folder_options(paths))}") from exc
+    outcome = run_battery(store, args.dataset, [key], [test], n_samples=args.n_samples, seed=args.seed,
+                          alternative=args.alternative).outcomes[0]
+    result, (low, high) = outcome.result, outcome.ci
     payload = {
         "dataset": args.dataset, "encoder": key, "alternative": result.alternative,
-        "sets": {role: {"folder": getattr(args, role), "n": int(len(arr))} for role, arr in sets.items()},
+        "sets": {role: {"folder": getattr(args, role), "n": len(hashes)} for role, hashes in test.sets().items()},
         "effect_size": result.effect_size, "ci95": [low, high], "p_value": result.p_value, "exact": result.exact,
         "n_permutations": result.n_permutations, "statistic": result.statistic, "min_p_value": result.min_p_value,
     }
@@ -297,20 +294,6 @@ def cmd_bias(args: argparse.Namespace) -> int:
         f"d = {result.effect_size:.3f} (95% CI {low:.3f}..{high:.3f}), p = {result.p_value:.4g} "
         f"({'exact' if result.exact else 'sampled'}, {result.n_permutations} partitions, min p {result.min_p_value:.3g})"))
     return 0
-
-
-def folder_mask(labels: Any, folder: str) -> np.ndarray:
-    """Rows whose folder labels include ``folder`` (any level, or a nested path like a/b)."""
-    parts = tuple(p for p in folder.strip("/").split("/") if p)
-    return np.array([_has_run(tuple(lab), parts) for lab in labels], dtype=bool)
-
-
-def _has_run(labels: tuple[str, ...], parts: tuple[str, ...]) -> bool:
-    return bool(parts) and any(labels[i:i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
-
-
-def folder_names(labels: Any) -> set[str]:
-    return {name for lab in labels for name in lab}
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:

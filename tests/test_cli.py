@@ -178,7 +178,7 @@ def test_ingest_and_embed_a_zip(cli, tmp_path: Path, image_folder, isolated_env)
     (["embed", "--dataset", "nope", "--encoder", "pixels", "--device", "cpu"],
      ["No dataset named 'nope'", "python -m core ingest PATH --dataset nope"]),
     (["bias", "--dataset", "d", "--encoder", "pixels", "--x", "cats", "--y", "dogs", "--a", "birds",
-      "--b", "whales"], ["--b 'whales' matches no embedded image", "birds, cats, dogs, fish"]),
+      "--b", "whales"], ["set B (folder 'whales') has no images", "birds, cats, dogs, fish"]),
     (["export", "--dataset", "d", "--encoder", "random-resnet18", "--out", "x.parquet"],
      ["no embeddings for 'random-resnet18'", PIXELS_KEY]),
     (["embed", "--dataset", "two\nlines", "--encoder", "pixels"], ["No dataset named 'two\\nlines'"]),

@@ -2,7 +2,6 @@
 cluster listed, hover and galleries show thumbnails, and a script in a label stays text."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from test_snapshots import HOSTILE_LABEL, build_world
 
 CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason="Debian chromium is not installed")
 
 
 def test_imported_snapshot_page_renders_offline_and_keeps_labels_as_text(store: Store, tmp_path: Path) -> None:

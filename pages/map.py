@@ -1,0 +1,144 @@
+"""Map: a 2-D layout of a dataset's embeddings; select points to see and export the images."""
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core import images
+from core.errors import RepLensError
+from core.reduce import UMAP_METRICS
+from core.store import Store
+from pages import common
+
+METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
+METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
+COLOUR_OPTIONS = ("Folder", "Caption keyword", "Width", "Height", "File size", "None")
+NUMERIC = {"Width": ("width", "Width (px)"), "Height": ("height", "Height (px)"), "File size": ("n_bytes", "Bytes")}
+
+
+def layout_controls() -> tuple[str, dict[str, Any]]:
+    """Method and its parameters from the sidebar."""
+    st.sidebar.divider()
+    label = st.sidebar.radio("Layout", list(METHOD_LABELS), horizontal=True, key="map_method")
+    method = METHOD_LABELS[label]
+    params: dict[str, Any] = {}
+    if method == "umap":
+        with st.sidebar.expander("UMAP parameters", expanded=False):
+            params["n_neighbors"] = st.slider("n_neighbors", 2, 100, 15, key="umap_nn",
+                                              help="Small: local detail. Large: global structure.")
+            params["min_dist"] = st.slider("min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md",
+                                           help="How tightly points may pack together.")
+            params["metric"] = st.selectbox("metric", UMAP_METRICS, key="umap_metric")
+            params["random_state"] = int(st.number_input("seed", 0, 2**31 - 1, 42, key="umap_seed"))
+    elif method == "tsne":
+        with st.sidebar.expander("t-SNE parameters", expanded=False):
+            params["perplexity"] = float(st.slider("perplexity", 5, 100, 30, key="tsne_perp"))
+            params["random_state"] = int(st.number_input("seed", 0, 2**31 - 1, 42, key="tsne_seed"))
+    return method, params
+
+
+def colour_controls(frame: pd.DataFrame) -> common.Colouring:
+    st.sidebar.divider()
+    choice = st.sidebar.selectbox("Colour by", COLOUR_OPTIONS, key="map_colour")
+    if choice == "Folder":
+        return common.colour_by_folder(frame)
+    if choice == "Caption keyword":
+        keyword = st.sidebar.text_input("Keyword in caption", key="map_keyword", placeholder="e.g. red")
+        negate = st.sidebar.radio("Match", ["contains", "does not contain"], horizontal=True,
+                                  key="map_keyword_mode") == "does not contain"
+        if frame["caption"].isna().all():
+            st.sidebar.caption("This dataset has no captions (.txt files next to the images).")
+        return common.colour_by_keyword(frame, keyword.strip(), negate)
+    if choice in NUMERIC:
+        column, title = NUMERIC[choice]
+        return common.colour_by_number(frame, column, title)
+    return common.Colouring("All images")
+
+
+def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, seconds: float) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "random_state")
+    seed = f", seed {params['random_state']}" if "random_state" in params and method != "pca" else ""
+    origin = "loaded from cache" if cached else f"computed in {seconds:.1f}s, now cached"
+    return f"**{n:,} points** · {METHOD_NAMES[method]}{f' ({shown}{seed})' if shown else ''} · {origin}"
+
+
+def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
+    """The image behind a clicked point (Plotly hovers cannot show images, so this panel does)."""
+    if not rows:
+        st.caption("Click a point to see its image here. Drag a box or lasso (toolbar) to select a group.")
+        return
+    row = frame.iloc[rows[0]]
+    try:
+        st.image(images.read_bytes(row["source"], row["rel_path"]), width="stretch")
+    except RepLensError as exc:
+        st.error(str(exc))
+    st.markdown(f"**{row['rel_path']}**")
+    details = [f"folder: {row['label'] or '(top level)'}", f"{int(row['width'])}×{int(row['height'])} px",
+               f"{int(row['n_bytes']):,} bytes"]
+    st.caption(" · ".join(details))
+    if isinstance(row["caption"], str) and row["caption"]:
+        st.caption(f"“{row['caption']}”")
+    if len(rows) > 1:
+        st.caption(f"First of {len(rows):,} selected points.")
+    if st.button("Find neighbours", icon=":material/join_inner:", key="to_neighbors", type="primary"):
+        st.session_state[common.QUERY_KEY] = row["content_hash"]
+        st.switch_page(common.PAGE_NEIGHBORS)
+
+
+def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
+    if not rows:
+        return
+    chosen = frame.iloc[rows]
+    # Other pages (Bias: "Map selection" as a stimulus set) read the selection by image hash.
+    st.session_state[common.SELECTION_KEY] = chosen["content_hash"].tolist()
+    st.session_state[common.SELECTION_DATASET_KEY] = st.session_state.get(common.DATASET_KEY)
+    st.subheader(f"Selection · {len(chosen):,} images")
+    counts = chosen["label"].replace("", "(top level)").value_counts()
+    st.caption("By folder: " + ", ".join(f"{name} {n}" for name, n in counts.head(8).items())
+               + (" …" if len(counts) > 8 else ""))
+    c1, c2, _ = st.columns([1, 1, 3])
+    c1.download_button("Paths (CSV)", common.paths_csv(chosen), file_name="selection.csv", mime="text/csv",
+                       icon=":material/download:", key="dl_csv")
+    c2.download_button("Files (zip)", lambda: common.files_zip(chosen), file_name="selection.zip",
+                       mime="application/zip", icon=":material/folder_zip:", key="dl_zip")
+    captions = [p.rsplit("/", 1)[-1] for p in chosen["rel_path"]]
+    common.gallery(store, chosen, captions, key="map_gallery")
+
+
+def main() -> None:
+    st.title("Map")
+    store = common.get_store()
+    dataset = common.dataset_picker(store)
+    if dataset is None:
+        return
+    key = common.encoder_key_picker(store, dataset)
+    if key is None:
+        return
+    method, params = layout_controls()
+    with common.user_errors():
+        view = common.DatasetView(store, dataset)
+        frame, _ = view.embeddings(key)
+        colouring = colour_controls(frame)
+        n = len(frame)
+        with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
+            proj = view.projection(key, method, params)
+        rows = common.display_rows(frame)
+        st.caption(describe_layout(method, proj.params, n, proj.cached, proj.seconds))
+        if len(rows) < n:
+            st.caption(f"Drawing a stratified random sample of {len(rows):,} of {n:,} points (every folder keeps "
+                       "its share) so the map stays fast; selections and exports cover the drawn points.")
+        chart_col, panel_col = st.columns([3, 1])
+        # The figure must not depend on the selection: a changed figure would reset it.
+        fig = common.build_map_figure(proj.coords, frame, colouring, rows)
+        with chart_col:
+            event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
+                                    key="map_chart", config={"scrollZoom": True, "displaylogo": False})
+        selected = common.selected_rows(event)
+        with panel_col:
+            inspect_panel(store, frame, selected)
+        selection_section(store, frame, selected)
+
+
+main()

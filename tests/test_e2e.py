@@ -1,0 +1,213 @@
+"""Real browser, real server: upload a folder, extract, map, select, find neighbours.
+
+Starts ``streamlit run app.py`` on a free port with its own REPLENS_DB/REPLENS_CACHE and
+drives Debian's Chromium through Playwright. Screenshots go to ``test-output/e2e/``; the Map
+one (with a selection) is also copied to ``docs/map.png``, which the README shows.
+
+The folder goes in through the real ``webkitdirectory`` input: Playwright's
+``set_input_files(<directory>)`` fills it the way a user's folder pick does, so the relative
+paths (and thus the sub-folder labels) arrive as in a browser.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "test-output" / "e2e"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # headless Chromium still has WebGL (software) for Scattergl
+PER_CLASS = 15
+TIMEOUT_MS = 90_000
+
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _make_images(root: Path) -> Path:
+    """30 captioned images: round blobs in circles/, blocky ones in squares/."""
+    rng = np.random.default_rng(0)
+    for cls in ("circles", "squares"):
+        (root / cls).mkdir(parents=True)
+        for i in range(PER_CLASS):
+            img = Image.new("RGB", (96, 96), tuple(int(v) for v in rng.integers(180, 255, 3)))
+            draw = ImageDraw.Draw(img)
+            colour = tuple(int(v) for v in rng.integers(0, 160, 3))
+            box = [20 + i % 5, 20 + i % 7, 76 - i % 3, 76 - i % 4]
+            (draw.ellipse if cls == "circles" else draw.rectangle)(box, fill=colour)
+            img.save(root / cls / f"{cls[:-1]}_{i:02d}.png")
+            (root / cls / f"{cls[:-1]}_{i:02d}.txt").write_text(f"a {cls[:-1]} number {i}")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    base = tmp_path_factory.mktemp("e2e")
+    port = _free_port()
+    env = {**os.environ, "REPLENS_DB": str(base / "db" / "replens.duckdb"), "REPLENS_CACHE": str(base / "cache"),
+           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    log = (base / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"streamlit did not start:\n{(base / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def page(server: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1440, "height": 1200})
+        context.set_default_timeout(TIMEOUT_MS)
+        pg = context.new_page()
+        try:
+            yield pg
+        finally:
+            context.close()
+            browser.close()
+
+
+def settle(page: object) -> None:
+    """Wait until Streamlit has finished the current run (its 'Running…' widget is gone)."""
+    page.wait_for_timeout(400)
+    page.wait_for_function(
+        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
+        " && !document.querySelector('[data-testid=\"stSpinner\"]')",
+        timeout=TIMEOUT_MS,
+    )
+    page.wait_for_timeout(300)
+
+
+def shot(page: object, name: str) -> Path:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def choose(page: object, label: str, option: str) -> None:
+    """Pick ``option`` in the Streamlit selectbox labelled ``label``."""
+    combo = page.get_by_role("combobox", name=label).first
+    combo.click()
+    combo.fill(option)  # filters the (virtualised) list down to the wanted entry
+    page.get_by_role("option", name=option, exact=False).first.click()
+    settle(page)
+
+
+def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path: Path) -> None:
+    folder = _make_images(tmp_path / "shapes")
+    started = time.monotonic()
+
+    # -- Data: upload the folder (webkitdirectory input keeps the sub-folders) -------------
+    page.goto(server)
+    page.get_by_role("heading", name="Data").wait_for()
+    settle(page)
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(folder))
+    add = page.get_by_role("button", name="Add folder")
+    page.wait_for_function("() => [...document.querySelectorAll('button')].some("
+                           "b => b.innerText.trim() === 'Add folder' && !b.disabled)")
+    settle(page)
+    page.get_by_role("textbox", name="Dataset name").first.fill("e2e")
+    page.keyboard.press("Enter")
+    settle(page)
+    add.click()
+    page.get_by_text("e2e: 30 added").wait_for()
+    settle(page)
+    overview = page.locator('[data-testid="stDataFrame"]').first
+    overview.wait_for()
+
+    # -- Data: extract with the instant pixels baseline ------------------------------------
+    choose(page, "Encoder", "Pixels baseline")
+    page.get_by_text("Family:").first.wait_for()
+    page.get_by_role("button", name="Extract").click()
+    page.get_by_text("30 embedded").wait_for()
+    settle(page)
+    shot(page, "1-data")
+
+    # -- Map: every point drawn, read from Plotly's own data in the DOM --------------------
+    page.get_by_role("link", name="Map").click()
+    page.get_by_text("30 points").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()
+    settle(page)
+    n_drawn = page.evaluate(
+        # _fullData: Plotly's decoded traces (the x arrays arrive as base64 typed arrays).
+        "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)")
+    assert n_drawn == 2 * PER_CLASS
+    webgl = page.evaluate("() => document.querySelectorAll('.js-plotly-plot canvas').length")
+    assert webgl > 0, "Scattergl did not create a WebGL canvas"
+    shot(page, "2-map")
+
+    # -- Map: box-select everything by dragging over the plot ------------------------------
+    drag = page.locator(".js-plotly-plot .nsewdrag").first
+    box = drag.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 5, box["y"] + 5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.move(box["x"] + box["width"] - 5, box["y"] + box["height"] - 5, steps=8)
+    page.mouse.up()
+    page.get_by_text(f"Selection · {2 * PER_CLASS} images").wait_for()
+    settle(page)
+    # Gallery thumbnails + the inspected point's image; elements stream in, so wait for them.
+    n_images = "document.querySelectorAll('[data-testid=\"stImage\"] img').length"
+    page.wait_for_function(f"() => {n_images} >= {2 * PER_CLASS + 1}")
+    page.get_by_role("button", name="Paths (CSV)").wait_for()
+    page.get_by_role("button", name="Files (zip)").wait_for()
+    # The README's picture: the map with a selection, the inspected image and the gallery.
+    (ROOT / "docs").mkdir(exist_ok=True)
+    shutil.copyfile(shot(page, "3-map-selection"), ROOT / "docs" / "map.png")
+
+    # -- Neighbors, opened from the inspected point ------------------------------------
+    query_path = page.locator('[data-testid="stMarkdownContainer"] strong').filter(has_text=".png").first.inner_text()
+    page.get_by_role("button", name="Find neighbours").click()
+    page.get_by_role("heading", name="Neighbors").wait_for()
+    settle(page)
+    page.get_by_text(f"Query: {query_path}").wait_for()
+    page.get_by_text("1.000 · ").first.wait_for()
+    settle(page)
+    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    results = [c for c in captions if not c.startswith("Query:")]
+    assert results, captions
+    assert results[0] == f"1.000 · {query_path.rsplit('/', 1)[-1]}"
+    shot(page, "4-neighbors")
+    assert time.monotonic() - started < 180

@@ -1,0 +1,283 @@
+"""The Clusters page driven headlessly with AppTest, checked against what core stored."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageDraw
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from core import cluster  # noqa: E402
+from core.datasets import ingest_path  # noqa: E402
+from core.encoders import load_encoder  # noqa: E402
+from core.extract import embed_dataset  # noqa: E402
+from core.store import Store  # noqa: E402
+
+PAGE = str(ROOT / "pages" / "clusters.py")
+DATASET = "shapes3"
+PIXELS_KEY = "pixels@v1/pixels/none"
+TIMEOUT = 90
+FOLDERS = {"reds": (210, 40, 40), "greens": (40, 190, 60), "blues": (40, 60, 210)}
+
+
+def make_images(root: Path, per_class: int = 6) -> Path:
+    """3 folders x ``per_class`` images: a clearly different colour and shape per folder."""
+    rng = np.random.default_rng(0)
+    for shape, (folder, base) in enumerate(FOLDERS.items()):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            colour = tuple(int(v) for v in np.clip(np.array(base) + rng.integers(-25, 25, 3), 0, 255))
+            img = Image.new("RGB", (48, 48), (235, 235, 235))
+            draw = ImageDraw.Draw(img)
+            box = (6 + i, 6, 42 - i // 2, 42)
+            [draw.rectangle, draw.ellipse, lambda b, fill: draw.polygon([(b[0], b[3]), (b[2], b[3]),
+                                                                         ((b[0] + b[2]) // 2, b[1])], fill=fill)
+             ][shape](box, fill=colour)
+            img.save(root / folder / f"{folder}_{i:02d}.png")
+    return root
+
+
+def build_store(base: Path) -> dict[str, str]:
+    """A store with DATASET (18 images) embedded with the instant pixels encoder, through core."""
+    db, cache = base / "replens.duckdb", base / "cache"
+    store = Store(db, cache)
+    ingest_path(store, DATASET, make_images(base / "images"))
+    embed_dataset(store, DATASET, load_encoder("pixels", "cpu"))
+    store.close()
+    return {"db": str(db), "cache": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    return build_store(tmp_path_factory.mktemp("clusters_page"))
+
+
+@pytest.fixture()
+def store(prepared: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Store:
+    """The page's own Store (one DuckDB connection per file in this process)."""
+    monkeypatch.setenv("REPLENS_DB", prepared["db"])
+    monkeypatch.setenv("REPLENS_CACHE", prepared["cache"])
+    from pages import common
+
+    return common.get_store()
+
+
+def kmeans_run(store: Store, k: int = 3) -> cluster.ClusterRun:
+    return cluster.run_clustering(store, DATASET, PIXELS_KEY, "kmeans", {"n_clusters": k, "reduce": None})
+
+
+def open_page(run_id: str | None = None) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.session_state["rl_dataset"] = DATASET
+    at.session_state["rl_encoder_key"] = PIXELS_KEY
+    at.session_state["cl_layout"] = "PCA"  # instant layout: UMAP is not what these tests check
+    if run_id is not None:
+        at.session_state["rl_cluster_run"] = run_id
+    at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def table_with(at: AppTest, column: str) -> pd.DataFrame:
+    found = [d.value for d in at.dataframe if column in d.value.columns]
+    assert found, f"no dataframe with column {column!r}"
+    return found[0]
+
+
+def test_kmeans_from_the_page_stores_a_run_whose_metrics_are_shown(store: Store) -> None:
+    before = set(cluster.list_runs(store, DATASET)["run_id"])
+    at = open_page()
+    at.selectbox(key="cl_method").set_value("kmeans").run()
+    at.radio(key="cl_k_mode").set_value("Fixed k").run()
+    at.number_input(key="cl_k").set_value(3).run()
+    at.toggle(key="cl_umap_kmeans").set_value(False).run()
+    at.button(key="cl_go").click().run()
+    assert_clean(at)
+
+    new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
+    assert len(new) == 1
+    run_id = new.pop()
+    assert at.session_state["rl_cluster_run"] == run_id
+    assert at.selectbox(key="w_cl_run").value == run_id
+    meta, _, labels = store.load_cluster_run(run_id)
+    stored = meta["metrics"]
+    assert meta["method"] == "kmeans" and meta["params"]["n_clusters"] == 3 and meta["params"]["reduce"] == "pca"
+    shown = metrics(at)
+    assert shown["Clusters"] == str(stored["n_clusters"]) == "3"
+    assert shown["Noise"] == f"{stored['noise_fraction']:.1%}"
+    assert shown["Silhouette"] == f"{stored['silhouette']:.3f}"
+    assert shown["ARI vs folders"] == f"{stored['ari']:.3f}"
+    assert shown["NMI vs folders"] == f"{stored['nmi']:.3f}"
+    assert shown["Hungarian acc."] == f"{stored['hungarian_accuracy']:.3f}"
+    assert stored["hungarian_accuracy"] == pytest.approx(1.0)  # the three folders are easy to separate
+    # The map has one trace per cluster, sized as stored.
+    import json
+
+    figure = json.loads(at.get("plotly_chart")[0].proto.spec)
+    sizes = sorted(int(t["name"].rsplit("(", 1)[1].rstrip(")")) for t in figure["data"])
+    assert sizes == sorted(np.bincount(labels).tolist())
+
+    # Reopening the stored run reads it back: no new run, the same numbers.
+    again = open_page(run_id)
+    assert set(cluster.list_runs(store, DATASET)["run_id"]) - before == {run_id}
+    assert metrics(again) == shown
+
+
+def test_user_error_is_shown_not_raised(store: Store) -> None:
+    at = open_page()
+    at.selectbox(key="cl_method").set_value("kmeans").run()
+    at.radio(key="cl_k_mode").set_value("Fixed k").run()
+    at.number_input(key="cl_k").set_value(50).run()  # more clusters than the 18 images
+    at.button(key="cl_go").click().run()
+    assert not at.exception
+    assert at.error and "n_clusters=50" in at.error[0].value
+
+
+def test_rename_persists(store: Store) -> None:
+    run = kmeans_run(store)
+    at = open_page(run.run_id)
+    at.selectbox(key="cl_cluster").set_value(1).run()
+    at.text_input(key="cl_rename").set_value("  my favourites ").run()
+    at.button(key="cl_rename_go").click().run()
+    assert_clean(at)
+    labels = store.load_cluster_labels(run.run_id).set_index("cluster")
+    assert labels.loc[1, "label"] == "my favourites" and bool(labels.loc[1, "edited"])
+    assert labels.loc[1, "method"] == "user"
+    assert table_with(at, "cohesion").set_index("cluster").loc[1, "label"] == "my favourites"
+
+
+def test_label_edited_inline_persists_and_a_later_rename_wins(store: Store) -> None:
+    run = kmeans_run(store)
+    at = open_page(run.run_id)
+    editor = next(k for k in at.session_state if k.startswith(f"cl_label_editor_{run.run_id}"))
+    row = table_with(at, "candidates").reset_index(drop=True)
+    target = int(row.loc[2, "cluster"])
+    at.session_state[editor] = {"edited_rows": {2: {"label": "circles"}}, "added_rows": [], "deleted_rows": []}
+    at.run()
+    assert_clean(at)
+    labels = store.load_cluster_labels(run.run_id).set_index("cluster")
+    assert labels.loc[target, "label"] == "circles" and bool(labels.loc[target, "edited"])
+    # The saved edit does not linger in the editor: a rename afterwards is not overwritten by it.
+    at.selectbox(key="cl_cluster").set_value(target).run()
+    at.text_input(key="cl_rename").set_value("discs").run()
+    at.button(key="cl_rename_go").click().run()
+    at.run()
+    assert_clean(at)
+    assert store.load_cluster_labels(run.run_id).set_index("cluster").loc[target, "label"] == "discs"
+
+
+def test_merge_and_split_make_child_runs_that_become_selected(store: Store) -> None:
+    run = kmeans_run(store)
+    at = open_page(run.run_id)
+    at.multiselect(key="cl_merge").set_value([0, 2]).run()
+    at.button(key="cl_merge_go").click().run()
+    assert_clean(at)
+    merged_id = at.session_state["rl_cluster_run"]
+    assert merged_id != run.run_id
+    merged = cluster.load_run(store, merged_id)
+    assert merged.parent_run_id == run.run_id and merged.method == "merge"
+    assert merged.n_clusters == run.n_clusters - 1 == 2
+    assert metrics(at)["Clusters"] == "2"
+
+    at.selectbox(key="cl_cluster").set_value(0).run()
+    at.number_input(key="cl_split_k").set_value(2).run()
+    at.button(key="cl_split_go").click().run()
+    assert_clean(at)
+    split = cluster.load_run(store, at.session_state["rl_cluster_run"])
+    assert split.parent_run_id == merged_id and split.method == "split" and split.n_clusters == 3
+
+
+def test_text_labels_name_the_reds_cluster(store: Store) -> None:
+    run = kmeans_run(store)
+    images = store.dataset_images(DATASET)
+    folder = dict(zip(images["content_hash"], images["rel_path"].str.split("/").str[0]))
+    reds = {int(c) for h, c in zip(run.hashes, run.labels) if folder[h] == "reds"}
+    assert len(reds) == 1
+    red = reds.pop()
+
+    at = open_page(run.run_id)
+    clip = at.button(key="cl_label_clip")
+    assert clip.disabled and any("no CLIP embeddings" in c.value for c in at.caption)
+    at.button(key="cl_label_text").click().run()
+    assert_clean(at)
+    stored = store.load_cluster_labels(run.run_id).set_index("cluster")
+    assert stored.loc[red, "method"] == "text"
+    words = [c["word"] for c in stored.loc[red, "candidates"]]
+    assert "reds" in words and stored.loc[red, "label"] == "reds"
+    # The page shows the label and the candidates with their z-scores.
+    shown = table_with(at, "candidates").set_index("cluster")
+    assert shown.loc[red, "label"] == "reds"
+    z = next(c["score"] for c in stored.loc[red, "candidates"] if c["word"] == "reds")
+    assert f"reds ({z:.2f})" in shown.loc[red, "candidates"]
+
+
+def test_snapshot_saves_and_loads(store: Store) -> None:
+    from core.snapshots import load_snapshot
+
+    from core.reduce import project
+
+    run = kmeans_run(store)
+    at = open_page(run.run_id)  # draws (and stores) the PCA map with the default seed 0
+    # A newer stored layout: a snapshot saved without the page's projection key would take this one.
+    project(store, DATASET, PIXELS_KEY, "pca", {"random_state": 1})
+    at.text_input(key="cl_snap_title").set_value("Three colours").run()
+    at.text_area(key="cl_snap_notes").set_value("k-means finds the folders").run()
+    at.button(key="cl_snap_save").click().run()
+    assert_clean(at)
+    saved = [s.value for s in at.success if "Snapshot saved" in s.value]
+    assert saved
+    sid = saved[0].split("`")[1]
+    snap = load_snapshot(store, sid)
+    assert snap.title == "Three colours" and snap.notes == "k-means finds the folders"
+    assert snap.clustering["run_id"] == run.run_id
+    assert snap.projection["method"] == "pca" and snap.projection["params"]["random_state"] == 0  # the map shown here
+    links = [m.value for m in at.markdown if f"?snapshot={sid}" in m.value]
+    assert links
+
+
+def test_snapshot_link_opens_the_snapshots_page_when_routed(store: Store, tmp_path: Path) -> None:
+    """In a router that lists a Snapshots page (url "snapshots"), the link is a page link with ?snapshot=<id>."""
+    run = kmeans_run(store)
+    (tmp_path / "pages").mkdir()
+    (tmp_path / "pages" / "clusters.py").symlink_to(PAGE)
+    (tmp_path / "pages" / "snapshots.py").write_text("import streamlit as st\nst.title('Snapshots')\n")
+    (tmp_path / "router.py").write_text(
+        "import streamlit as st\n"
+        "st.navigation([st.Page('pages/clusters.py', title='Clusters', url_path='clusters', default=True),\n"
+        "               st.Page('pages/snapshots.py', title='Snapshots', url_path='snapshots')]).run()\n")
+    at = AppTest.from_file(str(tmp_path / "router.py"), default_timeout=TIMEOUT)
+    for key, value in {"rl_dataset": DATASET, "rl_encoder_key": PIXELS_KEY, "cl_layout": "PCA",
+                       "rl_cluster_run": run.run_id}.items():
+        at.session_state[key] = value
+    at.run()
+    assert_clean(at)
+    assert at.title[0].value == "Clusters"
+    at.button(key="cl_snap_save").click().run()  # an empty title falls back to a descriptive one
+    assert_clean(at)
+    sid = next(s.value for s in at.success if "Snapshot saved" in s.value).split("`")[1]
+    links = at.get("page_link")
+    assert [(p.proto.page, p.proto.query_string) for p in links] == [("snapshots", f"snapshot={sid}")]
+
+
+def test_label_edits_only_changed_nonempty_rows() -> None:
+    from pages.clusters import label_edits
+
+    before = pd.DataFrame({"cluster": [0, 1, 2], "label": ["a", "", "c"]})
+    after = pd.DataFrame({"cluster": [0, 1, 2], "label": ["a", " new ", None]})
+    assert label_edits(before, after) == [(1, "new")]
