@@ -3,7 +3,7 @@
 Naive baseline = what a typical tool does: a torch DataLoader over PIL + torchvision
 transforms (Resize/CenterCrop/ToTensor/Normalize), fp32, batch 32, then the model.
 RepLens = core.extract.embed_dataset end to end (threaded decode with JPEG draft mode,
-inference_mode, bf16 autocast + channels_last on CUDA, chunked DuckDB writes).
+inference_mode, channels-last, bf16 autocast on CUDA, chunked DuckDB writes).
 
 Prints one JSON object. Corpus: synthetic 500x375 JPEGs (like shared/bench/gpu_anchor.py).
 
@@ -12,6 +12,7 @@ Prints one JSON object. Corpus: synthetic 500x375 JPEGs (like shared/bench/gpu_a
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -66,10 +67,13 @@ def naive_pipeline(encoder, paths: list[Path], batch_size: int, workers: int) ->
             return tf(Image.open(paths[i]).convert("RGB"))
 
     loader = torch.utils.data.DataLoader(Files(), batch_size=batch_size, num_workers=workers)
+    # The same weights as a typical tool holds them: default (contiguous NCHW) layout, fp32.
+    naive = copy.copy(encoder)
+    naive.model = copy.deepcopy(encoder.model).to(memory_format=torch.contiguous_format)
     started = time.perf_counter()
     with torch.no_grad():
         for x in loader:
-            encoder.features(x.to(encoder.device)).cpu()  # same model, plain fp32, no autocast
+            naive.features(x.to(encoder.device)).cpu()  # same model, plain fp32, no autocast
     if encoder.device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - started
