@@ -11,6 +11,8 @@ DEMO_GENERATED := cache/demo-generated
 PORT ?= 8501
 # pip prints one warning per package for this image's unused local indexes; keep the log readable.
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Filters those lines but keeps pip's own exit status (pipefail; grep's "nothing left" is fine).
+QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
 .PHONY: venv test demo demo-data browser bench clean-cache help
 
@@ -20,9 +22,9 @@ help:
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
-	$(PIP) --upgrade pip 2>&1 | grep -v "is ignored: it is neither" || true
-	set -o pipefail; $(PIP) -r requirements.txt 2>&1 | grep -v "is ignored: it is neither"
-	set -o pipefail; $(PIP) --no-deps -r requirements-nodeps.txt 2>&1 | grep -v "is ignored: it is neither"
+	set -o pipefail; $(PIP) --upgrade pip 2>&1 | $(QUIET_PIP)
+	set -o pipefail; $(PIP) -r requirements.txt 2>&1 | $(QUIET_PIP)
+	set -o pipefail; $(PIP) --no-deps -r requirements-nodeps.txt 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
 venv: $(STAMP)

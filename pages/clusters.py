@@ -510,12 +510,10 @@ def main() -> None:
     st.title("Clusters")
     st.caption("Which groups does this encoder form? Cluster, check against folders, look inside, name, edit, share.")
     store = common.get_store()
-    dataset = common.dataset_picker(store)
-    if dataset is None:
+    picked = common.dataset_and_key(store)
+    if picked is None:
         return
-    key = common.encoder_key_picker(store, dataset)
-    if key is None:
-        return
+    dataset, key = picked
     view = common.DatasetView(store, dataset)
     run_controls(store, view, dataset, key)
     runs = cluster.list_runs(store, dataset)

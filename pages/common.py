@@ -238,6 +238,15 @@ def encoder_key_picker(store: Store, dataset: str, label: str = "Embeddings") ->
     return _remembered_select(label, keys, ENCODER_KEY, "w_encoder_key", format_func=short_key)
 
 
+def dataset_and_key(store: Store) -> tuple[str, str] | None:
+    """The sidebar's dataset and embeddings pickers; None (with a pointer to Data) when either is missing."""
+    dataset = dataset_picker(store)
+    if dataset is None:
+        return None
+    key = encoder_key_picker(store, dataset)
+    return None if key is None else (dataset, key)
+
+
 def short_key(key: str) -> str:
     parts = parse_key(key)
     if parts is None:

@@ -110,12 +110,10 @@ def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> Non
 def main() -> None:
     st.title("Map")
     store = common.get_store()
-    dataset = common.dataset_picker(store)
-    if dataset is None:
+    picked = common.dataset_and_key(store)
+    if picked is None:
         return
-    key = common.encoder_key_picker(store, dataset)
-    if key is None:
-        return
+    dataset, key = picked
     method, params = layout_controls()
     with common.user_errors():
         view = common.DatasetView(store, dataset)

@@ -99,12 +99,10 @@ def main() -> None:
     st.caption("Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
                "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above.")
     store = common.get_store()
-    dataset = common.dataset_picker(store)
-    if dataset is None:
+    picked = common.dataset_and_key(store)
+    if picked is None:
         return
-    key = common.encoder_key_picker(store, dataset)
-    if key is None:
-        return
+    dataset, key = picked
     others = [k for k in store.embedded_keys(dataset) if k != key]
     k = st.sidebar.slider("Neighbours (k)", 5, 100, 24, key="nb_k")
     compare = st.sidebar.selectbox("Compare with a second encoder", [NONE] + others, key="nb_compare",

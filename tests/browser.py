@@ -64,13 +64,13 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log_path: Path) -> None:
 
 
 @contextmanager
-def browser_page(width: int = 1440, height: int = 1200) -> Iterator[object]:
+def browser_page(width: int = 1440, height: int = 1200, timeout_ms: int = TIMEOUT_MS) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": width, "height": height})
-        context.set_default_timeout(TIMEOUT_MS)
+        context = browser.new_context(viewport={"width": width, "height": height}, accept_downloads=True)
+        context.set_default_timeout(timeout_ms)
         try:
             yield context.new_page()
         finally:
@@ -80,7 +80,7 @@ def browser_page(width: int = 1440, height: int = 1200) -> Iterator[object]:
 
 def settle(page: object) -> None:
     """Wait until Streamlit has finished the current run (its 'Running…' widget is gone)."""
-    page.wait_for_timeout(400)
+    page.wait_for_timeout(400)  # a rerun may take a moment to show its status widget
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
         " && !document.querySelector('[data-testid=\"stSpinner\"]')",

@@ -10,13 +10,8 @@ paths (and thus the sub-folder labels) arrive as in a browser.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,20 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.browser import browser_page, settle, streamlit_server
+
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output" / "e2e"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]  # headless Chromium still has WebGL (software) for Scattergl
 PER_CLASS = 15
 TIMEOUT_MS = 90_000
-
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _make_images(root: Path) -> Path:
@@ -59,63 +46,14 @@ def _make_images(root: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = tmp_path_factory.mktemp("e2e")
-    port = _free_port()
-    env = {**os.environ, "REPLENS_DB": str(base / "db" / "replens.duckdb"), "REPLENS_CACHE": str(base / "cache"),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log = (base / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{(base / 'server.log').read_text()}")
-            time.sleep(0.5)
+    with streamlit_server(base / "db" / "replens.duckdb", base / "cache", base / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def page(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1440, "height": 1200})
-        context.set_default_timeout(TIMEOUT_MS)
-        pg = context.new_page()
-        try:
-            yield pg
-        finally:
-            context.close()
-            browser.close()
-
-
-def settle(page: object) -> None:
-    """Wait until Streamlit has finished the current run (its 'Running…' widget is gone)."""
-    page.wait_for_timeout(400)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')"
-        " && !document.querySelector('[data-testid=\"stSpinner\"]')",
-        timeout=TIMEOUT_MS,
-    )
-    page.wait_for_timeout(300)
+    with browser_page(timeout_ms=TIMEOUT_MS) as pg:
+        yield pg
 
 
 def shot(page: object, name: str) -> Path:

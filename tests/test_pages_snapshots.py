@@ -28,52 +28,6 @@ TIMEOUT = 60
 
 # The routing proposed for app.py, verbatim: a shared link (?snapshot=<id>) on the home page
 # (or any other page) switches to the Snapshots page and keeps the parameter.
-PROPOSED_ROUTING = '''
-def link_page_index(query_params) -> int | None:
-    """The PAGES index a shared link opens (?snapshot=<id> -> Snapshots), or None."""
-    if "snapshot" not in query_params:
-        return None
-    return next((i for i, (script, *_) in enumerate(PAGES) if script == "pages/snapshots.py"), None)
-'''
-ROUTER = '''"""Mirror of app.py's router with the proposed shared-link routing (tests only)."""
-from pathlib import Path
-
-import streamlit as st
-
-ROOT = Path({root!r})
-PAGES = [
-    ("pages/data.py", "Data", ":material/folder_open:", "data"),
-    ("pages/snapshots.py", "Snapshots", ":material/photo_library:", "snapshots"),
-]
-{routing}
-
-def main() -> None:
-    st.set_page_config(page_title="RepLens", page_icon=":material/blur_on:", layout="wide")
-    pages = [
-        st.Page(str(ROOT / script), title=title, icon=icon, url_path=url, default=(i == 0))
-        for i, (script, title, icon, url) in enumerate(PAGES)
-    ]
-    current = st.navigation(pages, position="sidebar")
-    target = link_page_index(st.query_params)
-    if target is not None and current is not pages[target]:
-        st.switch_page(pages[target], query_params=st.query_params.to_dict())
-    current.run()
-
-
-main()
-'''
-
-
-def router_script(folder: Path) -> Path:
-    """app.py once it lists the Snapshots page and routes ``?snapshot=``; until then a mirror."""
-    text = APP.read_text() if APP.exists() else ""
-    if '"pages/snapshots.py"' in text and "query_params" in text:
-        return APP
-    path = folder / "router.py"
-    path.write_text(ROUTER.format(root=str(ROOT), routing=PROPOSED_ROUTING))
-    return path
-
-
 def build_snapshots(base: Path) -> dict[str, object]:
     """Dataset 'shapes' (8 images, thumbnails cached), pixels embeddings, k-means k=2 and k=3
     runs, one snapshot of each, and a .replens export of the first."""
@@ -153,7 +107,7 @@ def test_lists_and_searches_snapshots(env: dict[str, object]) -> None:
 
 def test_link_opens_the_snapshot_read_only(env: dict[str, object], tmp_path: Path) -> None:
     sid = str(env["a"])
-    at = page(str(router_script(tmp_path)), snapshot=sid[:10])  # a unique prefix is enough
+    at = page(str(APP), snapshot=sid[:10])  # a unique prefix is enough
     assert [h.value for h in at.header] == ["Two groups"]
     snap = snapshots.load_snapshot(common.get_store(), sid)
     fig = figure(at)

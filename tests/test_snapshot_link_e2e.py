@@ -8,13 +8,8 @@ The screenshot goes to ``test-output/snapshots/``.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,21 +17,13 @@ import pytest
 
 from core import snapshots
 from core.store import Store
-from test_pages_snapshots import build_snapshots, router_script
+from test_pages_snapshots import build_snapshots
+from tests.browser import browser_page as open_browser
+from tests.browser import settle, streamlit_server
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-output" / "snapshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 TIMEOUT_MS = 60_000
-
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,59 +45,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def server(shared: dict[str, object]) -> Iterator[str]:
     base = Path(str(shared["base"]))
-    port = _free_port()
-    env = {**os.environ, "REPLENS_DB": str(shared["db"]), "REPLENS_CACHE": str(shared["cache"]),
-           "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    log_path = base / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(router_script(base)), "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"streamlit did not start:\n{log_path.read_text()}")
-            time.sleep(0.5)
+    with streamlit_server(Path(str(shared["db"])), Path(str(shared["cache"])), base / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        log.close()
 
 
 @pytest.fixture(scope="module")
 def browser_page(server: str) -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1400, "height": 2000}, accept_downloads=True)
-        context.set_default_timeout(TIMEOUT_MS)
-        pg = context.new_page()
-        try:
-            yield pg
-        finally:
-            context.close()
-            browser.close()
-
-
-def settle(page: object) -> None:
-    """Wait until Streamlit has finished the current run."""
-    page.wait_for_timeout(300)
-    page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=TIMEOUT_MS)
+    with open_browser(width=1400, height=2000, timeout_ms=TIMEOUT_MS) as page:
+        yield page
 
 
 def points_on_map(page: object) -> int:
