@@ -658,16 +658,9 @@ class Store:
     def load_cluster_run(self, run_id: str) -> tuple[dict[str, Any], list[str], np.ndarray] | None:
         """(meta, hashes, labels) of a stored clustering, hashes sorted; None when there is no such run."""
         cur = self._cursor()
-        rows = cur.execute(
-            "SELECT run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, metrics, parent_run_id, "
-            "created_at FROM cluster_runs WHERE run_id = ?",
-            [run_id],
-        ).fetchall()
-        if not rows:
+        meta = _cluster_run_row(cur, run_id)
+        if meta is None:
             return None
-        names = ("run_id", "dataset", "encoder_key", "method", "params", "n_clusters", "noise_fraction", "metrics",
-                 "parent_run_id", "created_at")
-        meta = dict(zip(names, rows[0]))
         meta["params"], meta["metrics"] = json.loads(meta["params"]), json.loads(meta["metrics"])
         table = cur.sql(
             "SELECT content_hash, cluster FROM cluster_assignments WHERE run_id = ? ORDER BY content_hash",
@@ -746,16 +739,9 @@ class Store:
         candidates, edited) are Arrow tables ordered by hash / cluster; JSON stays text.
         """
         cur = self._cursor()
-        rows = cur.execute(
-            "SELECT run_id, dataset, encoder_key, method, params, n_clusters, noise_fraction, metrics, parent_run_id, "
-            "created_at FROM cluster_runs WHERE run_id = ?",
-            [run_id],
-        ).fetchall()
-        if not rows:
+        run = _cluster_run_row(cur, run_id)
+        if run is None:
             return None
-        names = ("run_id", "dataset", "encoder_key", "method", "params", "n_clusters", "noise_fraction", "metrics",
-                 "parent_run_id", "created_at")
-        run: dict[str, Any] = dict(zip(names, rows[0]))
         run["assignments"] = cur.sql(
             "SELECT content_hash, cluster FROM cluster_assignments WHERE run_id = ? ORDER BY content_hash",
             params=[run_id],
@@ -995,6 +981,18 @@ def _locked_error(path: Path, exc: Exception) -> Exception:
         f"The database {path} is open in another process ({holder}). Close that process "
         "(e.g. stop the running RepLens app or CLI command) or set REPLENS_DB to another file."
     )
+
+
+_CLUSTER_RUN_COLUMNS = ("run_id", "dataset", "encoder_key", "method", "params", "n_clusters", "noise_fraction",
+                        "metrics", "parent_run_id", "created_at")
+
+
+def _cluster_run_row(cur: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any] | None:
+    """One cluster_runs row as a dict (JSON columns still text), or None."""
+    rows = cur.execute(
+        f"SELECT {', '.join(_CLUSTER_RUN_COLUMNS)} FROM cluster_runs WHERE run_id = ?", [run_id]
+    ).fetchall()
+    return dict(zip(_CLUSTER_RUN_COLUMNS, rows[0])) if rows else None
 
 
 def _unregister(cur: duckdb.DuckDBPyConnection, name: str) -> None:
