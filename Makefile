@@ -57,4 +57,4 @@ bench: venv
 	$(PY) bench/eval_encoders.py
 
 clean-cache:
-	rm -rf cache/replens.duckdb cache/thumbs cache/uploads cache/indexes
+	rm -rf cache/replens.duckdb cache/replens.duckdb.wal cache/thumbs cache/uploads cache/indexes cache/concepts cache/demo-generated
