@@ -127,8 +127,9 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     page.get_by_text(f"Selection · {2 * PER_CLASS} images").wait_for()
     settle(page)
     # Gallery thumbnails + the inspected point's image; elements stream in, so wait for them.
-    n_images = "document.querySelectorAll('[data-testid=\"stImage\"] img').length"
-    page.wait_for_function(f"() => {n_images} >= {2 * PER_CLASS + 1}")
+    n_thumbs = "[...document.querySelectorAll('.rl-gallery img')].filter(i => i.complete && i.naturalWidth).length"
+    page.wait_for_function(f"() => {n_thumbs} >= {2 * PER_CLASS}")
+    page.locator('[data-testid="stImage"] img').first.wait_for()  # the inspected point's full image
     page.get_by_role("button", name="Paths (CSV)").wait_for()
     page.get_by_role("button", name="Files (zip)").wait_for()
     # The README's picture: the map with a selection, the inspected image and the gallery.
@@ -143,7 +144,7 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     page.get_by_text(f"Query: {query_path}").wait_for()
     page.get_by_text("1.000 · ").first.wait_for()
     settle(page)
-    captions = page.locator('[data-testid="stImageCaption"]').all_inner_texts()
+    captions = page.locator(".rl-gallery figcaption").all_inner_texts()
     results = [c for c in captions if not c.startswith("Query:")]
     assert results, captions
     assert results[0] == f"1.000 · {query_path.rsplit('/', 1)[-1]}"
