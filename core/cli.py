@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,6 +30,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: work committed so far is kept; rerun to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `python -m core encoders --json | head`: the reader left; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if not _is_environment_error(exc):
             raise  # a bug in RepLens: the traceback is what a bug report needs
