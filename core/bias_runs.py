@@ -153,3 +153,21 @@ def folder_options(images: pd.DataFrame) -> list[str]:
             counts[path] = counts.get(path, 0) + 1
     return sorted(counts)
 
+
+
+def cluster_sets(store: Store, run_id: str) -> dict[str, tuple[str, ...]]:
+    """The clusters of a stored run as candidate stimulus sets, named "cluster N · label".
+
+    Noise (-1) is left out: it is not a group of similar images.
+    """
+    stored = store.load_cluster_run(run_id)
+    if stored is None:
+        raise InvalidInputError(f"No cluster run {run_id!r}; run a clustering on the Clusters page first.")
+    _, hashes, labels = stored
+    named = store.load_cluster_labels(run_id)
+    names = dict(zip(named["cluster"].astype(int), named["label"]))
+    sets: dict[str, tuple[str, ...]] = {}
+    for cluster in sorted(set(int(c) for c in labels) - {-1}):
+        members = tuple(h for h, c in zip(hashes, labels) if c == cluster)
+        sets[f"cluster {cluster} · {names.get(cluster, 'unnamed')}"] = members
+    return sets

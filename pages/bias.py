@@ -14,7 +14,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import bias
-from core.bias_runs import ROLES, BatteryTest, folder_hashes, folder_options, folder_test, run_battery
+from core.bias_runs import ROLES, BatteryTest, cluster_sets, folder_hashes, folder_options, run_battery
+from core.errors import InvalidInputError
 from pages import common
 
 BATTERY_KEY = "rl_bias_battery"
@@ -39,13 +40,13 @@ def main() -> None:
         st.info("Extract embeddings on the **Data** page first.")
         return
     with common.user_errors():
-        _battery_builder(store.dataset_paths(dataset))
+        _battery_builder(store, dataset, store.dataset_paths(dataset))
         _run_section(store, dataset, keys)
     _results(store)
     _conventions()
 
 
-def _battery_builder(images: pd.DataFrame) -> None:
+def _battery_builder(store: common.Store, dataset: str, images: pd.DataFrame) -> None:
     st.subheader("1 · Build the battery")
     templates = ["Custom"] + list(bias.IEAT_TEMPLATES)
     name = st.selectbox("Test template", templates, key="w_bias_template",
@@ -54,9 +55,8 @@ def _battery_builder(images: pd.DataFrame) -> None:
     if template is not None:
         st.caption(template.description)
     folders = folder_options(images)
-    selection_here = (st.session_state.get(common.SELECTION_KEY)
-                      and st.session_state.get(common.SELECTION_DATASET_KEY) == st.session_state.get(common.DATASET_KEY))
-    options = folders + ([MAP_SELECTION] if selection_here else [])
+    extra = _other_sets(store, dataset)
+    options = folders + list(extra)
     if len(folders) < 2:
         st.warning("This dataset has fewer than two folders. Stimulus sets are sub-folders: upload one folder "
                    "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page.")
@@ -64,16 +64,16 @@ def _battery_builder(images: pd.DataFrame) -> None:
     columns = st.columns(4)
     picked = {}
     # Start from four different top-level folders: the usual layout is one folder per set.
-    top_level = [i for i, f in enumerate(options) if "/" not in f and f != MAP_SELECTION] or list(range(len(options)))
+    top_level = [i for i, f in enumerate(folders) if "/" not in f] or list(range(len(folders)))
     for column, role in zip(columns, ROLES):
         label = ROLE_NAMES[role] + (f": {template.roles()[role.upper()]}" if template is not None else "")
         default = top_level[min(ROLES.index(role), len(top_level) - 1)]
         picked[role] = column.selectbox(label, options, index=default, key=f"w_bias_{role}")
-        count = _count(images, picked[role])
+        count = len(_hashes(images, extra, picked[role]))
         column.caption(f"{count} image{'s' if count != 1 else ''}")
     test_name = st.text_input("Test name", value=name if template is not None else "Custom test", key="w_bias_name")
     if st.button("Add test to battery", icon=":material/add:", key="w_bias_add"):
-        st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, test_name, picked))
+        st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, extra, test_name, picked))
     battery: list[BatteryTest] = st.session_state.get(BATTERY_KEY, [])
     if battery:
         st.dataframe(pd.DataFrame([{
@@ -85,20 +85,32 @@ def _battery_builder(images: pd.DataFrame) -> None:
             st.rerun()
 
 
-def _count(images: pd.DataFrame, choice: str) -> int:
-    if choice == MAP_SELECTION:
-        return len(st.session_state.get(common.SELECTION_KEY) or [])
-    return len(folder_hashes(images, choice))
+def _other_sets(store: common.Store, dataset: str) -> dict[str, tuple[str, ...]]:
+    """Stimulus sets besides folders: the Map selection and the clusters of the run picked on
+    the Clusters page, when they belong to this dataset."""
+    sets: dict[str, tuple[str, ...]] = {}
+    selection = st.session_state.get(common.SELECTION_KEY)
+    if selection and st.session_state.get(common.SELECTION_DATASET_KEY) == dataset:
+        sets[MAP_SELECTION] = tuple(selection)
+    run_id = st.session_state.get(common.CLUSTER_RUN_KEY)
+    stored = store.load_cluster_run(run_id) if run_id else None
+    if stored is not None and stored[0]["dataset"] == dataset:
+        sets.update(cluster_sets(store, run_id))
+    return sets
 
 
-def _make_test(images: pd.DataFrame, name: str, picked: dict[str, str]) -> BatteryTest:
-    if MAP_SELECTION not in picked.values():
-        return folder_test(images, name, **picked)
-    selection = tuple(st.session_state.get(common.SELECTION_KEY) or ())
-    sets = {role: selection if choice == MAP_SELECTION else folder_hashes(images, choice)
-            for role, choice in picked.items()}
-    return BatteryTest(name, **sets, roles={r: ("map selection" if c == MAP_SELECTION else f"folder {c}")
-                                            for r, c in picked.items()})
+def _hashes(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], choice: str) -> tuple[str, ...]:
+    return extra[choice] if choice in extra else folder_hashes(images, choice)
+
+
+def _make_test(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: str,
+               picked: dict[str, str]) -> BatteryTest:
+    sets = {role: _hashes(images, extra, choice) for role, choice in picked.items()}
+    for role, hashes in sets.items():
+        if not hashes:
+            raise InvalidInputError(f"{name}: set {role.upper()} ({picked[role]}) has no images.")
+    roles = {r: (c if c in extra else f"folder {c}") for r, c in picked.items()}
+    return BatteryTest(name, **sets, roles=roles)
 
 
 def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:

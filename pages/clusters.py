@@ -23,7 +23,7 @@ from core.store import Store
 from pages import common
 
 PAGE_SNAPSHOTS = "pages/snapshots.py"
-RUN_KEY = "rl_cluster_run"          # shared with other pages (plain key, survives page switches)
+RUN_KEY = common.CLUSTER_RUN_KEY    # shared with other pages (plain key, survives page switches)
 _RUN_WIDGET = "w_cl_run"
 _PENDING = "cl_pending_run"         # a run made in this session, to select on the next run of the script
 _FLASH = "cl_flash"                 # messages to show once after an action's rerun

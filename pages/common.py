@@ -42,6 +42,7 @@ DATASET_KEY = "rl_dataset"
 ENCODER_KEY = "rl_encoder_key"
 QUERY_KEY = "rl_query_hash"
 SELECTION_KEY = "rl_selection_hashes"         # content hashes of the last Map selection
+CLUSTER_RUN_KEY = "rl_cluster_run"            # the cluster run picked on the Clusters page
 SELECTION_DATASET_KEY = "rl_selection_dataset"  # the dataset that selection belongs to
 
 

@@ -90,3 +90,19 @@ def test_folder_options_lists_nested_paths(store_with_two_encoders: tuple[Store,
     store, _ = store_with_two_encoders
     assert folder_options(store.dataset_images("stim")) == ["flowers", "insects", "pleasant", "pleasant/warm",
                                                             "unpleasant"]
+
+
+def test_cluster_sets_follow_the_stored_run(store_with_two_encoders: tuple[Store, dict[str, np.ndarray]]) -> None:
+    from core.bias_runs import cluster_sets
+
+    store, _ = store_with_two_encoders
+    hashes = store.dataset_images("stim")["content_hash"].tolist()
+    labels = np.array([i % 3 - 1 for i in range(len(hashes))])  # clusters -1 (noise), 0, 1
+    store.save_cluster_run("run1", "stim", "enc-a@v/last/cls", "kmeans", {}, hashes, labels, {}, 2, 0.33)
+    store.set_cluster_label("run1", 0, "round things")
+    sets = cluster_sets(store, "run1")
+    assert list(sets) == ["cluster 0 · round things", "cluster 1 · unnamed"]
+    assert set(sets["cluster 0 · round things"]) == {h for h, c in zip(hashes, labels) if c == 0}
+    assert sum(len(v) for v in sets.values()) == int((labels >= 0).sum())
+    with pytest.raises(InvalidInputError, match="Clusters page"):
+        cluster_sets(store, "missing")

@@ -116,3 +116,33 @@ def test_browser_runs_a_battery_across_two_encoders(prepared: dict[str, Path], t
             assert row["effect_size"] == pytest.approx(expected[row["encoder"]], abs=1e-9)
         page.locator(".js-plotly-plot").first.wait_for()  # the permutation null is drawn
         page.screenshot(path=str(shots / "bias.png"), full_page=True)
+
+
+def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(prepared: dict[str, Path],
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from core.cluster import run_clustering
+
+    db = tmp_path / "db.duckdb"
+    shutil.copy(prepared["db"], db)
+    store = Store(db, prepared["cache"])
+    run = run_clustering(store, "stimuli", KEYS[0], "kmeans", {"n_clusters": 2})
+    _, hashes, labels = store.load_cluster_run(run.run_id)
+    store.close()
+    monkeypatch.setenv("REPLENS_DB", str(db))
+    monkeypatch.setenv("REPLENS_CACHE", str(prepared["cache"]))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["rl_cluster_run"] = run.run_id
+    at.run()
+    at.switch_page("pages/bias.py")
+    at.run()
+    option = next(o for o in at.selectbox(key="w_bias_x").options if o.startswith("cluster 0"))
+    at.selectbox(key="w_bias_x").set_value(option)
+    at.number_input(key="w_bias_samples").set_value(300)
+    at.multiselect(key="w_bias_encoders").set_value([KEYS[0]])
+    at.button(key="w_bias_add").click()
+    at.run()
+    at.button(key="w_bias_run").click()
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = next(d.value for d in at.dataframe if "effect_size" in d.value.columns)
+    assert int(table.loc[0, "n_x"]) == int((labels == 0).sum())
