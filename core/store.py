@@ -496,16 +496,12 @@ class Store:
         """
         images = self.dataset_images(dataset)
         dim = self._encoder_dim(encoder_key)
-        table = self._cursor().sql(
-            f"""
-            WITH imgs AS ({_DATASET_IMAGES_SQL})
-            SELECT imgs.content_hash, e.vector::FLOAT[{dim}] AS vector
-            FROM imgs JOIN embeddings e ON e.content_hash = imgs.content_hash AND e.encoder_key = ?
-            ORDER BY imgs.rel_path, imgs.source
-            """,
-            params=[dataset, encoder_key],
-        ).to_arrow_table()
-        if table.num_rows == 0:
+        table = self._vectors_table(dataset, encoder_key, dim, len(images))
+        # Vectors come back unsorted (sorting 3 KB rows in SQL cost more than the whole read);
+        # they are matched to the image order here, by hash.
+        positions = pd.Index(table.column("content_hash").to_pandas()).get_indexer(images["content_hash"])
+        found = positions >= 0
+        if not found.any():
             how = (f"python -m core import-embeddings FILE --dataset {dataset} --encoder-name {encoder_key[7:]}"
                    if encoder_key.startswith("import:")
                    else f"python -m core embed --dataset {dataset} --encoder {encoder_key.split('@')[0]}")
@@ -514,9 +510,22 @@ class Store:
             )
         column = table.column("vector").combine_chunks()
         matrix = column.values.to_numpy(zero_copy_only=False).reshape(table.num_rows, dim)
-        hashes = table.column("content_hash").to_pylist()
-        images = images.set_index("content_hash").loc[hashes].reset_index()
-        return images, np.ascontiguousarray(matrix, dtype=np.float32)
+        rows = positions[found]
+        if not (len(rows) == len(matrix) and np.array_equal(rows, np.arange(len(rows)))):
+            matrix = matrix[rows]  # extraction writes in image order, so this copy is usually skipped
+        return images[found].reset_index(drop=True), np.ascontiguousarray(matrix, dtype=np.float32)
+
+    def _vectors_table(self, dataset: str, encoder_key: str, dim: int, n_images: int) -> pa.Table:
+        """(content_hash, vector) for the key; restricted to the dataset in SQL only when the key
+        holds many more vectors than the dataset has images (the restriction costs a join)."""
+        cur = self._cursor()
+        n_key = cur.execute("SELECT count(*) FROM embeddings WHERE encoder_key = ?", [encoder_key]).fetchall()[0][0]
+        sql = f"SELECT content_hash, vector::FLOAT[{dim}] AS vector FROM embeddings WHERE encoder_key = ?"
+        params: list[Any] = [encoder_key]
+        if n_key > 2 * n_images:
+            sql += " AND content_hash IN (SELECT content_hash FROM dataset_images WHERE dataset = ?)"
+            params.append(dataset)
+        return cur.sql(sql, params=params).to_arrow_table()
 
     def _encoder_dim(self, encoder_key: str) -> int:
         rows = self._cursor().execute("SELECT dim FROM encoders WHERE encoder_key = ?", [encoder_key]).fetchall()
