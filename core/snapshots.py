@@ -950,7 +950,7 @@ def snapshot_html(store: Store, snapshot_id: str, out_path: str | os.PathLike[st
 
     snap = load_snapshot(store, snapshot_id)
     pts, cls = snap.points, snap.clusters
-    colours = _cluster_colours(cls["cluster"].tolist())
+    colours = cluster_colours(cls["cluster"].tolist())
     label_of = dict(zip(cls["cluster"].tolist(), cls["label"].tolist()))
     thumbs: dict[str, str] = {}
     for content_hash in pts["content_hash"]:
@@ -1028,7 +1028,8 @@ def _csp_hash(script: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii") + "'"
 
 
-def _cluster_colours(clusters: Iterable[int]) -> dict[int, str]:
+def cluster_colours(clusters: Iterable[int]) -> dict[int, str]:
+    """One colour per cluster (noise grey), the same in the HTML export and the Snapshots page."""
     colours, i = {}, 0
     for c in clusters:
         if c < 0:

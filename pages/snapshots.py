@@ -31,7 +31,7 @@ URL_PATH = "snapshots"      # this page's url path in app.py's PAGES
 GALLERY_LIMIT = 60          # thumbnails per cluster gallery / selection
 MOVED_THUMBS = 12           # thumbnails of images that changed cluster, in a diff
 MAX_LEGEND = common.MAX_LEGEND_GROUPS
-NOISE_COLOUR, OTHER_COLOUR = "#9E9E9E", "#C7C7CF"
+OTHER_COLOUR = "#C7C7CF"
 SECTIONS = ("Browse", "Import", "Compare")
 PROVENANCE = {  # how a cluster got its label (core.concepts labellers, a person, or none)
     "clip": "CLIP vocabulary", "text": "file names & captions", "visual": "pixel descriptors",
@@ -173,20 +173,6 @@ def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: 
 # The map (the snapshot's own coordinates, coloured by cluster)
 
 
-def cluster_colours(clusters: list[int]) -> dict[int, str]:
-    import plotly.colors
-
-    palette = plotly.colors.qualitative.Dark24
-    colours, i = {}, 0
-    for c in sorted(clusters):
-        if c < 0:
-            colours[c] = NOISE_COLOUR
-        else:
-            colours[c] = palette[i % len(palette)]
-            i += 1
-    return colours
-
-
 def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
     """One WebGL trace per cluster (the largest ``MAX_LEGEND``; the rest share one grey trace).
 
@@ -206,7 +192,7 @@ def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
                    for p, h, c in zip(paths[rows], hashes[rows], cluster_of[rows])]
     ordered = sorted(sizes, key=lambda c: (c < 0, -sizes[c], c))  # noise last in the legend
     shown, rest = ordered[:MAX_LEGEND], ordered[MAX_LEGEND:]
-    colours = cluster_colours(list(sizes))
+    colours = snapshots.cluster_colours(sorted(sizes))
     drawn = cluster_of[rows]
     groups = [(f"{c}: {names.get(c, '?')[:40]} ({sizes[c]:,})", rows[drawn == c], colours[c]) for c in shown]
     if rest:

@@ -14,6 +14,7 @@ import pytest
 import xxhash
 from PIL import Image
 
+from conftest import write_file as write
 from core.errors import ImageDecodeError, InvalidInputError, UnsupportedSourceError
 from core.images import (
     SUPPORTED_EXTENSIONS,
@@ -52,16 +53,6 @@ def solid(colour: tuple[int, int, int], size: tuple[int, int], fmt: str, **param
 def noise_png(size: tuple[int, int] = (64, 64)) -> bytes:
     rng = np.random.default_rng(0)
     return encode(Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)), "PNG")
-
-
-def write(root: Path, rel_path: str, data: bytes | str) -> Path:
-    path = root / rel_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(data, str):
-        path.write_text(data, encoding="utf-8")
-    else:
-        path.write_bytes(data)
-    return path
 
 
 def zip_folder(folder: Path, zip_path: Path, extra: Iterable[tuple[str, bytes]] = ()) -> Path:
