@@ -74,7 +74,10 @@ def test_shared_link_opens_the_snapshot_read_only(browser_page: object, server: 
     assert points_on_map(page) == shared["n"]
     assert page.get_by_text("Read-only snapshot").count() == 1
     assert page.locator('[data-testid="stTextInput"], [data-testid="stFileUploader"]').count() == 0
-    assert page.get_by_text(f"/?snapshot={sid}").count() >= 1  # the copyable link
+    # The copyable link: st.code's renderer is loaded on demand, so it may arrive after the run ends.
+    link = page.locator('[data-testid="stCode"]').filter(has_text=f"/?snapshot={sid}").first
+    link.wait_for(state="visible")
+    assert link.inner_text().strip() == f"{server}/?snapshot={sid}"
     # Thumbnails come from the import (the images are gone) and actually load.
     page.wait_for_function(
         "() => { const imgs = [...document.querySelectorAll('[data-testid=\"stImage\"] img')];"
