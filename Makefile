@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATASET ?= demo
 DEMO_GENERATED := cache/demo-generated
 PORT ?= 8501
+DEFAULT_ENCODER = $$($(PY) -c "from core.encoders import DEFAULT_ENCODER; print(DEFAULT_ENCODER)")
 # pip prints one warning per package for this image's unused local indexes; keep the log readable.
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Filters those lines but keeps pip's own exit status (pipefail; grep's "nothing left" is fine).
@@ -47,9 +48,11 @@ demo-data: venv
 	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d $(DEMO_GENERATED) ]; then \
 	  $(PY) -m core demo-data $(DEMO_GENERATED); fi
 
+# The Map page's default UMAP layout is computed here too, so the first map opens at once.
 demo: demo-data
 	$(PY) -m core ingest $$( [ -d /usr/share/tuxpaint/stamps ] && echo /usr/share/tuxpaint/stamps || echo $(DEMO_GENERATED) ) --dataset $(DEMO_DATASET)
-	$(PY) -m core embed --dataset $(DEMO_DATASET) --encoder $$($(PY) -c "from core.encoders import DEFAULT_ENCODER; print(DEFAULT_ENCODER)")
+	$(PY) -m core embed --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)
+	$(PY) -m core project --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)
 	$(PY) -m streamlit run app.py --server.port $(PORT)
 
 bench: venv

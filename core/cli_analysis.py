@@ -1,5 +1,6 @@
 """CLI commands for the analyses built on stored embeddings (registered by core.cli).
 
+    python -m core project --dataset NAME --encoder ID [--method {umap,pca,tsne}] [--n-neighbors N] [--min-dist D] [--metric M] [--perplexity P] [--seed S]
     python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden} [--k N] [--seed S]
     python -m core cluster-runs [--dataset NAME]
     python -m core labels --run RUN_ID --method {clip,text,visual}
@@ -16,12 +17,27 @@ from typing import Any
 
 from core.errors import InvalidInputError
 
+PROJECTION_METHODS = ("umap", "pca", "tsne")
 CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
 LABEL_METHODS = ("clip", "text", "visual")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add analysis sub-commands to ``python -m core``."""
+    p = sub.add_parser("project", help="compute and cache a 2-D map layout (the Map page then opens instantly)")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--encoder", required=True, help="encoder id, full cache key, or import:NAME")
+    p.add_argument("--layer")
+    p.add_argument("--pool")
+    p.add_argument("--method", default="umap", choices=PROJECTION_METHODS, help="default umap, as the Map page")
+    p.add_argument("--n-neighbors", type=int, help="umap (default 15, as the Map page)")
+    p.add_argument("--min-dist", type=float, help="umap (default 0.1)")
+    p.add_argument("--metric", help="umap: cosine (default), euclidean, correlation, manhattan")
+    p.add_argument("--perplexity", type=float, help="tsne (default 30)")
+    p.add_argument("--seed", type=int, help="random_state (default 42 for umap/tsne, 0 for pca, as the Map page)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_project)
+
     p = sub.add_parser("cluster", help="cluster a dataset's embeddings and store the run")
     p.add_argument("--dataset", required=True)
     p.add_argument("--encoder", required=True, help="encoder id, full cache key, or import:NAME")
@@ -63,6 +79,51 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--compare", action="store_true", help="also CKA and mutual-kNN between encoders")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_diagnostics)
+
+
+_PROJECTION_OPTIONS = {"n_neighbors": ("umap",), "min_dist": ("umap",), "metric": ("umap",),
+                       "perplexity": ("tsne",)}
+
+
+def _projection_params(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options given; the reducer's defaults (the Map page's too) fill the rest,
+    so a layout made here has the same cache key as the page's default one."""
+    params: dict[str, Any] = {}
+    for name, methods in _PROJECTION_OPTIONS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if args.method not in methods:
+            raise InvalidInputError(f"--{name.replace('_', '-')} applies to {', '.join(methods)}, not {args.method}")
+        params[name] = value
+    if args.seed is not None:
+        params["random_state"] = args.seed
+    return params
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from core.cli import _emit, _store, resolve_encoder_key
+    from core.reduce import project
+
+    params = _projection_params(args)
+    store = _store()
+    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    proj = project(store, args.dataset, key, args.method, params)
+    payload = {"projection_key": proj.key, "dataset": args.dataset, "encoder": key, "method": proj.method,
+               "params": proj.params, "n_points": len(proj.images), "cached": proj.cached,
+               "seconds": round(proj.seconds, 3)}
+
+    def human() -> None:
+        origin = "already cached" if proj.cached else f"computed in {proj.seconds:.1f}s and cached"
+        print(f"{proj.method} layout of {len(proj.images):,} images of {args.dataset} under {key}: {origin} "
+              f"({scalar_params(proj.params)})")
+
+    _emit(args, payload, human)
+    return 0
+
+
+def scalar_params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
 def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:

@@ -106,3 +106,55 @@ def test_python_dash_m_core_cluster_for_real(env_store: str, cli) -> None:
     assert out["n_clusters"] == 2 and len(out["assignments"]) == 8
     human = cli(["cluster", "--dataset", "d", "--encoder", "pixels", "--method", "kmeans", "--k", "2"])
     assert human.returncode == 0 and "2 clusters" in human.stdout and "vs folders: ARI" in human.stdout
+
+
+def test_project_caches_the_layout_the_map_page_opens_with(env_store: str, capsys) -> None:
+    """`make demo` runs `project` so the first Map visit needs no UMAP: the CLI's default
+    layout must have the very cache key the page's default widgets produce."""
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    first = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels")
+    assert first["cached"] is False and first["method"] == "umap" and first["n_points"] == 8
+    assert first["params"] == {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "random_state": 42}
+    again = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels")
+    assert again["cached"] is True and again["projection_key"] == first["projection_key"]
+
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["rl_dataset"], at.session_state["rl_encoder_key"] = "d", env_store
+    at.run()
+    at.switch_page("pages/map.py")
+    at.run()
+    assert not at.exception
+    assert any("loaded from cache" in c.value for c in at.caption), [c.value for c in at.caption]
+    store = Store(config.db_path(), config.cache_dir())
+    try:
+        hashes, coords = store.load_projection(first["projection_key"])
+    finally:
+        store.close()
+    fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+    shown = sorted(round(float(x), 4) for t in fig["data"] for x in _decoded(t["x"]))
+    assert shown == sorted(round(float(x), 4) for x in coords[:, 0])
+
+
+def _decoded(data: object) -> list:
+    if isinstance(data, dict) and "bdata" in data:  # plotly's typed-array encoding
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)  # type: ignore[arg-type]
+
+
+def test_project_options_and_errors(env_store: str, capsys) -> None:
+    pca = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--method", "pca")
+    assert pca["params"] == {"random_state": 0} and pca["cached"] is False
+    umap = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--n-neighbors", "4",
+                    "--min-dist", "0.0", "--seed", "7")
+    assert umap["params"] == {"n_neighbors": 4, "min_dist": 0.0, "metric": "cosine", "random_state": 7}
+    assert main(["project", "--dataset", "d", "--encoder", "pixels", "--method", "pca", "--n-neighbors", "5"]) == 2
+    assert "--n-neighbors applies to umap, not pca" in capsys.readouterr().err
+    assert main(["project", "--dataset", "d", "--encoder", "pixels", "--metric", "hamming"]) == 2
+    assert "UMAP metric 'hamming' is not offered" in capsys.readouterr().err
