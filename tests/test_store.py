@@ -570,3 +570,27 @@ def test_runs_are_recorded_with_status(store: Store) -> None:
     assert runs.loc[bad, "error"] == "RuntimeError: boom"
     assert '"encoded": 3' in runs.loc[ok, "stats"]
     assert store.runs("projection").empty
+
+
+@pytest.mark.parametrize("chunk_sizes, order", [((5,), "same"), ((5,), "shuffled"), ((2, 0, 3), "shuffled"),
+                                                 ((3, 2), "subset")])
+def test_gather_rows_matches_plain_indexing(chunk_sizes: tuple[int, ...], order: str) -> None:
+    """Vectors arrive from DuckDB in chunks and in any order; each output row must be the
+    vector of the table row it was matched to (checked against numpy fancy indexing)."""
+    import pyarrow as pa
+
+    from core.store import _gather_rows
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(sum(chunk_sizes), 4)).astype(np.float32)
+    chunks, start = [], 0
+    for n in chunk_sizes:
+        flat = pa.array(vectors[start:start + n].ravel())
+        chunks.append(pa.FixedSizeListArray.from_arrays(flat, 4))
+        start += n
+    column = pa.chunked_array(chunks, type=pa.list_(pa.float32(), 4))
+    rows = {"same": np.arange(len(vectors)), "shuffled": rng.permutation(len(vectors)),
+            "subset": np.array([4, 0, 2])}[order]
+    got = _gather_rows(column, rows, 4)
+    np.testing.assert_array_equal(got, vectors[rows])
+    assert got.dtype == np.float32 and got.shape == (len(rows), 4)
