@@ -1,12 +1,14 @@
 """Bias: image embedding association tests (iEAT, Steed & Caliskan 2021) as a battery.
 
-Thin page: pick stimulus sets (folders or the Map selection), pick encoders, run
+Thin page: pick stimulus sets (folders, clusters, the Map selection, or four folders uploaded
+here), pick encoders, run
 ``core.bias_runs.run_battery``, render the table, the null distribution and the images that
 drive each effect.
 """
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -15,13 +17,18 @@ import streamlit as st
 
 from core import bias
 from core.bias_runs import ROLES, BatteryTest, cluster_sets, folder_hashes, folder_options, run_battery
+from core.datasets import ingest_path
+from core.encoders import DEFAULT_ENCODER, get_spec, list_encoders
 from core.errors import InvalidInputError
+from core.extract import embed_dataset
 from pages import common
 
 BATTERY_KEY = "rl_bias_battery"
 RESULT_KEY = "rl_bias_result"
 MAP_SELECTION = "(Map selection)"
 ROLE_NAMES = {"x": "Target X", "y": "Target Y", "a": "Attribute A", "b": "Attribute B"}
+UPLOAD_ROUND_KEY = "rl_bias_upload_round"
+FLASH_KEY = "rl_bias_flash"
 
 
 def main() -> None:
@@ -32,7 +39,12 @@ def main() -> None:
         "bootstrap CI; Holm-adjusted across the whole table."
     )
     store = common.get_store()
+    flash = st.session_state.pop(FLASH_KEY, None)
+    if flash:
+        st.success(flash, icon=":material/check_circle:")
     dataset = common.dataset_picker(store)
+    with common.user_errors():
+        _upload_section(store, expanded=dataset is None)
     if dataset is None:
         return
     keys = store.embedded_keys(dataset)
@@ -68,7 +80,9 @@ def _battery_builder(store: common.Store, dataset: str, images: pd.DataFrame) ->
     for column, role in zip(columns, ROLES):
         label = ROLE_NAMES[role] + (f": {template.roles()[role.upper()]}" if template is not None else "")
         default = top_level[min(ROLES.index(role), len(top_level) - 1)]
-        picked[role] = column.selectbox(label, options, index=default, key=f"w_bias_{role}")
+        # A role filled in by an upload is in session state already; passing an index too would warn.
+        start = {} if st.session_state.get(f"w_bias_{role}") in options else {"index": default}
+        picked[role] = column.selectbox(label, options, key=f"w_bias_{role}", **start)
         count = len(_hashes(images, extra, picked[role]))
         column.caption(f"{count} image{'s' if count != 1 else ''}")
     test_name = st.text_input("Test name", value=name if template is not None else "Custom test", key="w_bias_name")
@@ -83,6 +97,74 @@ def _battery_builder(store: common.Store, dataset: str, images: pd.DataFrame) ->
             st.session_state[BATTERY_KEY] = []
             st.session_state.pop(RESULT_KEY, None)
             st.rerun()
+
+
+def _upload_section(store: common.Store, expanded: bool) -> None:
+    """Four folders uploaded here become a dataset of their own (a sub-folder per role),
+    embedded with the chosen encoders, and fill the four roles."""
+    with st.expander("Upload four stimulus folders", expanded=expanded, icon=":material/upload:"):
+        st.caption("One folder per role (e.g. flowers, insects, pleasant, unpleasant). They are added as a dataset "
+                   "with one sub-folder per role, embedded, and picked as X, Y, A and B below.")
+        round_ = st.session_state.get(UPLOAD_ROUND_KEY, 0)
+        columns = st.columns(4)
+        uploads = {role: column.file_uploader(ROLE_NAMES[role], accept_multiple_files="directory",
+                                              type=common.UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}")
+                   for column, role in zip(columns, ROLES)}
+        left, right = st.columns([1, 2])
+        name = left.text_input("Dataset name", value="stimuli", key="w_bias_up_name")
+        ids = [spec.id for spec in list_encoders()]
+        encoder_ids = right.multiselect("Embed with", ids, default=[DEFAULT_ENCODER], key="w_bias_up_encoders",
+                                        help="Each encoder you want in the battery; hub encoders need the network "
+                                             "or their weights in the hub cache.")
+        ready = all(uploads.values()) and bool(encoder_ids)
+        if st.button("Add stimuli", type="primary", disabled=not ready, icon=":material/add:", key="w_bias_up_add"):
+            _add_stimuli(store, name.strip(), {r: [(f.name, f.getvalue()) for f in fs] for r, fs in uploads.items()},
+                         encoder_ids)
+
+
+def _add_stimuli(store: common.Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]],
+                 encoder_ids: list[str]) -> None:
+    folders = common.role_folders({r: [n for n, _ in files] for r, files in uploads.items()},
+                                  {r: r.upper() for r in uploads})
+    dest = common.upload_dir(store, dataset)
+    saved, refused = common.save_files(dest, ((common.flat_role_path(folders[r], n), data)
+                                              for r, files in uploads.items() for n, data in files))
+    if refused:
+        st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
+    if saved == 0:
+        raise InvalidInputError("None of the uploaded files could be saved; upload image files.")
+    bar = st.progress(0.0, text="Scanning…")
+    scan, _ = ingest_path(store, dataset, dest, progress=lambda d, t: bar.progress(d / t if t else 1.0,
+                                                                                    text=f"Checking images: {d}/{t}"))
+    paths = store.dataset_paths(dataset)
+    for role, folder in folders.items():
+        if not folder_hashes(paths, folder):
+            raise InvalidInputError(f"{ROLE_NAMES[role]} ({folder}): none of its files is a readable image. "
+                                    "Upload image files (jpg, png, webp, …).")
+    embedded = []
+    for encoder_id in encoder_ids:
+        spec = get_spec(encoder_id)
+        encoder = common.get_encoder(encoder_id, spec.default_layer, spec.default_pooling)
+        started = time.perf_counter()
+
+        def progress(done: int, total: int, name: str = encoder_id) -> None:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            eta = f" · ETA {common.fmt_duration((total - done) / rate)}" if rate > 0 and done < total else ""
+            bar.progress(done / total if total else 1.0, text=f"{name}: {done}/{total} images{eta}")
+
+        report = embed_dataset(store, dataset, encoder, progress=progress)
+        embedded.append(report.encoder)
+    bar.empty()
+    for role, folder in folders.items():
+        st.session_state[f"w_bias_{role}"] = folder
+    st.session_state[common.DATASET_KEY] = dataset
+    st.session_state.pop("w_dataset", None)
+    st.session_state["w_bias_encoders"] = embedded
+    st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
+    skipped = f"; {len(scan.skipped)} file(s) skipped (see the Data page)" if scan.skipped else ""
+    st.session_state[FLASH_KEY] = (f"**{dataset}**: {len(paths)} stimuli in {', '.join(folders.values())}, embedded "
+                                   f"with {', '.join(encoder_ids)}{skipped}. The roles below are filled in.")
+    st.rerun()
 
 
 def _other_sets(store: common.Store, dataset: str) -> dict[str, tuple[str, ...]]:
@@ -115,7 +197,13 @@ def _make_test(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: st
 
 def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:
     st.subheader("2 · Run it")
-    chosen = st.multiselect("Encoders", keys, default=keys[:2], format_func=common.short_key, key="w_bias_encoders")
+    remembered = st.session_state.get("w_bias_encoders")
+    if remembered is not None and set(remembered) <= set(keys):
+        start: dict[str, list[str]] = {}  # kept, or set by an upload (a default too would warn)
+    else:
+        st.session_state.pop("w_bias_encoders", None)  # none yet, or picked for another dataset
+        start = {"default": keys[:2]}
+    chosen = st.multiselect("Encoders", keys, format_func=common.short_key, key="w_bias_encoders", **start)
     left, right = st.columns(2)
     n_samples = int(left.number_input("Permutations (sampled mode)", 100, 1_000_000, bias.DEFAULT_N_SAMPLES,
                                       step=1000, key="w_bias_samples",

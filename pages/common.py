@@ -538,3 +538,36 @@ def selected_rows(event: Any) -> list[int]:
         if data is not None:
             rows.append(int(data))
     return list(dict.fromkeys(rows))
+
+
+def role_folders(picked: dict[str, list[str]], fallback: dict[str, str]) -> dict[str, str]:
+    """A distinct top-level folder name per role for four separately uploaded folders.
+
+    ``picked`` maps a role to the browser's file names ("flowers/a.jpg"); the folder the user
+    picked names the role's folder, unless it is missing, unsafe, or already taken by another
+    role, in which case ``fallback[role]`` (e.g. "X") is used, suffixed until unique.
+    """
+    taken: set[str] = set()
+    folders: dict[str, str] = {}
+    for role, names in picked.items():
+        tops = {n.replace("\\", "/").split("/")[0] for n in names if "/" in n.replace("\\", "/")}
+        name = tops.pop() if len(tops) == 1 else ""
+        name = re.sub(r"[^A-Za-z0-9._ -]+", "-", name).strip(". -")
+        if not name or name.lower() in taken:
+            name = fallback[role]
+        base, n = name, 2
+        while name.lower() in taken:
+            name, n = f"{base}-{n}", n + 1
+        taken.add(name.lower())
+        folders[role] = name
+    return folders
+
+
+def flat_role_path(folder: str, name: str) -> str:
+    """``folder/<file>`` for an uploaded file, its own sub-folders folded into the file name.
+
+    One level only: folder sets match a folder name at any depth, so a sub-folder inside
+    one role's upload must not be able to join another role's set."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p]
+    inner = parts[1:] if len(parts) > 1 else parts
+    return f"{folder}/{'__'.join(inner)}"
