@@ -309,3 +309,19 @@ def test_a_user_error_on_any_page_is_a_message_not_a_traceback(env: dict[str, st
     at.run()
     assert not at.exception
     assert any("open in another process" in e.value for e in at.error)
+
+
+def test_role_folders_are_distinct_and_safe() -> None:
+    picked = {"x": ["flowers/a.jpg", "flowers/b.jpg"], "y": ["Flowers/c.jpg"], "a": ["loose.jpg"],
+              "b": ["../evil/d.jpg"]}
+    fallback = {"x": "X", "y": "Y", "a": "A", "b": "B"}
+    # y's folder clashes with x's (case-insensitively), a has none, b's is unsafe ("..").
+    assert common.role_folders(picked, fallback) == {"x": "flowers", "y": "Y", "a": "A", "b": "B"}
+    assert common.role_folders({"x": ["X/a.jpg"], "y": ["b.jpg"]}, {"x": "X", "y": "X"}) == {"x": "X", "y": "X-2"}
+
+
+def test_flat_role_path_keeps_every_file_directly_under_its_role() -> None:
+    assert common.flat_role_path("roses", "roses/a.jpg") == "roses/a.jpg"
+    assert common.flat_role_path("roses", "picked/warm/red/a.jpg") == "roses/warm__red__a.jpg"
+    assert common.flat_role_path("X", "a.jpg") == "X/a.jpg"
+    assert common.safe_relative_path(common.flat_role_path("X", "p/../../a.jpg")) is None  # refused on save
