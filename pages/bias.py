@@ -8,7 +8,6 @@ drive each effect.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pandas as pd
@@ -145,14 +144,7 @@ def _add_stimuli(store: common.Store, dataset: str, uploads: dict[str, list[tupl
     for encoder_id in encoder_ids:
         spec = get_spec(encoder_id)
         encoder = common.get_encoder(encoder_id, spec.default_layer, spec.default_pooling)
-        started = time.perf_counter()
-
-        def progress(done: int, total: int, name: str = encoder_id) -> None:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            eta = f" · ETA {common.fmt_duration((total - done) / rate)}" if rate > 0 and done < total else ""
-            bar.progress(done / total if total else 1.0, text=f"{name}: {done}/{total} images{eta}")
-
-        report = embed_dataset(store, dataset, encoder, progress=progress)
+        report = embed_dataset(store, dataset, encoder, progress=common.embed_progress(bar, encoder_id))
         embedded.append(report.encoder)
     bar.empty()
     for role, folder in folders.items():

@@ -13,8 +13,9 @@ import html
 import io
 import json
 import re
+import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -419,6 +420,26 @@ def save_archive(dest: Path, name: str, data: bytes) -> Path:
 
 def upload_dir(store: Store, dataset: str) -> Path:
     return store.cache_dir / "uploads" / dataset_slug(dataset)
+
+
+def embed_progress(bar: Any, label: str = "") -> Callable[[int, int], None]:
+    """A progress callback for ``embed_dataset`` that shows images/s and an ETA on ``bar``.
+
+    The first report already counts the cached images, so the rate is measured from it.
+    """
+    first: list[tuple[int, float]] = []
+    prefix = f"{label}: " if label else ""
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if not first:
+            first.append((done, now))
+        start_done, start_time = first[0]
+        rate = (done - start_done) / (now - start_time) if now > start_time else 0.0
+        eta = f" · ETA {fmt_duration((total - done) / rate)}" if rate > 0 and done < total else ""
+        bar.progress(done / total if total else 1.0, text=f"{prefix}{done:,}/{total:,} images · {rate:.1f} img/s{eta}")
+
+    return progress
 
 
 def fmt_duration(seconds: float) -> str:

@@ -1,7 +1,6 @@
 """Data: add image folders, see what RepLens holds, extract embeddings."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -197,21 +196,9 @@ def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pool
     with st.spinner(f"Loading {encoder_id}…"):
         encoder = common.get_encoder(encoder_id, layer, pooling)
     bar = st.progress(0.0, text="Starting…")
-    first: list[tuple[int, float]] = []
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if not first:
-            first.append((done, now))  # cached images count as done at once; the rate excludes them
-        start_done, start_time = first[0]
-        rate = (done - start_done) / (now - start_time) if now > start_time else 0.0
-        eta = f" · ETA {common.fmt_duration((total - done) / rate)}" if rate > 0 and done < total else ""
-        text = f"{done:,}/{total:,} images · {rate:.1f} img/s{eta}"
-        bar.progress(done / total if total else 1.0, text=text)
-
-    # Leaving the page stops the script inside `progress`; each committed chunk is kept and a
-    # rerun embeds only what is missing.
-    report = embed_dataset(store, dataset, encoder, progress=progress)
+    # Leaving the page stops the script inside the progress callback; each committed chunk is
+    # kept and a rerun embeds only what is missing.
+    report = embed_dataset(store, dataset, encoder, progress=common.embed_progress(bar))
     message = (f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
                f"{len(report.failed)} failed in {report.seconds:.1f}s ({report.images_per_s:.1f} img/s on {report.device}).")
     st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
