@@ -40,7 +40,7 @@ METHOD_LABELS = {
 NO_UMAP = {"hdbscan": None, "kmeans": "pca", "agglomerative": "pca", "leiden": None}
 K_MODES = {"Fixed k": None, "Auto · silhouette": "silhouette", "Auto · eigengap": "eigengap"}
 LAYOUTS = {"UMAP": "umap", "PCA": "pca"}
-NOISE_NAME = "noise"
+NOISE_NAME = common.NOISE_NAME
 SCORE_MEANING = {
     "text": "log-odds z-score (Monroe et al. 2008) of the word in this cluster against the rest",
     "visual": "z-score of the pixel descriptor in this cluster against the rest",
@@ -75,15 +75,6 @@ def metric_items(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     return items
 
 
-def cluster_names(ids: list[int] | np.ndarray, labels: dict[int, str]) -> dict[int, str]:
-    """What a cluster is called on the map and in pickers: "3 · sunsets", "cluster 3", "noise"."""
-    names = {}
-    for c in (int(i) for i in ids):
-        if c == NOISE:
-            names[c] = NOISE_NAME
-        else:
-            names[c] = f"{c} · {labels[c]}" if labels.get(c) else f"cluster {c}"
-    return names
 
 
 def browser_table(table: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
@@ -130,19 +121,8 @@ def label_edits(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[int, st
     return out
 
 
-def map_categories(frame: pd.DataFrame, run: ClusterRun, names: dict[int, str]) -> np.ndarray:
-    """Each row of ``frame`` (the embeddings' image order) named by its cluster in ``run``."""
-    position = pd.Index(run.hashes).get_indexer(frame["content_hash"])
-    ids = np.where(position >= 0, run.labels[np.maximum(position, 0)], np.iinfo(np.int64).min)
-    lookup = {**names, int(np.iinfo(np.int64).min): "not in this run"}
-    return np.array([lookup.get(int(c), f"cluster {c}") for c in ids], dtype=object)
 
 
-def run_description(row: pd.Series) -> str:
-    created = pd.Timestamp(row["created_at"]).strftime("%b %d %H:%M")
-    parent = row.get("parent_run_id")
-    what = f"{row['method']} of {str(parent)[:6]}" if isinstance(parent, str) and parent else str(row["method"])
-    return f"{created} · {what} · {int(row['n_clusters'])} clusters · {row['run_id'][:6]}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -274,7 +254,7 @@ def run_picker(runs: pd.DataFrame) -> str:
     elif st.session_state.get(_RUN_WIDGET) not in options:
         remembered = st.session_state.get(RUN_KEY)
         st.session_state[_RUN_WIDGET] = remembered if remembered in options else options[0]
-    described = {row["run_id"]: run_description(row) for _, row in runs.iterrows()}
+    described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
     st.sidebar.divider()
     choice = st.sidebar.selectbox(f"Stored runs ({len(options)})", options, key=_RUN_WIDGET,
                                   format_func=lambda r: described.get(r, r),
@@ -321,12 +301,9 @@ def cluster_map(view: common.DatasetView, key: str, run: ClusterRun, names: dict
     frame, _ = view.embeddings(key)
     with st.spinner(f"Laying out {len(frame):,} points with {layout.upper()} (computed once, then cached)…"):
         proj = view.projection(key, layout, {})
-    colouring = common.Colouring("Cluster", categories=map_categories(frame, run, names))
+    colouring = common.Colouring("Cluster", categories=common.map_categories(frame, run, names))
     rows = common.display_rows(frame)
-    fig = common.build_map_figure(proj.coords, frame, colouring, rows, height=520)
-    for trace in fig.data:
-        if str(trace.name).startswith((f"{NOISE_NAME} (", "not in this run (")):
-            trace.marker.color = common.OTHER_COLOUR
+    fig = common.grey_noise(common.build_map_figure(proj.coords, frame, colouring, rows, height=520))
     st.plotly_chart(fig, key="cl_map", config={"scrollZoom": True, "displaylogo": False})
     if len(rows) < len(frame):
         st.caption(f"Drawing a stratified sample of {len(rows):,} of {len(frame):,} points.")
@@ -531,7 +508,7 @@ def main() -> None:
         data, clusters = _run_view(store, view, str(store.path), run_id, key, view.version)
         stored = store.load_cluster_labels(run.run_id)
         table = browser_table(clusters, stored)
-        names = cluster_names(table["cluster"].tolist(),
+        names = common.cluster_names(table["cluster"].tolist(),
                               {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])})
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)

@@ -26,6 +26,7 @@ import pandas as pd
 import streamlit as st
 
 from core import config, images
+from core.cluster import NOISE, ClusterRun
 from core.encoders import BaseEncoder, EncoderSpec, load_encoder
 from core.errors import InvalidInputError, RepLensError
 from core.neighbors import NeighborIndex
@@ -592,3 +593,51 @@ def flat_role_path(folder: str, name: str) -> str:
     parts = [p for p in name.replace("\\", "/").split("/") if p]
     inner = parts[1:] if len(parts) > 1 else parts
     return f"{folder}/{'__'.join(inner)}"
+
+
+# ---------------------------------------------------------------------------------------
+# Cluster runs on a map (Clusters page and the Map's "Cluster" colouring)
+
+NOISE_NAME = "noise"
+NOT_IN_RUN = "not in this run"
+
+
+def cluster_names(ids: list[int] | np.ndarray, labels: dict[int, str]) -> dict[int, str]:
+    """What a cluster is called on the map and in pickers: "3 · sunsets", "cluster 3", "noise"."""
+    names = {}
+    for c in (int(i) for i in ids):
+        if c == NOISE:
+            names[c] = NOISE_NAME
+        else:
+            names[c] = f"{c} · {labels[c]}" if labels.get(c) else f"cluster {c}"
+    return names
+
+
+def run_cluster_names(store: Store, run: ClusterRun) -> dict[int, str]:
+    """Names of every cluster of a stored run, with its stored (or edited) labels."""
+    stored = store.load_cluster_labels(run.run_id)
+    return cluster_names(np.unique(run.labels).tolist(),
+                         {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])})
+
+
+def map_categories(frame: pd.DataFrame, run: ClusterRun, names: dict[int, str]) -> np.ndarray:
+    """Each row of ``frame`` (the embeddings' image order) named by its cluster in ``run``."""
+    position = pd.Index(run.hashes).get_indexer(frame["content_hash"])
+    ids = np.where(position >= 0, run.labels[np.maximum(position, 0)], np.iinfo(np.int64).min)
+    lookup = {**names, int(np.iinfo(np.int64).min): NOT_IN_RUN}
+    return np.array([lookup.get(int(c), f"cluster {c}") for c in ids], dtype=object)
+
+
+def grey_noise(fig: Any) -> Any:
+    """Noise and images outside the run drawn grey, so the clusters stand out."""
+    for trace in fig.data:
+        if str(trace.name).startswith((f"{NOISE_NAME} (", f"{NOT_IN_RUN} (")):
+            trace.marker.color = OTHER_COLOUR
+    return fig
+
+
+def run_description(row: pd.Series) -> str:
+    created = pd.Timestamp(row["created_at"]).strftime("%b %d %H:%M")
+    parent = row.get("parent_run_id")
+    what = f"{row['method']} of {str(parent)[:6]}" if isinstance(parent, str) and parent else str(row["method"])
+    return f"{created} · {what} · {int(row['n_clusters'])} clusters · {row['run_id'][:6]}"

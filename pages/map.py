@@ -6,7 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import images
+from core import cluster, images
 from core.errors import RepLensError
 from core.reduce import UMAP_METRICS
 from core.store import Store
@@ -14,7 +14,7 @@ from pages import common
 
 METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
-COLOUR_OPTIONS = ("Folder", "Caption keyword", "Width", "Height", "File size", "None")
+COLOUR_OPTIONS = ("Folder", "Cluster", "Caption keyword", "Width", "Height", "File size", "None")
 NUMERIC = {"Width": ("width", "Width (px)"), "Height": ("height", "Height (px)"), "File size": ("n_bytes", "Bytes")}
 
 
@@ -39,11 +39,13 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def colour_controls(frame: pd.DataFrame) -> common.Colouring:
+def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> common.Colouring:
     st.sidebar.divider()
     choice = st.sidebar.selectbox("Colour by", COLOUR_OPTIONS, key="map_colour")
     if choice == "Folder":
         return common.colour_by_folder(frame)
+    if choice == "Cluster":
+        return cluster_colouring(store, dataset, key, frame)
     if choice == "Caption keyword":
         keyword = st.sidebar.text_input("Keyword in caption", key="map_keyword", placeholder="e.g. red")
         negate = st.sidebar.radio("Match", ["contains", "does not contain"], horizontal=True,
@@ -55,6 +57,24 @@ def colour_controls(frame: pd.DataFrame) -> common.Colouring:
         column, title = NUMERIC[choice]
         return common.colour_by_number(frame, column, title)
     return common.Colouring("All images")
+
+
+def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> common.Colouring:
+    """Colour by a stored cluster run of these embeddings (default: the one picked on Clusters)."""
+    runs = store.list_cluster_runs(dataset)
+    runs = runs[runs["encoder_key"] == key]
+    if runs.empty:
+        st.sidebar.caption("No clustering of these embeddings yet: run one on the **Clusters** page.")
+        return common.Colouring("All images")
+    options = runs["run_id"].tolist()
+    if st.session_state.get("map_cluster_run") not in options:
+        remembered = st.session_state.get(common.CLUSTER_RUN_KEY)
+        st.session_state["map_cluster_run"] = remembered if remembered in options else options[0]
+    described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
+    run_id = st.sidebar.selectbox("Cluster run", options, key="map_cluster_run", format_func=described.__getitem__)
+    run = cluster.load_run(store, run_id)
+    names = common.run_cluster_names(store, run)
+    return common.Colouring("Cluster", categories=common.map_categories(frame, run, names))
 
 
 def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, seconds: float) -> str:
@@ -118,7 +138,7 @@ def main() -> None:
     with common.user_errors():
         view = common.DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
-        colouring = colour_controls(frame)
+        colouring = colour_controls(store, dataset, key, frame)
         n = len(frame)
         with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
             proj = view.projection(key, method, params)
@@ -130,6 +150,8 @@ def main() -> None:
         chart_col, panel_col = st.columns([3, 1])
         # The figure must not depend on the selection: a changed figure would reset it.
         fig = common.build_map_figure(proj.coords, frame, colouring, rows)
+        if colouring.title == "Cluster":
+            common.grey_noise(fig)
         with chart_col:
             event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                     key="map_chart", config={"scrollZoom": True, "displaylogo": False})

@@ -201,6 +201,36 @@ def test_map_pca_coordinates_match_core(env: dict[str, str]) -> None:
         np.testing.assert_allclose(np.c_[_decode(trace["x"]), _decode(trace["y"])], expected[rows], atol=1e-3)
 
 
+def test_map_colours_by_a_stored_cluster_run(env: dict[str, str]) -> None:
+    from core import cluster
+
+    store = common.get_store()
+    run = cluster.run_clustering(store, "shapes", PIXELS_KEY, "kmeans", {"n_clusters": 2, "reduce": None})
+    store.set_cluster_label(run.run_id, 0, "first group")
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_cluster_run=run.run_id)
+    at.selectbox(key="map_colour").set_value("Cluster").run()
+    assert not at.exception
+    assert at.selectbox(key="map_cluster_run").value == run.run_id
+    fig = _figure(at)
+    frame, _ = store.load_embeddings("shapes", PIXELS_KEY)
+    cluster_of = dict(zip(run.hashes, run.labels.tolist()))
+    expected = {0: "0 · first group", 1: "cluster 1"}
+    for trace in fig["data"]:
+        rows = [int(r) for r in _decode(trace["customdata"])]
+        clusters = {cluster_of[frame["content_hash"].iloc[r]] for r in rows}
+        assert len(clusters) == 1  # one trace per cluster, holding exactly its images
+        assert trace["name"] == f"{expected[clusters.pop()]} ({len(rows)})"
+    assert sum(len(_decode(t["customdata"])) for t in fig["data"]) == 16
+
+
+def test_map_cluster_colouring_without_runs_says_where_to_make_one(env: dict[str, str]) -> None:
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=OTHER_KEY)
+    at.selectbox(key="map_colour").set_value("Cluster").run()
+    assert not at.exception
+    assert any("run one on the **Clusters** page" in c.value for c in at.sidebar.caption)
+    assert [t["name"] for t in _figure(at)["data"]] == ["images (16)"]  # one uncoloured trace
+
+
 def test_map_caption_keyword_colouring(env: dict[str, str]) -> None:
     at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
     at.selectbox(key="map_colour").set_value("Caption keyword").run()
