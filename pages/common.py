@@ -19,19 +19,21 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import config, images
-from core.cluster import NOISE, ClusterRun
 from core.encoders import BaseEncoder, EncoderSpec, load_encoder
 from core.errors import InvalidInputError, RepLensError
 from core.neighbors import NeighborIndex
 from core.reduce import Projection, project
 from core.store import Store
+
+if TYPE_CHECKING:  # core.cluster imports scikit-learn (~0.9 s): only pages that cluster pay for it
+    from core.cluster import ClusterRun
 
 PAGE_DATA = "pages/data.py"
 PAGE_MAP = "pages/map.py"
@@ -598,6 +600,7 @@ def flat_role_path(folder: str, name: str) -> str:
 # ---------------------------------------------------------------------------------------
 # Cluster runs on a map (Clusters page and the Map's "Cluster" colouring)
 
+NOISE = -1  # core.cluster.NOISE, without importing scikit-learn for every page
 NOISE_NAME = "noise"
 NOT_IN_RUN = "not in this run"
 

@@ -6,7 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core import cluster, images
+from core import images
 from core.errors import RepLensError
 from core.reduce import UMAP_METRICS
 from core.store import Store
@@ -72,6 +72,8 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
         st.session_state["map_cluster_run"] = remembered if remembered in options else options[0]
     described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
     run_id = st.sidebar.selectbox("Cluster run", options, key="map_cluster_run", format_func=described.__getitem__)
+    from core import cluster  # scikit-learn comes with it: only when colouring by cluster
+
     run = cluster.load_run(store, run_id)
     names = common.run_cluster_names(store, run)
     return common.Colouring("Cluster", categories=common.map_categories(frame, run, names))

@@ -377,3 +377,10 @@ def test_tiny_sets_skip_umap_with_a_warning() -> None:
     with pytest.warns(ClusteringWarning, match="too few for UMAP"):
         est = HDBSCANClusterer(min_cluster_size=3).fit(X)
     assert est.n_clusters_ == 2 and est.embedding_.shape == (10, X.shape[1])
+
+
+def test_pages_noise_constant_is_core_s() -> None:
+    """pages/common keeps its own copy so every page need not import scikit-learn."""
+    from pages import common
+
+    assert common.NOISE == cluster.NOISE
