@@ -123,9 +123,14 @@ def _upload_section(store: common.Store, expanded: bool) -> None:
 
 def _add_stimuli(store: common.Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]],
                  encoder_ids: list[str]) -> None:
+    dest = common.upload_dir(store, dataset)
+    if dataset in store.dataset_names():
+        others = set(store.dataset_paths(dataset)["source"]) - {str(dest.resolve())}
+        if others:
+            raise InvalidInputError(f"A dataset named {dataset!r} already holds other images; give the stimuli a "
+                                    "name of their own so they are not mixed into it.")
     folders = common.role_folders({r: [n for n, _ in files] for r, files in uploads.items()},
                                   {r: r.upper() for r in uploads})
-    dest = common.upload_dir(store, dataset)
     saved, refused = common.save_files(dest, ((common.flat_role_path(folders[r], n), data)
                                               for r, files in uploads.items() for n, data in files))
     if refused:

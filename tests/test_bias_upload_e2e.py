@@ -17,8 +17,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from core import bias
+from core.datasets import ingest_path
 from core.encoders import DEFAULT_ENCODER, load_encoder
 from core.images import decode_rgb
+from core.store import Store
 from tests.browser import browser_page, settle, streamlit_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +50,16 @@ def _make_folders(root: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A RepLens holding one unrelated dataset, 'photos' (not embedded)."""
     base = tmp_path_factory.mktemp("bias_upload")
+    photos = base / "photos"
+    photos.mkdir()
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(photos / "green.png")
+    store = Store(base / "db" / "replens.duckdb", base / "cache")
+    try:
+        ingest_path(store, "photos", photos)
+    finally:
+        store.close()
     with streamlit_server(base / "db" / "replens.duckdb", base / "cache", base / "server.log") as url:
         yield url
 
@@ -69,6 +80,8 @@ def test_four_uploaded_folders_run_across_two_encoders(server: str, tmp_path: Pa
         page.goto(f"{server}/bias")
         page.get_by_role("heading", name="Bias").wait_for()
         settle(page)
+        page.get_by_text("Upload four stimulus folders").click()  # collapsed: a dataset exists already
+        settle(page)
         inputs = page.locator('[data-testid="stFileUploaderDropzoneInput"]')
         inputs.nth(3).wait_for(state="attached")
         for index, role in enumerate(("x", "y", "a", "b")):
@@ -79,6 +92,16 @@ def test_four_uploaded_folders_run_across_two_encoders(server: str, tmp_path: Pa
         encoders.fill("pixels")
         page.get_by_role("option", name="pixels", exact=True).first.click()
         page.keyboard.press("Escape")
+        settle(page)
+        # Into an existing dataset of other images: refused, nothing mixed in.
+        name = page.get_by_role("textbox", name="Dataset name")
+        name.fill("photos")
+        page.keyboard.press("Enter")
+        settle(page)
+        page.get_by_role("button", name="Add stimuli").click()
+        page.get_by_text("A dataset named 'photos' already holds other images").wait_for()
+        name.fill("stimuli")
+        page.keyboard.press("Enter")
         settle(page)
         page.get_by_role("button", name="Add stimuli").click()
         page.get_by_text(f"stimuli: {4 * PER_SET} stimuli in roses, violets, warm, cool").wait_for()
