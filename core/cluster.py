@@ -707,6 +707,20 @@ def stability(X: np.ndarray, method: str, params: dict[str, Any] | None = None,
             "pairs": pairs}
 
 
+def record_stability(store: Store, run: ClusterRun, vectors: np.ndarray,
+                     seeds: Sequence[int] = (0, 1, 2)) -> dict[str, Any]:
+    """Seed stability of a stored run, saved with its metrics (so it reopens and snapshots carry it).
+
+    ``vectors`` are the run's own, row ``i`` for ``run.hashes[i]``."""
+    if run.method not in clustering_methods():
+        raise InvalidInputError(f"Run {run.run_id} is a {run.method}, an edit rather than a fit: it has no seed "
+                                "to vary.")
+    result = stability(vectors, run.method, run.params, seeds)
+    store.add_cluster_run_metrics(run.run_id, {"stability": result})
+    run.metrics["stability"] = result
+    return result
+
+
 # ---------------------------------------------------------------------------------------
 # Stored runs
 

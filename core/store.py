@@ -719,6 +719,18 @@ class Store:
         frame["candidates"] = [json.loads(c) for c in frame["candidates"]]
         return frame
 
+    def add_cluster_run_metrics(self, run_id: str, metrics: dict[str, Any]) -> None:
+        """Add measurements made after the fit (e.g. seed stability) to a run's metrics.
+
+        Assignments never change; only keys in ``metrics`` are added or replaced."""
+        with self._transaction() as cur:
+            row = cur.execute("SELECT metrics FROM cluster_runs WHERE run_id = ?", [run_id]).fetchall()
+            if not row:
+                raise InvalidInputError(f"No cluster run {run_id!r} to add metrics to.")
+            merged = {**json.loads(row[0][0]), **metrics}
+            cur.execute("UPDATE cluster_runs SET metrics = ? WHERE run_id = ?",
+                        [json.dumps(merged, sort_keys=True), run_id])
+
     def set_cluster_label(self, run_id: str, cluster: int, label: str) -> None:
         """A user's name for a cluster (method 'user', edited); it wins over any later recomputation.
 

@@ -27,7 +27,6 @@ RUN_KEY = common.CLUSTER_RUN_KEY    # shared with other pages (plain key, surviv
 _RUN_WIDGET = "w_cl_run"
 _PENDING = "cl_pending_run"         # a run made in this session, to select on the next run of the script
 _FLASH = "cl_flash"                 # messages to show once after an action's rerun
-_STABILITY = "cl_stability"         # run_id -> stability result (computed on request, per session)
 _SNAPSHOT = "cl_last_snapshot"      # (run_id, snapshot_id) of the last snapshot saved here
 
 METHOD_LABELS = {
@@ -281,15 +280,15 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
     shown = ", ".join(f"{k}={v}" for k, v in run.params.items() if v is not None and k != "parent_run_id")
     st.caption(f"Run `{run.run_id}` · {run.method}" + (f" ({shown})" if shown else "")
                + (" · " + " · ".join(details) if details else ""))
-    stable = run.metrics.get("stability") or st.session_state.get(_STABILITY, {}).get(run.run_id)
+    stable = run.metrics.get("stability")
     editable = run.method in cluster.clustering_methods()
     left, right = st.columns([1, 3])
     if left.button("Seed stability", key="cl_stability_go", icon=":material/casino:", disabled=not editable,
                    help="Refit with seeds 0, 1, 2 and report the ARI between every pair (1 = identical)."
                    if editable else "A merge or split is an edit, not a fit: there is no seed to vary."):
         with st.spinner("Refitting with seeds 0, 1, 2…"), common.user_errors(), _shown_warnings():
-            stable = cluster.stability(vectors_for_stability(), run.method, run.params, seeds=(0, 1, 2))
-            st.session_state.setdefault(_STABILITY, {})[run.run_id] = stable
+            stable = cluster.record_stability(common.get_store(), run, vectors_for_stability(), seeds=(0, 1, 2))
+            _load_run.clear()  # the stored run now carries it; every session reads it back
     if stable:
         right.metric("Stability (mean ARI between seeds)", f"{stable['mean_ari']:.3f}",
                      help=f"min {stable['min_ari']:.3f} over seeds {stable['seeds']}")

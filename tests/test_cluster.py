@@ -384,3 +384,25 @@ def test_pages_noise_constant_is_core_s() -> None:
     from pages import common
 
     assert common.NOISE == cluster.NOISE
+
+
+def test_recorded_stability_is_stored_with_the_run(dataset) -> None:
+    store, key, X, y = dataset
+    run = cluster.run_clustering(store, "d", key, "kmeans", {"reduce": None, "n_clusters": 4, "n_init": 1})
+    assert "stability" not in run.metrics
+    data = cluster.run_data(store, run)
+    got = cluster.record_stability(store, run, data.vectors, seeds=(0, 1, 2))
+    # The same refits by hand: the run's own params with each seed, pairwise ARI.
+    params = {k: v for k, v in run.params.items() if k != "random_state"}
+    fits = {s: KMeansClusterer(**{**params, "random_state": s}).fit(data.vectors).labels_ for s in (0, 1, 2)}
+    want = [adjusted_rand_score(fits[a], fits[b]) for a, b in ((0, 1), (0, 2), (1, 2))]
+    assert [p["ari"] for p in got["pairs"]] == pytest.approx(want)
+    assert got["mean_ari"] == pytest.approx(np.mean(want)) and got["min_ari"] == pytest.approx(min(want))
+    again = cluster.load_run(store, run.run_id)
+    assert again.metrics["stability"] == got
+    assert {k: v for k, v in again.metrics.items() if k != "stability"} == \
+        {k: v for k, v in run.metrics.items() if k != "stability"}
+    assert dict(zip(again.hashes, again.labels.tolist())) == dict(zip(run.hashes, run.labels.tolist()))
+    merged = cluster.merge_clusters(store, run.run_id, [0, 1])
+    with pytest.raises(InvalidInputError, match="no seed"):
+        cluster.record_stability(store, merged, data.vectors)

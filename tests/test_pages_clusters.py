@@ -281,3 +281,17 @@ def test_label_edits_only_changed_nonempty_rows() -> None:
     before = pd.DataFrame({"cluster": [0, 1, 2], "label": ["a", "", "c"]})
     after = pd.DataFrame({"cluster": [0, 1, 2], "label": ["a", " new ", None]})
     assert label_edits(before, after) == [(1, "new")]
+
+
+def test_seed_stability_is_stored_and_shown_to_the_next_session(store: Store) -> None:
+    run = kmeans_run(store, k=2)
+    at = open_page(run.run_id)
+    assert "Stability (mean ARI between seeds)" not in metrics(at)
+    at.button(key="cl_stability_go").click().run()
+    assert_clean(at)
+    stored = cluster.load_run(store, run.run_id).metrics["stability"]
+    data = cluster.run_data(store, run)
+    assert stored == cluster.stability(data.vectors, "kmeans", run.params, seeds=(0, 1, 2))
+    assert metrics(at)["Stability (mean ARI between seeds)"] == f"{stored['mean_ari']:.3f}"
+    fresh = open_page(run.run_id)  # another browser tab: read back from DuckDB, nothing recomputed
+    assert metrics(fresh)["Stability (mean ARI between seeds)"] == f"{stored['mean_ari']:.3f}"
