@@ -215,7 +215,7 @@ def describe_spec(spec: EncoderSpec) -> str:
 # Shared pickers (sidebar)
 
 
-def _remembered_select(label: str, options: list[str], shared_key: str, widget_key: str,
+def remembered_select(label: str, options: list[str], shared_key: str, widget_key: str,
                        format_func: Any = str, container: Any = None) -> str:
     """A selectbox whose choice is also kept under ``shared_key`` so other pages start from it."""
     where = container if container is not None else st.sidebar
@@ -233,7 +233,7 @@ def dataset_picker(store: Store) -> str | None:
         st.info("No datasets yet. Add an image folder on the **Data** page.", icon=":material/info:")
         st.page_link(PAGE_DATA, label="Go to Data", icon=":material/folder_open:")
         return None
-    return _remembered_select("Dataset", names, DATASET_KEY, "w_dataset")
+    return remembered_select("Dataset", names, DATASET_KEY, "w_dataset")
 
 
 def encoder_key_picker(store: Store, dataset: str, label: str = "Embeddings") -> str | None:
@@ -242,7 +242,7 @@ def encoder_key_picker(store: Store, dataset: str, label: str = "Embeddings") ->
         st.info(f"**{dataset}** has no embeddings yet. Extract them on the **Data** page.", icon=":material/info:")
         st.page_link(PAGE_DATA, label="Go to Data", icon=":material/folder_open:")
         return None
-    return _remembered_select(label, keys, ENCODER_KEY, "w_encoder_key", format_func=short_key)
+    return remembered_select(label, keys, ENCODER_KEY, "w_encoder_key", format_func=short_key)
 
 
 def dataset_and_key(store: Store) -> tuple[str, str] | None:

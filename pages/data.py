@@ -141,7 +141,7 @@ def render_dataset(store: Store) -> str | None:
     if not names:
         return None
     st.subheader("Dataset")
-    dataset = common._remembered_select("Dataset", names, common.DATASET_KEY, "w_data_dataset", container=st)
+    dataset = common.remembered_select("Dataset", names, common.DATASET_KEY, "w_data_dataset", container=st)
     info = store.list_datasets().set_index("dataset").loc[dataset]
     status = store.embedding_status(dataset)
     cols = st.columns(4)

@@ -66,12 +66,9 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
     if runs.empty:
         st.sidebar.caption("No clustering of these embeddings yet: run one on the **Clusters** page.")
         return common.Colouring("All images")
-    options = runs["run_id"].tolist()
-    if st.session_state.get("map_cluster_run") not in options:
-        remembered = st.session_state.get(common.CLUSTER_RUN_KEY)
-        st.session_state["map_cluster_run"] = remembered if remembered in options else options[0]
     described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
-    run_id = st.sidebar.selectbox("Cluster run", options, key="map_cluster_run", format_func=described.__getitem__)
+    run_id = common.remembered_select("Cluster run", runs["run_id"].tolist(), common.CLUSTER_RUN_KEY,
+                                       "map_cluster_run", format_func=described.__getitem__)
     from core import cluster  # scikit-learn comes with it: only when colouring by cluster
 
     run = cluster.load_run(store, run_id)

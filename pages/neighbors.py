@@ -41,7 +41,7 @@ def query_controls(frame: pd.DataFrame) -> Query | None:
         return Query(None, images.decode_rgb(upload.getvalue()), upload.name)
     hashes = frame["content_hash"].tolist()
     paths = dict(zip(frame["content_hash"], frame["rel_path"]))
-    chosen = common._remembered_select("Query image (type to search paths)", hashes, common.QUERY_KEY, "w_nb_query",
+    chosen = common.remembered_select("Query image (type to search paths)", hashes, common.QUERY_KEY, "w_nb_query",
                                        format_func=lambda h: paths.get(h, h), container=st)
     return Query(chosen, None, paths[chosen])
 
