@@ -1,0 +1,148 @@
+"""The one map figure: a Plotly WebGL scatter used by the Map, Clusters and Snapshots pages and the
+HTML export. Plotly only (no Streamlit), so benches and the exporter build it without a server.
+
+Clusters are coloured by id through ``core.palette``, so a cluster is the same colour in every view.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.palette import NOISE, OTHER_COLOUR, category_colour, cluster_colour
+
+MAX_MAP_POINTS = 50_000
+MAX_LEGEND_GROUPS = 20
+NOISE_NAME = "noise"
+NOT_IN_RUN = "not in this run"
+_OUTSIDE_RUN = int(np.iinfo(np.int64).min)
+
+
+@dataclass(frozen=True)
+class Colouring:
+    """How points are coloured: categories (one trace each) or one numeric field.
+
+    ``colours`` fixes a category's colour (clusters); categories without one are coloured by
+    legend rank, and past ``MAX_LEGEND_GROUPS`` such categories share one grey "other" trace.
+    """
+
+    title: str
+    categories: np.ndarray | None = None   # one label per row
+    values: np.ndarray | None = None       # one number per row
+    colours: Mapping[str, str] = field(default_factory=dict)
+
+
+def colour_by_folder(frame: pd.DataFrame) -> Colouring:
+    labels = frame["label"].fillna("").astype(str).replace("", "(top level)").to_numpy()
+    return Colouring("Folder", categories=labels)
+
+
+def colour_by_keyword(frame: pd.DataFrame, keyword: str, negate: bool) -> Colouring:
+    captions = frame["caption"].fillna("").astype(str)
+    hit = captions.str.contains(keyword, case=False, regex=False).to_numpy() if keyword else np.zeros(len(frame), bool)
+    if negate:
+        hit = ~hit
+    word = f"“{keyword}”"
+    yes, no = (f"no {word}", f"has {word}") if negate else (f"has {word}", f"no {word}")
+    return Colouring(f"Caption {'without' if negate else 'with'} {word}", categories=np.where(hit, yes, no))
+
+
+def colour_by_number(frame: pd.DataFrame, column: str, title: str) -> Colouring:
+    return Colouring(title, values=frame[column].to_numpy(dtype=float))
+
+
+def cluster_names(ids: Sequence[int] | np.ndarray, labels: Mapping[int, str]) -> dict[int, str]:
+    """What a cluster is called on the map and in pickers: "3 · sunsets", "cluster 3", "noise"."""
+    names = {}
+    for c in (int(i) for i in ids):
+        if c == NOISE:
+            names[c] = NOISE_NAME
+        else:
+            names[c] = f"{c} · {labels[c]}" if labels.get(c) else f"cluster {c}"
+    return names
+
+
+def colour_by_cluster(frame: pd.DataFrame, run_hashes: Sequence[str], run_labels: np.ndarray,
+                      names: Mapping[int, str], title: str = "Cluster") -> Colouring:
+    """Each row of ``frame`` named by its cluster in a run (images outside the run named so, in grey)."""
+    position = pd.Index(list(run_hashes)).get_indexer(frame["content_hash"])
+    ids = np.where(position >= 0, np.asarray(run_labels)[np.maximum(position, 0)], _OUTSIDE_RUN)
+    lookup = {**{int(c): n for c, n in names.items()}, _OUTSIDE_RUN: NOT_IN_RUN}
+    categories = np.array([lookup.get(int(c), f"cluster {c}") for c in ids], dtype=object)
+    colours = {lookup.get(int(c), f"cluster {c}"): cluster_colour(int(c)) for c in np.unique(ids)}
+    colours[NOT_IN_RUN] = OTHER_COLOUR
+    return Colouring(title, categories=categories, colours=colours)
+
+
+def display_rows(frame: pd.DataFrame, limit: int = MAX_MAP_POINTS) -> np.ndarray:
+    """Rows drawn on the map: all of them, or a per-folder stratified sample above ``limit``."""
+    from core.reduce import stratified_sample
+
+    return stratified_sample(frame["label"].fillna("").to_numpy(), limit, seed=0)
+
+
+def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouring, rows: np.ndarray,
+                     height: int = 640) -> Any:
+    """A WebGL scatter of ``coords[rows]``; every point's customdata is its row in ``frame``."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    paths = frame["rel_path"].to_numpy()
+    labels = frame["label"].fillna("").to_numpy()
+    marker_size = 7 if len(rows) < 2_000 else 4 if len(rows) < 20_000 else 3
+    if colouring.values is not None:
+        fig.add_trace(go.Scattergl(
+            x=coords[rows, 0], y=coords[rows, 1], mode="markers", customdata=rows, hovertext=_hover(paths, labels, rows),
+            name=colouring.title, showlegend=False,
+            marker={"size": marker_size, "color": colouring.values[rows], "colorscale": "Viridis",
+                    "colorbar": {"title": {"text": colouring.title}, "thickness": 12}, "opacity": 0.85},
+            hovertemplate="%{hovertext}<br>" + colouring.title + ": %{marker.color:,.0f}<extra></extra>",
+        ))
+    else:
+        for name, members, colour in _groups(colouring, len(frame), rows):
+            fig.add_trace(go.Scattergl(
+                x=coords[members, 0], y=coords[members, 1], mode="markers", name=f"{name} ({len(members):,})",
+                customdata=members, hovertext=_hover(paths, labels, members),
+                marker={"size": marker_size, "color": colour, "opacity": 0.85},
+                hovertemplate="%{hovertext}<extra></extra>",
+            ))
+    fig.update_layout(
+        height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="select", hovermode="closest",
+        legend={"itemsizing": "constant", "title": {"text": colouring.title}},
+        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, plot_bgcolor="#FAFAFC",
+        uirevision="map",  # keep zoom/pan when only the colouring changes
+    )
+    return fig
+
+
+def _groups(colouring: Colouring, n_rows: int, rows: np.ndarray) -> list[tuple[str, np.ndarray, str]]:
+    """(legend name, member rows, colour) per trace, largest first."""
+    cats = colouring.categories if colouring.categories is not None else np.full(n_rows, "images")
+    shown = cats[rows]
+    names, counts = np.unique(shown, return_counts=True)
+    ordered = [str(n) for n in names[np.argsort(-counts, kind="stable")]]
+    fixed = [n for n in ordered if n in colouring.colours]
+    ranked = [n for n in ordered if n not in colouring.colours]
+    groups = [(n, rows[shown == n], colouring.colours[n]) for n in fixed]
+    groups += [(n, rows[shown == n], category_colour(i)) for i, n in enumerate(ranked[:MAX_LEGEND_GROUPS])]
+    rest = ranked[MAX_LEGEND_GROUPS:]
+    if rest:
+        groups.append((f"other ({len(rest)} groups)", rows[np.isin(shown, rest)], OTHER_COLOUR))
+    sizes = {name: len(members) for name, members, _ in groups}
+    return sorted(groups, key=lambda g: -sizes[g[0]])
+
+
+def _hover(paths: np.ndarray, labels: np.ndarray, members: np.ndarray) -> list[str]:
+    return [f"{p}<br>folder: {lab or '(top level)'}" for p, lab in zip(paths[members], labels[members])]
+
+
+def trace_colours(fig: Any) -> dict[str, str]:
+    """``{legend name without its count: colour}`` of a built figure (for tests and exports)."""
+    out = {}
+    for trace in fig.data:
+        name = str(trace.name)
+        out[name.rsplit(" (", 1)[0]] = str(trace.marker.color)
+    return out
