@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import PYTHON, REPO_ROOT, png_bytes, write_file
-from core import images, store as store_module
+from core import images
 from core.errors import (
     DatabaseLockedError,
     DatasetNotFoundError,
@@ -22,6 +22,9 @@ from core.errors import (
 )
 from core.images import ImageRecord, SkippedFile
 from core.store import MIGRATIONS, SCHEMA_VERSION, PendingImage, Store
+from core.store import datasets as datasets_module
+from core.store import embeddings as embeddings_module
+from core.store import migrations as migrations_module
 
 
 def fake_records(n: int, prefix: str = "a", start: int = 0) -> list[ImageRecord]:
@@ -62,7 +65,7 @@ def test_migrations_are_applied_once_and_recorded(db_file: Path, tmp_path: Path,
         run.__name__ = migration.__name__
         return run
 
-    monkeypatch.setattr(store_module, "MIGRATIONS", tuple(counting(m) for m in MIGRATIONS))
+    monkeypatch.setattr(migrations_module, "MIGRATIONS", tuple(counting(m) for m in MIGRATIONS))
     first = Store(db_file, tmp_path / "c")
     assert first.schema_version() == SCHEMA_VERSION == len(MIGRATIONS)
     assert calls == [m.__name__ for m in MIGRATIONS]
@@ -376,13 +379,13 @@ def test_failure_mid_ingest_leaves_the_database_unchanged(store: Store, image_fo
     (root / "dogs/dog_0.png").unlink()
     (root / "cats/broken.png").unlink()
     write_file(root, "birds/new.png", png_bytes(500))
-    real = store_module._ingest_rows
+    real = datasets_module._ingest_rows
 
     def explode(*args, **kwargs):
         real(*args, **kwargs)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(store_module, "_ingest_rows", explode)
+    monkeypatch.setattr(datasets_module, "_ingest_rows", explode)
     with pytest.raises(RuntimeError, match="disk full"):
         ingest_folder(store, "d", root)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -393,7 +396,7 @@ def test_failure_mid_ingest_leaves_the_database_unchanged(store: Store, image_fo
     assert store._cursor().execute("SELECT count(*) FROM images").fetchall()[0][0] == before_images
     assert store.dataset_names() == ["d"]
 
-    monkeypatch.setattr(store_module, "_ingest_rows", real)
+    monkeypatch.setattr(datasets_module, "_ingest_rows", real)
     stats, _ = ingest_folder(store, "d", root)  # the same Store works afterwards
     assert (stats.added, stats.removed) == (1, 2)
 
@@ -404,11 +407,11 @@ def test_failure_writing_embeddings_rolls_back_the_chunk(store: Store, monkeypat
     key = register(store, dim=2)
     hashes = [r.content_hash for r in records]
     store.write_embeddings(key, hashes[:1], np.ones((1, 2)))
-    real_now = store_module._now
-    monkeypatch.setattr(store_module, "_now", lambda: (_ for _ in ()).throw(RuntimeError("clock broke")))
+    real_now = embeddings_module._now
+    monkeypatch.setattr(embeddings_module, "_now", lambda: (_ for _ in ()).throw(RuntimeError("clock broke")))
     with pytest.raises(RuntimeError, match="clock broke"):
         store.write_embeddings(key, hashes[1:], np.zeros((3, 2)))
-    monkeypatch.setattr(store_module, "_now", real_now)
+    monkeypatch.setattr(embeddings_module, "_now", real_now)
     assert store.count_embeddings(key) == 1
     assert store.write_embeddings(key, hashes, np.zeros((4, 2))) == 3
 

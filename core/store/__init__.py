@@ -1,0 +1,32 @@
+"""The DuckDB store: the only package in RepLens that writes SQL.
+
+One file holds datasets (paths, labels, captions), images (by content hash), encoder
+specs, embeddings and run records. Schema changes are numbered migration functions
+(``m001_…`` in :mod:`core.store.migrations`) applied in order and recorded in ``schema_migrations``.
+
+``Store`` is the one facade: each table area is a mixin in its own module, all sharing the
+connection, per-thread cursors and write transactions of :mod:`core.store.connection`.
+
+Embeddings are keyed by (content hash, encoder key); reads come back as Arrow and become
+one contiguous float32 matrix without per-row Python loops.
+"""
+
+from __future__ import annotations
+
+from core.store.clusters import ClustersMixin
+from core.store.connection import StoreConnection
+from core.store.datasets import DatasetsMixin
+from core.store.embeddings import EmbeddingsMixin, _gather_rows
+from core.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from core.store.projections import ProjectionsMixin
+from core.store.records import IngestStats, PendingImage
+from core.store.runs import RunsMixin
+from core.store.snapshot_tables import SnapshotTablesMixin
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "IngestStats", "PendingImage", "Store", "_gather_rows"]
+
+
+class Store(
+    DatasetsMixin, EmbeddingsMixin, ProjectionsMixin, ClustersMixin, SnapshotTablesMixin, RunsMixin, StoreConnection
+):
+    """A RepLens database. Cheap to construct; the file is opened on first use."""

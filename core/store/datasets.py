@@ -1,0 +1,229 @@
+"""Datasets: which paths a folder or zip holds, their images, labels, captions and skipped files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from core.errors import DatasetNotFoundError, InvalidInputError
+from core.store.connection import StoreConnection, _now, _unregister
+from core.store.records import IngestStats, PendingImage
+
+
+class DatasetsMixin(StoreConnection):
+    """Datasets and their images."""
+
+    def ingest(self, dataset: str, source: str, records: Sequence[Any], skipped: Sequence[Any]) -> IngestStats:
+        """Record a scan (``core.images.ScanResult`` records/skipped) under ``dataset``.
+
+        All-or-nothing: a failure leaves the database as it was.
+        """
+        _check_dataset_name(dataset)
+        rows, skipped_df = _scan_frame(records), _skipped_frame(skipped)
+        now = _now()
+        with self._transaction() as cur:
+            cur.execute(
+                "INSERT INTO datasets VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET updated_at = excluded.updated_at",
+                [dataset, now, now],
+            )
+            cur.register("scan_rows", rows)
+            try:
+                stats = _ingest_rows(cur, dataset, source, now)
+            finally:
+                _unregister(cur, "scan_rows")
+            # The rescan is the truth about this source: earlier embed failures of its files are stale too
+            # (a file still broken is skipped again by the scan, or fails again at the next embed).
+            cur.execute("DELETE FROM skipped_files WHERE dataset = ? AND source = ?", [dataset, source])
+            if len(skipped_df):
+                cur.register("skipped_rows", skipped_df)
+                cur.execute(
+                    "INSERT INTO skipped_files SELECT ?, ?, rel_path, reason, 'ingest', ? FROM skipped_rows",
+                    [dataset, source, now],
+                )
+                _unregister(cur, "skipped_rows")
+        return IngestStats(dataset=dataset, **stats)
+
+    def dataset_names(self) -> list[str]:
+        return [r[0] for r in self._cursor().execute("SELECT name FROM datasets ORDER BY name").fetchall()]
+
+    def require_dataset(self, dataset: str) -> None:
+        if dataset not in self.dataset_names():
+            known = ", ".join(self.dataset_names()) or "none yet"
+            raise DatasetNotFoundError(
+                f"No dataset named {dataset!r} (known: {known}). Ingest a folder first: "
+                f"python -m core ingest PATH --dataset {dataset}"
+            )
+
+    def list_datasets(self) -> pd.DataFrame:
+        """One row per dataset: paths, distinct images, skipped files, timestamps."""
+        return (
+            self._cursor()
+            .execute(
+                """
+            SELECT d.name AS dataset,
+                   count(DISTINCT (di.source, di.rel_path)) AS n_paths,
+                   count(DISTINCT di.content_hash) AS n_images,
+                   (SELECT count(*) FROM skipped_files s WHERE s.dataset = d.name) AS n_skipped,
+                   string_agg(DISTINCT di.source, '; ') AS sources,
+                   d.created_at, d.updated_at
+            FROM datasets d LEFT JOIN dataset_images di ON di.dataset = d.name
+            GROUP BY d.name, d.created_at, d.updated_at ORDER BY d.name
+            """
+            )
+            .df()
+        )
+
+    def dataset_images(self, dataset: str) -> pd.DataFrame:
+        """One row per distinct image of ``dataset`` (a file present at two paths is one row).
+
+        Columns: content_hash, rel_path (first path), source, labels, label (outermost
+        folder or ""), caption, n_paths, width, height, n_bytes, format. Order is stable
+        (by first path) and is the row order of :meth:`load_embeddings`.
+        """
+        self.require_dataset(dataset)
+        return self._cursor().execute(_DATASET_IMAGES_SQL, [dataset]).df()
+
+    def dataset_paths(self, dataset: str) -> pd.DataFrame:
+        """Every path of ``dataset`` (duplicates included), ordered by source and path."""
+        self.require_dataset(dataset)
+        return (
+            self._cursor()
+            .execute(
+                "SELECT source, rel_path, content_hash, labels, caption FROM dataset_images "
+                "WHERE dataset = ? ORDER BY source, rel_path",
+                [dataset],
+            )
+            .df()
+        )
+
+    def known_files(self, dataset: str, source: str) -> pd.DataFrame:
+        """What the last ingest of ``source`` recorded (for incremental rescans)."""
+        return (
+            self._cursor()
+            .execute(
+                "SELECT di.rel_path, di.content_hash, di.labels, di.caption, di.mtime, i.width, i.height, i.n_bytes, "
+                "i.format FROM dataset_images di JOIN images i ON i.content_hash = di.content_hash "
+                "WHERE di.dataset = ? AND di.source = ?",
+                [dataset, source],
+            )
+            .df()
+        )
+
+    def skipped_files(self, dataset: str) -> pd.DataFrame:
+        self.require_dataset(dataset)
+        return (
+            self._cursor()
+            .execute(
+                "SELECT source, rel_path, reason, stage, seen_at FROM skipped_files "
+                "WHERE dataset = ? ORDER BY rel_path",
+                [dataset],
+            )
+            .df()
+        )
+
+    def record_embed_failures(self, dataset: str, failures: Sequence[PendingImage], reasons: Sequence[str]) -> None:
+        """Replace the dataset's embed-stage failures with this run's: a file that embeds now
+        is no longer reported, one that still fails is reported with its latest reason."""
+        now = _now()
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM skipped_files WHERE dataset = ? AND stage = 'embed'", [dataset])
+            if not failures:
+                return
+            cur.executemany(
+                "INSERT OR REPLACE INTO skipped_files VALUES (?, ?, ?, ?, 'embed', ?)",
+                [[dataset, f.source, f.rel_path, r, now] for f, r in zip(failures, reasons)],
+            )
+
+
+_DATASET_IMAGES_SQL = """
+    SELECT di.content_hash,
+           arg_min(di.rel_path, di.source || '/' || di.rel_path) AS rel_path,
+           arg_min(di.source, di.source || '/' || di.rel_path) AS source,
+           arg_min(di.labels, di.source || '/' || di.rel_path) AS labels,
+           coalesce(arg_min(di.labels, di.source || '/' || di.rel_path)[1], '') AS label,
+           arg_min(di.caption, di.source || '/' || di.rel_path) AS caption,
+           count(*) AS n_paths,
+           any_value(i.width) AS width, any_value(i.height) AS height,
+           any_value(i.n_bytes) AS n_bytes, any_value(i.format) AS format
+    FROM dataset_images di JOIN images i ON i.content_hash = di.content_hash
+    WHERE di.dataset = ?
+    GROUP BY di.content_hash
+    ORDER BY rel_path, source
+"""
+
+
+def _scan_frame(records: Sequence[Any]) -> pd.DataFrame:
+    """The scanned records as the ``scan_rows`` view (``core.images.ImageRecord`` fields)."""
+    return pd.DataFrame(
+        {
+            "rel_path": [r.rel_path for r in records],
+            "content_hash": [r.content_hash for r in records],
+            "labels": [list(r.labels) for r in records],
+            "caption": [r.caption for r in records],
+            "mtime": [float(r.mtime) for r in records],
+            "width": [int(r.width) for r in records],
+            "height": [int(r.height) for r in records],
+            "n_bytes": [int(r.n_bytes) for r in records],
+            "format": [r.format for r in records],
+        },
+        columns=["rel_path", "content_hash", "labels", "caption", "mtime", "width", "height", "n_bytes", "format"],
+    ).astype({"rel_path": "object", "content_hash": "object", "caption": "object", "format": "object"})
+
+
+def _skipped_frame(skipped: Sequence[Any]) -> pd.DataFrame:
+    """The files a scan could not read, as the ``skipped_rows`` view."""
+    return pd.DataFrame(
+        {"rel_path": [s.rel_path for s in skipped], "reason": [s.reason for s in skipped]},
+        columns=["rel_path", "reason"],
+    ).astype("object")
+
+
+def _ingest_rows(cur: duckdb.DuckDBPyConnection, dataset: str, source: str, now: datetime) -> dict[str, int]:
+    """Merge the registered ``scan_rows`` into the dataset's paths and images; count what changed."""
+    known_paths = dict(
+        cur.execute(
+            "SELECT rel_path, content_hash FROM dataset_images WHERE dataset = ? AND source = ?", [dataset, source]
+        ).fetchall()
+    )
+    seen_hashes = {
+        r[0]
+        for r in cur.execute("SELECT DISTINCT content_hash FROM dataset_images WHERE dataset = ?", [dataset]).fetchall()
+    }
+    counts = {"added": 0, "duplicates": 0, "unchanged": 0, "updated": 0, "removed": 0}
+    scanned = cur.execute("SELECT rel_path, content_hash FROM scan_rows ORDER BY rel_path").fetchall()
+    for rel_path, content_hash in scanned:
+        previous = known_paths.get(rel_path)
+        if previous is None:
+            counts["added"] += 1
+            counts["duplicates"] += content_hash in seen_hashes
+        else:
+            counts["unchanged" if previous == content_hash else "updated"] += 1
+        seen_hashes.add(content_hash)
+    # A rescan is the truth about its source: paths that vanished from it leave the dataset.
+    counts["removed"] = len(
+        cur.execute(
+            "DELETE FROM dataset_images di WHERE dataset = ? AND source = ? "
+            "AND NOT EXISTS (SELECT 1 FROM scan_rows s WHERE s.rel_path = di.rel_path) RETURNING rel_path",
+            [dataset, source],
+        ).fetchall()
+    )
+    cur.execute(
+        "INSERT OR IGNORE INTO images SELECT DISTINCT ON (content_hash) content_hash, width, height, n_bytes, format "
+        "FROM scan_rows"
+    )
+    cur.execute(
+        "INSERT OR REPLACE INTO dataset_images "
+        "SELECT ?, ?, rel_path, content_hash, labels, caption, mtime, ? FROM scan_rows",
+        [dataset, source, now],
+    )
+    return counts
+
+
+def _check_dataset_name(name: str) -> None:
+    if not name or not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
+        raise InvalidInputError(f"Dataset name {name!r} is not usable: give 1-200 printable characters.")
