@@ -68,7 +68,7 @@ def cluster_names(ids: Sequence[int] | np.ndarray, labels: Mapping[int, str]) ->
 def colour_by_cluster(frame: pd.DataFrame, run_hashes: Sequence[str], run_labels: np.ndarray,
                       names: Mapping[int, str], title: str = "Cluster") -> Colouring:
     """Each row of ``frame`` named by its cluster in a run (images outside the run named so, in grey)."""
-    position = pd.Index(list(run_hashes)).get_indexer(frame["content_hash"])
+    position = pd.Index(list(run_hashes)).get_indexer(pd.Index(frame["content_hash"]))
     ids = np.where(position >= 0, np.asarray(run_labels)[np.maximum(position, 0)], _OUTSIDE_RUN)
     lookup = {**{int(c): n for c, n in names.items()}, _OUTSIDE_RUN: NOT_IN_RUN}
     categories = np.array([lookup.get(int(c), f"cluster {c}") for c in ids], dtype=object)
@@ -124,15 +124,13 @@ def _groups(colouring: Colouring, n_rows: int, rows: np.ndarray) -> list[tuple[s
     shown = cats[rows]
     names, counts = np.unique(shown, return_counts=True)
     ordered = [str(n) for n in names[np.argsort(-counts, kind="stable")]]
-    fixed = [n for n in ordered if n in colouring.colours]
     ranked = [n for n in ordered if n not in colouring.colours]
-    groups = [(n, rows[shown == n], colouring.colours[n]) for n in fixed]
-    groups += [(n, rows[shown == n], category_colour(i)) for i, n in enumerate(ranked[:MAX_LEGEND_GROUPS])]
+    colour = {n: category_colour(i) for i, n in enumerate(ranked[:MAX_LEGEND_GROUPS])} | dict(colouring.colours)
+    groups = [(n, rows[shown == n], colour[n]) for n in ordered if n in colour]
     rest = ranked[MAX_LEGEND_GROUPS:]
     if rest:
         groups.append((f"other ({len(rest)} groups)", rows[np.isin(shown, rest)], OTHER_COLOUR))
-    sizes = {name: len(members) for name, members, _ in groups}
-    return sorted(groups, key=lambda g: -sizes[g[0]])
+    return groups
 
 
 def _hover(paths: np.ndarray, labels: np.ndarray, members: np.ndarray) -> list[str]:

@@ -10,8 +10,10 @@ import stat
 import struct
 import warnings
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -51,14 +53,31 @@ def build_world(store: Store, root: Path, run_id: str = "run1", label: str = HOS
     by_folder = {"cats": 0, "dogs": 1, "birds": 2}
     clusters = [by_folder[r.labels[0]] for r in scan.records]
     clusters[-1] = -1
-    store._insert_cluster_run_for_tests(
-        run_id, "d", ENCODER, "kmeans", {"k": 3, "seed": 0}, {"silhouette": 0.25, "undefined": float("nan")},
+    save_run(
+        store, run_id, "d", ENCODER, "kmeans", {"k": 3, "seed": 0}, {"silhouette": 0.25, "undefined": float("nan")},
         hashes, clusters,
         [{"cluster": 0, "label": label, "method": "user", "edited": True,
           "candidates": [{"label": "cat", "score": 0.91}, {"label": "kitten", "score": 0.4}]},
          {"cluster": 1, "label": "dogs & co", "method": "clip", "candidates": [{"label": "dog", "score": 0.8}]}],
     )
     return World(store, hashes, clusters)
+
+
+def save_run(store: Store, run_id: str, dataset: str, encoder_key: str, method: str, params: dict[str, Any],
+             metrics: dict[str, Any], hashes: Sequence[str], clusters: Sequence[int],
+             labels: Sequence[dict[str, Any]] = ()) -> None:
+    """A cluster run with its labels, written through the store's public API (core.cluster owns real runs).
+
+    ``labels``: dicts with cluster, label, method, candidates and optionally edited (a user's name).
+    """
+    assigned = np.asarray(clusters, dtype=np.int64)
+    store.save_cluster_run(run_id, dataset, encoder_key, method, params, hashes, assigned, metrics,
+                           n_clusters=len(set(assigned[assigned >= 0].tolist())),
+                           noise_fraction=float((assigned < 0).mean()) if len(assigned) else 0.0)
+    store.save_cluster_labels(run_id, labels)
+    for lab in labels:
+        if lab.get("edited"):  # an edit keeps the machine's candidates as provenance
+            store.set_cluster_label(run_id, lab["cluster"], lab["label"])
 
 
 @pytest.fixture
@@ -400,10 +419,10 @@ def test_diff_matches_clusters_and_finds_moved_images(world: World) -> None:
     store = world.store
     # Same partition under other numbers, then the same with one image moved.
     renamed = [{-1: -1, 0: 5, 1: 6, 2: 7}[c] for c in world.clusters]
-    store._insert_cluster_run_for_tests("run2", "d", ENCODER, "hdbscan", {}, {}, world.hashes, renamed)
+    save_run(store, "run2", "d", ENCODER, "hdbscan", {}, {}, world.hashes, renamed)
     moved = list(renamed)
     moved[0] = 7 if moved[0] != 7 else 5
-    store._insert_cluster_run_for_tests("run3", "d", ENCODER, "hdbscan", {}, {}, world.hashes, moved)
+    save_run(store, "run3", "d", ENCODER, "hdbscan", {}, {}, world.hashes, moved)
     a = snapshots.save_snapshot(store, "run1", title="a")
     b = snapshots.save_snapshot(store, "run2", title="b")
     c = snapshots.save_snapshot(store, "run3", title="c")
