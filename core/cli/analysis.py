@@ -1,13 +1,17 @@
-"""CLI commands for the analyses built on stored embeddings (registered by core.cli).
+"""Commands for the analyses built on stored embeddings:
 
-    python -m core project --dataset NAME --encoder ID [--method {umap,pca,tsne}] [--n-neighbors N] [--min-dist D] [--metric M] [--perplexity P] [--seed S]
-    python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden} [--k N] [--seed S]
+    python -m core project --dataset NAME --encoder ID [--method {umap,pca,tsne}] [--n-neighbors N]
+                           [--min-dist D] [--metric M] [--perplexity P] [--seed S]
+    python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden}
+                           [--k N] [--seed S]
     python -m core cluster-runs [--dataset NAME]
     python -m core labels --run RUN_ID --method {clip,text,visual}
     python -m core diagnostics --dataset NAME [--encoder ID] [--compare]
+    python -m core bias --dataset NAME --encoder ID --x FOLDER --y FOLDER --a FOLDER --b FOLDER
 
 Each takes ``--json`` and then prints exactly one JSON object on stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,52 +19,71 @@ import json
 import warnings
 from typing import Any
 
+from core.cli.common import (
+    SubParsers,
+    add_command,
+    dataset_option,
+    emit,
+    encoder_options,
+    open_store,
+    resolve_encoder_key,
+    seed_option,
+)
 from core.errors import InvalidInputError
 
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
 LABEL_METHODS = ("clip", "text", "visual")
+BIAS_ROLES = (("x", "target X"), ("y", "target Y"), ("a", "attribute A"), ("b", "attribute B"))
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add analysis sub-commands to ``python -m core``."""
-    p = sub.add_parser("project", help="compute and cache a 2-D map layout (the Map page then opens instantly)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", required=True, help="encoder id, full cache key, or import:NAME")
-    p.add_argument("--layer")
-    p.add_argument("--pool")
+def add_commands(sub: SubParsers) -> None:
+    """Add the analysis sub-commands to ``python -m core``."""
+    _add_project(sub)
+    _add_cluster(sub)
+    add_command(sub, "cluster-runs", cmd_cluster_runs, "list stored cluster runs", [dataset_option(required=False)])
+    _add_labels(sub)
+    _add_diagnostics(sub)
+    _add_bias(sub)
+
+
+def _add_project(sub: SubParsers) -> None:
+    seed = seed_option(help="random_state (default 42 for umap/tsne, 0 for pca, as the Map page)")
+    p = add_command(
+        sub,
+        "project",
+        cmd_project,
+        "compute and cache a 2-D map layout (the Map page then opens instantly)",
+        [dataset_option(), encoder_options(), seed],
+    )
     p.add_argument("--method", default="umap", choices=PROJECTION_METHODS, help="default umap, as the Map page")
     p.add_argument("--n-neighbors", type=int, help="umap (default 15, as the Map page)")
     p.add_argument("--min-dist", type=float, help="umap (default 0.1)")
     p.add_argument("--metric", help="umap: cosine (default), euclidean, correlation, manhattan")
     p.add_argument("--perplexity", type=float, help="tsne (default 30)")
-    p.add_argument("--seed", type=int, help="random_state (default 42 for umap/tsne, 0 for pca, as the Map page)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_project)
 
-    p = sub.add_parser("cluster", help="cluster a dataset's embeddings and store the run")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", required=True, help="encoder id, full cache key, or import:NAME")
-    p.add_argument("--layer")
-    p.add_argument("--pool")
+
+def _add_cluster(sub: SubParsers) -> None:
+    p = add_command(
+        sub,
+        "cluster",
+        cmd_cluster,
+        "cluster a dataset's embeddings and store the run",
+        [dataset_option(), encoder_options(), seed_option(help="random_state (default 0)")],
+    )
     p.add_argument("--method", required=True, choices=CLUSTER_METHODS)
     p.add_argument("--k", type=int, help="number of clusters (kmeans, agglomerative); default: chosen automatically")
     p.add_argument("--k-selection", choices=("silhouette", "eigengap"), help="how k is chosen when --k is absent")
-    p.add_argument("--seed", type=int, help="random_state (default 0)")
     p.add_argument("--min-cluster-size", type=int, help="hdbscan: smallest cluster")
     p.add_argument("--resolution", type=float, help="leiden: higher gives more clusters (default 1.0)")
     p.add_argument("--reduce", choices=("none", "pca", "umap"), help="space to cluster in (default per method)")
-    p.add_argument("--stability", type=int, default=0, metavar="N",
-                   help="also fit with N seeds and report their pairwise ARI")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_cluster)
+    p.add_argument(
+        "--stability", type=int, default=0, metavar="N", help="also fit with N seeds and report their pairwise ARI"
+    )
 
-    p = sub.add_parser("cluster-runs", help="list stored cluster runs")
-    p.add_argument("--dataset")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_cluster_runs)
 
-    p = sub.add_parser("labels", help="name the clusters of a stored run")
+def _add_labels(sub: SubParsers) -> None:
+    p = add_command(sub, "labels", cmd_labels, "name the clusters of a stored run")
     p.add_argument("--run", required=True, help="cluster run id (see cluster-runs)")
     p.add_argument("--method", required=True, choices=LABEL_METHODS)
     p.add_argument("--words", help="clip: extra words, comma-separated, added to the vocabulary")
@@ -68,21 +91,35 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--clip-encoder", help="clip: stored key of the CLIP embeddings (default: the dataset's)")
     p.add_argument("--weights", help="clip: local weights file for the text tower")
     p.add_argument("--device", default="cpu", help="clip: cpu (default), cuda, mps")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_labels)
 
-    p = sub.add_parser("diagnostics", help="representation diagnostics (RankMe, uniformity, LID, hubness, kNN, probe)")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--encoder", help="one encoder (id or key); default: every embedded encoder")
-    p.add_argument("--layer")
-    p.add_argument("--pool")
+
+def _add_diagnostics(sub: SubParsers) -> None:
+    every_encoder = encoder_options(required=False, help="one encoder (id or key); default: every embedded encoder")
+    p = add_command(
+        sub,
+        "diagnostics",
+        cmd_diagnostics,
+        "representation diagnostics (RankMe, uniformity, LID, hubness, kNN, probe)",
+        [dataset_option(), every_encoder],
+    )
     p.add_argument("--compare", action="store_true", help="also CKA and mutual-kNN between encoders")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_diagnostics)
 
 
-_PROJECTION_OPTIONS = {"n_neighbors": ("umap",), "min_dist": ("umap",), "metric": ("umap",),
-                       "perplexity": ("tsne",)}
+def _add_bias(sub: SubParsers) -> None:
+    p = add_command(
+        sub,
+        "bias",
+        cmd_bias,
+        "iEAT association test between four folders of a dataset",
+        [dataset_option(), encoder_options(), seed_option()],
+    )
+    for role, meaning in BIAS_ROLES:
+        p.add_argument(f"--{role}", required=True, metavar="FOLDER", help=f"{meaning}: a sub-folder label")
+    p.add_argument("--n-samples", type=int, default=10_000)
+    p.add_argument("--alternative", default="greater", choices=("greater", "less", "two-sided"))
+
+
+_PROJECTION_OPTIONS = {"n_neighbors": ("umap",), "min_dist": ("umap",), "metric": ("umap",), "perplexity": ("tsne",)}
 
 
 def _projection_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,27 +139,35 @@ def _projection_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from core.cli import _emit, _store, resolve_encoder_key
     from core.reduce import project
 
     params = _projection_params(args)
-    store = _store()
+    store = open_store()
     key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
     proj = project(store, args.dataset, key, args.method, params)
-    payload = {"projection_key": proj.key, "dataset": args.dataset, "encoder": key, "method": proj.method,
-               "params": proj.params, "n_points": len(proj.images), "cached": proj.cached,
-               "seconds": round(proj.seconds, 3)}
+    payload = {
+        "projection_key": proj.key,
+        "dataset": args.dataset,
+        "encoder": key,
+        "method": proj.method,
+        "params": proj.params,
+        "n_points": len(proj.images),
+        "cached": proj.cached,
+        "seconds": round(proj.seconds, 3),
+    }
 
     def human() -> None:
         origin = "already cached" if proj.cached else f"computed in {proj.seconds:.1f}s and cached"
-        print(f"{proj.method} layout of {len(proj.images):,} images of {args.dataset} under {key}: {origin} "
-              f"({scalar_params(proj.params)})")
+        print(
+            f"{proj.method} layout of {len(proj.images):,} images of {args.dataset} under {key}: {origin} "
+            f"({_scalar_params(proj.params)})"
+        )
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
-def scalar_params(params: dict[str, Any]) -> str:
+def _scalar_params(params: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
@@ -131,8 +176,10 @@ def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if args.k is not None:
         if method not in ("kmeans", "agglomerative"):
-            raise InvalidInputError(f"--k applies to kmeans and agglomerative, not {method} "
-                                    "(hdbscan: --min-cluster-size; leiden: --resolution)")
+            raise InvalidInputError(
+                f"--k applies to kmeans and agglomerative, not {method} "
+                "(hdbscan: --min-cluster-size; leiden: --resolution)"
+            )
         params["n_clusters"] = args.k
     if args.k_selection is not None:
         if method not in ("kmeans", "agglomerative"):
@@ -154,37 +201,55 @@ def _cluster_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from core.cli import _emit, _store, resolve_encoder_key
     from core.cluster import run_clustering
 
     params = _cluster_params(args)
     if args.stability == 1 or args.stability < 0:
         raise InvalidInputError(f"--stability {args.stability}: give 2 or more seeds (or 0 for none)")
     seed = args.seed or 0
-    store = _store()
+    store = open_store()
     key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
     images, vectors = store.load_embeddings(args.dataset, key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        run = run_clustering(store, args.dataset, key, args.method, params, images=images, vectors=vectors,
-                             stability_seeds=list(range(seed, seed + args.stability)))
+        run = run_clustering(
+            store,
+            args.dataset,
+            key,
+            args.method,
+            params,
+            images=images,
+            vectors=vectors,
+            stability_seeds=list(range(seed, seed + args.stability)),
+        )
     notes = _notes(caught)
     cluster_of = dict(zip(run.hashes, run.labels.tolist()))
     payload = {
-        "run_id": run.run_id, "dataset": args.dataset, "encoder": key, "method": run.method, "params": run.params,
-        "n_clusters": run.n_clusters, "noise_fraction": run.noise_fraction, "metrics": run.metrics,
+        "run_id": run.run_id,
+        "dataset": args.dataset,
+        "encoder": key,
+        "method": run.method,
+        "params": run.params,
+        "n_clusters": run.n_clusters,
+        "noise_fraction": run.noise_fraction,
+        "metrics": run.metrics,
         "warnings": notes,
-        "assignments": [{"path": path, "cluster": int(cluster_of[h])}
-                        for path, h in zip(images["rel_path"], images["content_hash"])],
+        "assignments": [
+            {"path": path, "cluster": int(cluster_of[h])} for path, h in zip(images["rel_path"], images["content_hash"])
+        ],
     }
 
     def human() -> None:
         m = run.metrics
-        print(f"run {run.run_id}: {run.method} on {key}: {run.n_clusters} clusters, "
-              f"{run.noise_fraction:.1%} noise, silhouette {_fmt(m.get('silhouette'))}, {m.get('seconds', 0):.2f}s")
+        print(
+            f"run {run.run_id}: {run.method} on {key}: {run.n_clusters} clusters, "
+            f"{run.noise_fraction:.1%} noise, silhouette {_fmt(m.get('silhouette'))}, {m.get('seconds', 0):.2f}s"
+        )
         if "ari" in m:
-            print(f"  vs folders: ARI {m['ari']:.3f}  NMI {m['nmi']:.3f}  Hungarian accuracy "
-                  f"{m['hungarian_accuracy']:.3f} ({m['n_classes']} folders)")
+            print(
+                f"  vs folders: ARI {m['ari']:.3f}  NMI {m['nmi']:.3f}  Hungarian accuracy "
+                f"{m['hungarian_accuracy']:.3f} ({m['n_classes']} folders)"
+            )
         if "stability" in m:
             print(f"  seed stability: mean ARI {m['stability']['mean_ari']:.3f} (min {m['stability']['min_ari']:.3f})")
         sizes = ", ".join(f"{c}:{n}" for c, n in m["sizes"].items())
@@ -192,32 +257,42 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"  warning: {note}")
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
 def cmd_cluster_runs(args: argparse.Namespace) -> int:
-    from core.cli import _emit, _store
 
-    frame = _store().list_cluster_runs(args.dataset)
-    records = [{**r, "params": json.loads(r["params"]), "metrics": json.loads(r["metrics"]),
-                "created_at": str(r["created_at"])} for r in frame.to_dict("records")]
+    frame = open_store().list_cluster_runs(args.dataset)
+    records = [
+        {
+            **r,
+            "params": json.loads(r["params"]),
+            "metrics": json.loads(r["metrics"]),
+            "created_at": str(r["created_at"]),
+        }
+        for r in frame.to_dict("records")
+    ]
 
     def human() -> None:
         if frame.empty:
-            print("no cluster runs yet; create one with: python -m core cluster --dataset NAME --encoder ID --method hdbscan")
+            print(
+                "no cluster runs yet; create one with: "
+                "python -m core cluster --dataset NAME --encoder ID --method hdbscan"
+            )
             return
         for r in records:
             parent = f" (from {r['parent_run_id']})" if r["parent_run_id"] else ""
-            print(f"{r['run_id']}  {r['dataset']:<12} {r['method']:<13} {r['n_clusters']:>4} clusters "
-                  f"{r['noise_fraction']:6.1%} noise  {r['encoder_key']}{parent}  {r['created_at']}")
+            print(
+                f"{r['run_id']}  {r['dataset']:<12} {r['method']:<13} {r['n_clusters']:>4} clusters "
+                f"{r['noise_fraction']:6.1%} noise  {r['encoder_key']}{parent}  {r['created_at']}"
+            )
 
-    _emit(args, records, human)
+    emit(args, records, human)
     return 0
 
 
 def cmd_labels(args: argparse.Namespace) -> int:
-    from core.cli import _emit, _store
     from core.concepts import label_run, load_vocabulary
 
     options: dict[str, Any] = {}
@@ -228,14 +303,15 @@ def cmd_labels(args: argparse.Namespace) -> int:
             options["vocabulary"] = load_vocabulary(args.vocabulary)
         options.update(encoder_key=args.clip_encoder, weights=args.weights, device=args.device)
     elif any((args.words, args.vocabulary, args.clip_encoder, args.weights)):
-        raise InvalidInputError(f"--words/--vocabulary/--clip-encoder/--weights apply to --method clip, not {args.method}")
-    store = _store()
+        raise InvalidInputError(
+            f"--words/--vocabulary/--clip-encoder/--weights apply to --method clip, not {args.method}"
+        )
+    store = open_store()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         labels = label_run(store, args.run, args.method, **options)
     notes = _notes(caught)
-    payload = {"run_id": args.run, "method": args.method, "warnings": notes,
-               "labels": [c.to_dict() for c in labels]}
+    payload = {"run_id": args.run, "method": args.method, "warnings": notes, "labels": [c.to_dict() for c in labels]}
 
     def human() -> None:
         for c in labels:
@@ -245,22 +321,25 @@ def cmd_labels(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"warning: {note}")
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
     return 0
 
 
 def cmd_diagnostics(args: argparse.Namespace) -> int:
-    from core.cli import _emit, _store, resolve_encoder_key
     from core.diagnostics import compare_encoders, dataset_diagnostics
 
-    store = _store()
+    store = open_store()
     store.require_dataset(args.dataset)
     keys = [resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)] if args.encoder else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = dataset_diagnostics(store, args.dataset, keys)
         comparison = compare_encoders(store, args.dataset) if args.compare else None
-    payload: dict[str, Any] = {"dataset": args.dataset, "encoders": table.to_dict("records"), "warnings": _notes(caught)}
+    payload: dict[str, Any] = {
+        "dataset": args.dataset,
+        "encoders": table.to_dict("records"),
+        "warnings": _notes(caught),
+    }
     if comparison is not None:
         payload["comparison"] = comparison.to_dict("records")
 
@@ -270,7 +349,46 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
             print()
             print(comparison.to_string(index=False))
 
-    _emit(args, payload, human)
+    emit(args, payload, human)
+    return 0
+
+
+def cmd_bias(args: argparse.Namespace) -> int:
+    from core.bias_runs import folder_options, folder_test, run_battery
+
+    store = open_store()
+    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    paths = store.dataset_paths(args.dataset)
+    try:
+        test = folder_test(paths, f"{args.x} vs {args.y}", args.x, args.y, args.a, args.b)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f"{exc} Folders: {', '.join(folder_options(paths))}") from exc
+    outcome = run_battery(
+        store, args.dataset, [key], [test], n_samples=args.n_samples, seed=args.seed, alternative=args.alternative
+    ).outcomes[0]
+    result, (low, high) = outcome.result, outcome.ci
+    payload = {
+        "dataset": args.dataset,
+        "encoder": key,
+        "alternative": result.alternative,
+        "sets": {role: {"folder": getattr(args, role), "n": len(hashes)} for role, hashes in test.sets().items()},
+        "effect_size": result.effect_size,
+        "ci95": [low, high],
+        "p_value": result.p_value,
+        "exact": result.exact,
+        "n_permutations": result.n_permutations,
+        "statistic": result.statistic,
+        "min_p_value": result.min_p_value,
+    }
+    emit(
+        args,
+        payload,
+        lambda: print(
+            f"d = {result.effect_size:.3f} (95% CI {low:.3f}..{high:.3f}), p = {result.p_value:.4g} "
+            f"({'exact' if result.exact else 'sampled'}, {result.n_permutations} partitions, "
+            f"min p {result.min_p_value:.3g})"
+        ),
+    )
     return 0
 
 

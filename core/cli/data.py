@@ -1,0 +1,181 @@
+"""Commands that bring images and vectors in and out: encoders, datasets, ingest, embed,
+import-embeddings, export, demo-data."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from core.cli.common import (
+    SubParsers,
+    add_command,
+    dataset_option,
+    emit,
+    encoder_options,
+    open_store,
+    progress_bar,
+    resolve_encoder_key,
+)
+
+
+def add_commands(sub: SubParsers) -> None:
+    """Add the data sub-commands to ``python -m core``."""
+    add_command(sub, "encoders", cmd_encoders, "list registered encoders")
+    add_command(sub, "datasets", cmd_datasets, "list datasets with counts")
+
+    p = add_command(sub, "ingest", cmd_ingest, "scan a folder or .zip of images into a dataset", [dataset_option()])
+    p.add_argument("path")
+    p.add_argument("--no-thumbnails", action="store_true", help="skip writing thumbnails during the scan")
+
+    p = add_command(
+        sub,
+        "embed",
+        cmd_embed,
+        "embed a dataset's images (only those not cached)",
+        [dataset_option(), encoder_options(help="encoder id (see `encoders`)")],
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int, default=4, help="decode threads")
+    p.add_argument("--weights", help="local weights file fed through the encoder's hub loading path")
+
+    p = add_command(
+        sub, "import-embeddings", cmd_import, "bring your own vectors (csv, parquet, npy, npz)", [dataset_option()]
+    )
+    p.add_argument("file")
+    p.add_argument("--encoder-name", required=True)
+    p.add_argument("--id-column")
+
+    p = add_command(
+        sub, "export", cmd_export, "write a dataset's vectors to Parquet", [dataset_option(), encoder_options()]
+    )
+    p.add_argument("--out", required=True)
+
+    p = add_command(
+        sub,
+        "demo-data",
+        cmd_demo_data,
+        "write a generated demo folder (used when Tux Paint stamps are absent)",
+        with_json=False,
+    )
+    p.add_argument("out")
+    p.add_argument("--per-class", type=int, default=24)
+
+
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from core.encoders import list_encoders
+
+    specs = [s.to_dict() for s in list_encoders()]
+
+    def human() -> None:
+        for s in specs:
+            where = "hub" if s["needs_network"] else "offline"
+            text = " +text" if s["has_text_tower"] else ""
+            print(f"{s['id']:<22} {s['family']:<34} dim={s['dim']:<5} {where}{text}  {s['name']}")
+
+    emit(args, specs, human)
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    frame = open_store().list_datasets()
+    records = frame.assign(created_at=frame["created_at"].astype(str), updated_at=frame["updated_at"].astype(str))
+    emit(args, records.to_dict(orient="records"), lambda: print(frame.to_string(index=False)))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from core.datasets import ingest_path
+
+    store = open_store()
+    update, close = progress_bar(f"scanning {Path(args.path).name}", "file")
+    try:
+        scan, stats = ingest_path(store, args.dataset, args.path, progress=update, thumbnails=not args.no_thumbnails)
+    finally:
+        close()
+    payload = {
+        "dataset": args.dataset,
+        "added": stats.added,
+        "duplicates": stats.duplicates,
+        "unchanged": stats.unchanged,
+        "updated": stats.updated,
+        "removed": stats.removed,
+        "skipped": [{"path": s.rel_path, "reason": s.reason} for s in scan.skipped],
+        "source": scan.root,
+    }
+
+    def human() -> None:
+        print(
+            f"{args.dataset}: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
+            f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped"
+        )
+        for s in scan.skipped:
+            print(f"  skipped {s.rel_path}: {s.reason}")
+
+    emit(args, payload, human)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from core.encoders import load_encoder
+    from core.extract import embed_dataset
+
+    store = open_store()
+    store.require_dataset(args.dataset)
+    encoder = load_encoder(args.encoder, args.device, layer=args.layer, pooling=args.pool, weights=args.weights)
+    update, close = progress_bar(f"embedding with {encoder.spec.id}", "img")
+    try:
+        report = embed_dataset(
+            store, args.dataset, encoder, batch_size=args.batch_size, workers=args.workers, progress=update
+        )
+    finally:
+        close()
+
+    def human() -> None:
+        print(
+            f"{args.dataset} × {report.encoder}: {report.encoded} encoded, {report.cached} cached, "
+            f"{len(report.failed)} failed in {report.seconds:.1f}s "
+            f"({report.images_per_s:.1f} img/s on {report.device})"
+        )
+        for f in report.failed:
+            print(f"  failed {f['path']}: {f['reason']}")
+
+    emit(args, report.to_dict(), human)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from core.importer import import_embeddings
+
+    report = import_embeddings(open_store(), args.file, args.dataset, args.encoder_name, args.id_column)
+    emit(
+        args,
+        report.to_dict(),
+        lambda: print(
+            f"imported {report.imported} vectors ({report.dim}-d) as {report.encoder}; "
+            f"{len(report.unmatched)} ids unmatched"
+        ),
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    store = open_store()
+    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    n = store.export_embeddings(args.dataset, key, args.out)
+    emit(
+        args,
+        {"dataset": args.dataset, "encoder": key, "rows": n, "out": str(Path(args.out).resolve())},
+        lambda: print(f"wrote {n} rows ({key}) to {args.out}"),
+    )
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    """Prints its JSON summary always (the command has no human form)."""
+    from core.demo import write_generated_demo
+
+    counts = write_generated_demo(args.out, per_class=args.per_class)
+    print(json.dumps({"out": str(Path(args.out).resolve()), "classes": counts}))
+    return 0
