@@ -1,14 +1,19 @@
 """2-D layouts of embeddings (PCA, UMAP, t-SNE), cached in the store.
 
-Reducers follow scikit-learn manners: every parameter is set in ``__init__`` and
-``fit_transform(X)`` returns an ``(n, 2)`` float32 array. ``project`` is the one entry the
+Reducers are scikit-learn estimators: every parameter is set in ``__init__`` and
+``fit_transform(X)`` returns an ``(n, 2)`` float32 array. Built-ins register with
+``@register_reducer`` exactly as a plug-in does (plug-ins are found through the
+``replens.reducers`` entry points); ``reduction_methods()`` lists them all, ``METHODS`` the
+built-ins. ``project`` is the one entry the
 app uses: it looks the layout up in DuckDB under a key that hashes *what* was projected
 (the sorted image hashes, the encoder key, the method and its parameters), so reopening a
 map is a read, not a recomputation.
 """
+
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 import warnings
@@ -18,106 +23,150 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
+from core.arrays import as_matrix
 from core.errors import InvalidInputError
+from core.registry import Registry
 from core.store import Store
 
+# The built-in methods, in the order the Map page offers them; ``reduction_methods()`` adds plug-ins.
 METHODS: tuple[str, ...] = ("umap", "pca", "tsne")
 UMAP_METRICS: tuple[str, ...] = ("cosine", "euclidean", "correlation", "manhattan")
 # Bumped when a reducer's output changes for the same parameters, so stale layouts miss.
 ALGORITHM_VERSION = 1
 
 
-class PCAReducer:
-    """Principal components 1 and 2 (sklearn ``PCA``).
+class Reducer(BaseEstimator):
+    """Base class: a scikit-learn estimator whose ``fit_transform(X)`` returns ``(n, 2)`` float32 coordinates.
 
-    Tall matrices use the covariance eigensolver: the same components as a full SVD to
-    float32 precision, ~10x faster at 100k x 384 (1.5 s instead of 17 s).
+    ``__init__`` only stores its keyword arguments (``get_params`` comes from ``BaseEstimator``
+    and is part of the layout's cache key); ``method`` is the name it registers under.
     """
 
-    def __init__(self, random_state: int | None = 0) -> None:
-        self.random_state = random_state
+    method: str = ""
 
-    def get_params(self) -> dict[str, Any]:
-        return {"random_state": self.random_state}
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        from sklearn.decomposition import PCA
-
-        X = _check_matrix(X, minimum=2)
-        n_components = min(2, X.shape[1])
-        solver = "covariance_eigh" if X.shape[0] >= 10 * X.shape[1] else "full"
-        coords = PCA(n_components=n_components, svd_solver=solver, random_state=self.random_state).fit_transform(X)
-        return _pad_to_2d(coords)
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
+        raise NotImplementedError  # each reducer implements fit_transform
 
 
-class UMAPReducer:
+REDUCERS: Registry[type[Reducer]] = Registry("reducer")
+
+
+def register_reducer(cls: type[Reducer]) -> type[Reducer]:
+    """Class decorator: make ``cls`` available under ``cls.method`` (a second registration warns).
+
+    Plug-ins register the same way, from a module named in the ``replens.reducers`` entry points.
+    """
+    if not cls.method:
+        raise InvalidInputError(f"{cls.__name__} needs a non-empty `method` name to be registered")
+    return REDUCERS.add(cls.method, cls)
+
+
+def reduction_methods() -> list[str]:
+    """Names of every registered reducer (built-ins, then plug-ins), in registration order."""
+    return REDUCERS.names()
+
+
+@register_reducer
+class UMAPReducer(Reducer):
     """umap-learn's UMAP; with a ``random_state`` the layout is reproducible (single-threaded)."""
 
-    def __init__(self, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine",
-                 random_state: int | None = 42) -> None:
+    method = "umap"
+
+    def __init__(
+        self, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine", random_state: int | None = 42
+    ) -> None:
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
         self.metric = metric
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        return {"n_neighbors": self.n_neighbors, "min_dist": self.min_dist, "metric": self.metric,
-                "random_state": self.random_state}
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        X = _check_matrix(X, minimum=3)
-        if self.metric not in UMAP_METRICS:
-            raise InvalidInputError(f"UMAP metric {self.metric!r} is not offered; choose one of {', '.join(UMAP_METRICS)}.")
-        if not 2 <= self.n_neighbors <= 200:
-            raise InvalidInputError(f"n_neighbors={self.n_neighbors}: choose 2..200 (15 is a good start).")
-        if not 0.0 <= self.min_dist <= 1.0:
-            raise InvalidInputError(f"min_dist={self.min_dist}: choose a value between 0 and 1.")
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
+        X = _map_matrix(X, minimum=3)
+        self._check_params()
         import umap
 
         # UMAP refuses n_neighbors >= n; a small dataset still deserves a map.
         n_neighbors = min(self.n_neighbors, X.shape[0] - 1)
-        reducer = umap.UMAP(n_components=2, n_neighbors=n_neighbors, min_dist=self.min_dist, metric=self.metric,
-                            random_state=self.random_state, n_jobs=1 if self.random_state is not None else -1,
-                            init="spectral" if X.shape[0] > 10 else "random")
+        reducer = umap.UMAP(
+            n_components=2,
+            n_neighbors=n_neighbors,
+            min_dist=self.min_dist,
+            metric=self.metric,
+            random_state=self.random_state,
+            n_jobs=1 if self.random_state is not None else -1,
+            init="spectral" if X.shape[0] > 10 else "random",
+        )
         with warnings.catch_warnings():
             # Spectral-init fallbacks and numba notices are not the user's business.
             warnings.simplefilter("ignore")
             coords = reducer.fit_transform(X)
         return np.asarray(coords, dtype=np.float32)
 
+    def _check_params(self) -> None:
+        if self.metric not in UMAP_METRICS:
+            offered = ", ".join(UMAP_METRICS)
+            raise InvalidInputError(f"UMAP metric {self.metric!r} is not offered; choose one of {offered}.")
+        if not 2 <= self.n_neighbors <= 200:
+            raise InvalidInputError(f"n_neighbors={self.n_neighbors}: choose 2..200 (15 is a good start).")
+        if not 0.0 <= self.min_dist <= 1.0:
+            raise InvalidInputError(f"min_dist={self.min_dist}: choose a value between 0 and 1.")
 
-class TSNEReducer:
+
+@register_reducer
+class PCAReducer(Reducer):
+    """Principal components 1 and 2 (sklearn ``PCA``).
+
+    Tall matrices use the covariance eigensolver: the same components as a full SVD to
+    float32 precision, ~10x faster at 100k x 384 (1.5 s instead of 17 s).
+    """
+
+    method = "pca"
+
+    def __init__(self, random_state: int | None = 0) -> None:
+        self.random_state = random_state
+
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
+        from sklearn.decomposition import PCA
+
+        X = _map_matrix(X, minimum=2)
+        n_components = min(2, X.shape[1])
+        solver = "covariance_eigh" if X.shape[0] >= 10 * X.shape[1] else "full"
+        coords = PCA(n_components=n_components, svd_solver=solver, random_state=self.random_state).fit_transform(X)
+        return _pad_to_2d(coords)
+
+
+@register_reducer
+class TSNEReducer(Reducer):
     """sklearn's t-SNE (Barnes-Hut); slow above ~20k points, offered for comparison."""
+
+    method = "tsne"
 
     def __init__(self, perplexity: float = 30.0, metric: str = "cosine", random_state: int | None = 42) -> None:
         self.perplexity = perplexity
         self.metric = metric
         self.random_state = random_state
 
-    def get_params(self) -> dict[str, Any]:
-        return {"perplexity": self.perplexity, "metric": self.metric, "random_state": self.random_state}
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         from sklearn.manifold import TSNE
 
-        X = _check_matrix(X, minimum=3)
+        X = _map_matrix(X, minimum=3)
         # sklearn requires perplexity < n_samples.
         perplexity = min(float(self.perplexity), max(1.0, (X.shape[0] - 1) / 3))
-        tsne = TSNE(n_components=2, perplexity=perplexity, metric=self.metric, init="pca",
-                    random_state=self.random_state)
+        tsne = TSNE(
+            n_components=2, perplexity=perplexity, metric=self.metric, init="pca", random_state=self.random_state
+        )
         return np.asarray(tsne.fit_transform(X), dtype=np.float32)
 
 
-Reducer = PCAReducer | UMAPReducer | TSNEReducer
-_REDUCERS: dict[str, type[Reducer]] = {"pca": PCAReducer, "umap": UMAPReducer, "tsne": TSNEReducer}
-
-
 def make_reducer(method: str, params: dict[str, Any] | None = None) -> Reducer:
-    """A reducer for ``method`` ("umap", "pca", "tsne") built from ``params``."""
-    cls = _REDUCERS.get(method)
+    """A reducer for ``method`` (see ``reduction_methods()``: "umap", "pca", "tsne" and plug-ins) from ``params``."""
+    cls = REDUCERS.get(method)
     if cls is None:
-        raise InvalidInputError(f"Unknown projection method {method!r}; choose one of {', '.join(METHODS)}.")
+        raise InvalidInputError(
+            f"Unknown projection method {method!r}; choose one of {', '.join(reduction_methods())}."
+        )
     try:
         return cls(**(params or {}))
     except TypeError as exc:
@@ -125,21 +174,19 @@ def make_reducer(method: str, params: dict[str, Any] | None = None) -> Reducer:
 
 
 def _param_names(cls: type[Reducer]) -> str:
-    import inspect
-
     return ", ".join(p for p in inspect.signature(cls.__init__).parameters if p != "self")
 
 
-def _check_matrix(X: np.ndarray, minimum: int) -> np.ndarray:
+def _map_matrix(X: np.ndarray, minimum: int) -> np.ndarray:
+    """``X`` checked by ``core.arrays.as_matrix``, too few rows told in the Map page's words."""
     X = np.asarray(X, dtype=np.float32)
-    if X.ndim != 2 or X.shape[0] < minimum:
+    n = X.shape[0] if X.ndim == 2 else 0
+    if n < minimum:
         raise InvalidInputError(
-            f"A map needs at least {minimum} embedded images, got {X.shape[0] if X.ndim == 2 else 0}. "
+            f"A map needs at least {minimum} embedded images, got {n}. "
             "Add images to the dataset or extract embeddings first."
         )
-    if not np.isfinite(X).all():
-        raise InvalidInputError("Some embeddings contain NaN or infinite values; re-extract them.")
-    return X
+    return as_matrix(X, what="map")
 
 
 def _pad_to_2d(coords: np.ndarray) -> np.ndarray:
@@ -156,9 +203,15 @@ def _pad_to_2d(coords: np.ndarray) -> np.ndarray:
 def projection_key(hashes: Sequence[str], encoder_key: str, method: str, params: dict[str, Any]) -> str:
     """Identity of a layout: same images (in any order), encoder, method and params -> same key."""
     payload = json.dumps(
-        {"hashes": sorted(hashes), "encoder": encoder_key, "method": method, "params": params,
-         "version": ALGORITHM_VERSION},
-        sort_keys=True, separators=(",", ":"),
+        {
+            "hashes": sorted(hashes),
+            "encoder": encoder_key,
+            "method": method,
+            "params": params,
+            "version": ALGORITHM_VERSION,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.blake2b(payload.encode(), digest_size=16).hexdigest()
 
@@ -177,8 +230,16 @@ class Projection:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def project(store: Store, dataset: str, encoder_key: str, method: str, params: dict[str, Any] | None = None, *,
-            images: pd.DataFrame | None = None, vectors: np.ndarray | None = None) -> Projection:
+def project(
+    store: Store,
+    dataset: str,
+    encoder_key: str,
+    method: str,
+    params: dict[str, Any] | None = None,
+    *,
+    images: pd.DataFrame | None = None,
+    vectors: np.ndarray | None = None,
+) -> Projection:
     """The 2-D layout of ``dataset`` under ``encoder_key``, from the store or computed once.
 
     ``images``/``vectors`` may be passed when the caller already loaded them (the app caches
@@ -206,7 +267,7 @@ def _align(stored_hashes: list[str], stored_coords: np.ndarray, hashes: list[str
     """Reorder stored coords to ``hashes``; None if the stored set differs (treated as a miss)."""
     if len(stored_hashes) != len(hashes):
         return None
-    position = pd.Index(stored_hashes).get_indexer(hashes)
+    position = pd.Index(stored_hashes).get_indexer(pd.Index(hashes))
     if (position < 0).any():
         return None
     return np.ascontiguousarray(stored_coords[position], dtype=np.float32)

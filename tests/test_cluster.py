@@ -1,5 +1,6 @@
 """Tests for core.cluster: clusterers, automatic k, metrics (vs independent computations),
 stored runs, the cluster browser's helpers and merge/split edits."""
+
 from __future__ import annotations
 
 import itertools
@@ -25,8 +26,9 @@ from core.images import ImageRecord
 from core.store import Store
 
 
-def blobs(k: int = 4, per: int = 30, dim: int = 16, spread: float = 0.08, seed: int = 0,
-          sizes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def blobs(
+    k: int = 4, per: int = 30, dim: int = 16, spread: float = 0.08, seed: int = 0, sizes: list[int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Well-separated directions on the sphere: k random unit centres plus small noise."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(k, dim))
@@ -38,8 +40,20 @@ def blobs(k: int = 4, per: int = 30, dim: int = 16, spread: float = 0.08, seed: 
 
 
 def add_dataset(store: Store, X: np.ndarray, folders: list[str], dataset: str = "d", key: str = "enc@v/l/p") -> str:
-    records = [ImageRecord(content_hash=f"{i:032x}", rel_path=f"{f}/img_{i:04d}.png", labels=(f,), width=8, height=8,
-                           n_bytes=100 + i, format="PNG", mtime=0.0, caption=None) for i, f in enumerate(folders)]
+    records = [
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"{f}/img_{i:04d}.png",
+            labels=(f,),
+            width=8,
+            height=8,
+            n_bytes=100 + i,
+            format="PNG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i, f in enumerate(folders)
+    ]
     store.ingest(dataset, "/src", records, [])
     store.register_encoder(key, key.split("@")[0], "v", "l", "p", X.shape[1], {"id": key.split("@")[0]})
     store.write_embeddings(key, [r.content_hash for r in records], X)
@@ -108,15 +122,18 @@ def test_relabel_by_size_orders_clusters_and_keeps_noise() -> None:
 # --------------------------------------------------------------------------- clusterers
 
 
-@pytest.mark.parametrize("method,params", [
-    ("kmeans", {}),
-    ("kmeans", {"k_selection": "eigengap"}),
-    ("kmeans", {"n_clusters": 4, "reduce": None}),
-    ("agglomerative", {}),
-    ("agglomerative", {"k_selection": "eigengap", "reduce": None}),
-    ("leiden", {}),
-    ("hdbscan", {"reduce": None}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("kmeans", {}),
+        ("kmeans", {"k_selection": "eigengap"}),
+        ("kmeans", {"n_clusters": 4, "reduce": None}),
+        ("agglomerative", {}),
+        ("agglomerative", {"k_selection": "eigengap", "reduce": None}),
+        ("leiden", {}),
+        ("hdbscan", {"reduce": None}),
+    ],
+)
 def test_every_method_recovers_separated_blobs(method: str, params: dict) -> None:
     X, y = blobs(4, 30, sizes=[40, 30, 25, 20])
     est = make_clusterer(method, params)
@@ -315,8 +332,10 @@ def test_browser_helpers_against_direct_computation(dataset) -> None:
 def test_labels_persist_and_user_edits_win(dataset) -> None:
     store, key, _, _ = dataset
     run = cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None})
-    rows = [{"cluster": c, "label": f"auto{c}", "method": "text", "candidates": [{"word": f"auto{c}", "score": 1.0}]}
-            for c in range(3)]
+    rows = [
+        {"cluster": c, "label": f"auto{c}", "method": "text", "candidates": [{"word": f"auto{c}", "score": 1.0}]}
+        for c in range(3)
+    ]
     assert store.save_cluster_labels(run.run_id, rows) == 3
     cluster.rename_cluster(store, run.run_id, 1, "  my name ")
     assert store.save_cluster_labels(run.run_id, [{**r, "label": "new"} for r in rows]) == 2
@@ -333,8 +352,9 @@ def test_labels_persist_and_user_edits_win(dataset) -> None:
 def test_merge_and_split_make_child_runs_and_carry_labels(dataset) -> None:
     store, key, X, y = dataset
     run = cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None})
-    store.save_cluster_labels(run.run_id, [{"cluster": c, "label": f"c{c}", "method": "text", "candidates": []}
-                                           for c in range(3)])
+    store.save_cluster_labels(
+        run.run_id, [{"cluster": c, "label": f"c{c}", "method": "text", "candidates": []} for c in range(3)]
+    )
     store.set_cluster_label(run.run_id, 0, "kept by user")
     merged = cluster.merge_clusters(store, run.run_id, [1, 2])
     assert merged.parent_run_id == run.run_id and merged.method == "merge" and merged.n_clusters == 2
@@ -362,7 +382,7 @@ def test_save_cluster_run_is_one_transaction(store: Store) -> None:
     store.ingest("d", "/src", [], [])
     with pytest.raises(InvalidInputError, match="duplicate"):
         store.save_cluster_run("r1", "d", "k", "kmeans", {}, ["a", "a"], np.array([0, 1]), {}, 2, 0.0)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - any store error; what matters is what remains after it
         # The second run id collides inside the transaction: nothing of it may remain.
         store.save_cluster_run("r2", "d", "k", "kmeans", {}, ["a", "b"], np.array([0, 1]), {}, 2, 0.0)
         store.save_cluster_run("r2", "d", "k", "kmeans", {}, ["c"], np.array([0]), {}, 1, 0.0)
@@ -381,7 +401,7 @@ def test_tiny_sets_skip_umap_with_a_warning() -> None:
 
 def test_pages_noise_constant_is_core_s() -> None:
     """pages/common keeps its own copy so every page need not import scikit-learn."""
-    from pages import common
+    from core import palette as common  # the light copy pages use (via core.mapfigure) moved from pages/common
 
     assert common.NOISE == cluster.NOISE
 
@@ -400,9 +420,43 @@ def test_recorded_stability_is_stored_with_the_run(dataset) -> None:
     assert got["mean_ari"] == pytest.approx(np.mean(want)) and got["min_ari"] == pytest.approx(min(want))
     again = cluster.load_run(store, run.run_id)
     assert again.metrics["stability"] == got
-    assert {k: v for k, v in again.metrics.items() if k != "stability"} == \
-        {k: v for k, v in run.metrics.items() if k != "stability"}
+    assert {k: v for k, v in again.metrics.items() if k != "stability"} == {
+        k: v for k, v in run.metrics.items() if k != "stability"
+    }
     assert dict(zip(again.hashes, again.labels.tolist())) == dict(zip(run.hashes, run.labels.tolist()))
     merged = cluster.merge_clusters(store, run.run_id, [0, 1])
     with pytest.raises(InvalidInputError, match="no seed"):
         cluster.record_stability(store, merged, data.vectors)
+
+
+@pytest.mark.parametrize("cls", [HDBSCANClusterer, KMeansClusterer, AgglomerativeClusterer, LeidenClusterer])
+def test_clusterers_are_sklearn_estimators(cls: type) -> None:
+    from sklearn.base import BaseEstimator, clone, is_clusterer
+
+    est = cls(random_state=7)
+    assert isinstance(est, BaseEstimator) and isinstance(est, cluster.Clusterer) and is_clusterer(est)
+    params = est.get_params()
+    assert params["random_state"] == 7 and set(params) == set(cls().get_params())
+    copy = clone(est)
+    assert type(copy) is cls and copy is not est and copy.get_params() == params
+    assert est.set_params(random_state=3) is est and est.random_state == 3 and copy.random_state == 7
+    assert cls(**params).get_params() == params  # round trip through __init__
+    with pytest.raises(InvalidInputError, match=r"no parameter 'k'; it takes"):
+        est.set_params(k=3)
+
+
+def test_clone_of_a_fitted_clusterer_is_unfitted_and_refits_the_same() -> None:
+    from sklearn.base import clone
+
+    X, _ = blobs(3, 10, dim=6)
+    est = KMeansClusterer(n_clusters=3, reduce=None, n_init=1, random_state=2).fit(X)
+    copy = clone(est)
+    assert not hasattr(copy, "labels_")
+    np.testing.assert_array_equal(copy.fit_predict(X), est.labels_)
+
+
+def test_clustering_methods_read_the_registry() -> None:
+    assert cluster.clustering_methods()[:4] == ["hdbscan", "kmeans", "agglomerative", "leiden"]
+    assert cluster.clustering_methods() == cluster.CLUSTERERS.names()
+    with pytest.raises(InvalidInputError, match="non-empty `method`"):
+        cluster.register_clusterer(type("Nameless", (cluster.Clusterer,), {}))

@@ -1,4 +1,5 @@
 """core.reduce: PCA equals sklearn, UMAP is seeded and cached in the store, keys track params."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,9 +17,20 @@ KEY = "synthetic@v1/last/none"
 
 
 def _records(n: int) -> list[ImageRecord]:
-    return [ImageRecord(content_hash=f"{i:032x}", rel_path=f"{'ab'[i % 2]}/img_{i:04d}.png", labels=("ab"[i % 2],),
-                        width=10 + i, height=20, n_bytes=100 + i, format="PNG", mtime=0.0, caption=None)
-            for i in range(n)]
+    return [
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"{'ab'[i % 2]}/img_{i:04d}.png",
+            labels=("ab"[i % 2],),
+            width=10 + i,
+            height=20,
+            n_bytes=100 + i,
+            format="PNG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i in range(n)
+    ]
 
 
 def _vectors(n: int, dim: int = 16, seed: int = 0) -> np.ndarray:
@@ -128,3 +140,63 @@ def test_tsne_seeded_and_small_inputs_clamped() -> None:
     b = reduce.TSNEReducer(perplexity=30, random_state=3).fit_transform(x)
     assert a.shape == (40, 2) and a.dtype == np.float32
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_plugin_reducer_registers_like_the_builtins(store: Store) -> None:
+    assert reduce.reduction_methods()[:3] == list(reduce.METHODS)
+
+    class FirstTwoColumns(reduce.Reducer):
+        method = "test-first-two"
+
+        def __init__(self, scale: float = 1.0) -> None:
+            self.scale = scale
+
+        def fit_transform(self, X: np.ndarray, y: object = None) -> np.ndarray:
+            return (np.asarray(X, dtype=np.float32)[:, :2] * self.scale).astype(np.float32)
+
+    try:
+        assert reduce.register_reducer(FirstTwoColumns) is FirstTwoColumns
+        assert "test-first-two" in reduce.reduction_methods()
+        made = reduce.make_reducer("test-first-two", {"scale": 2.0})
+        assert isinstance(made, FirstTwoColumns) and made.get_params() == {"scale": 2.0}
+        proj = reduce.project(store, "toy", KEY, "test-first-two", {"scale": 2.0})
+        vectors = store.load_embeddings("toy", KEY)[1]
+        np.testing.assert_allclose(proj.coords, vectors[:, :2] * 2.0)
+        assert reduce.project(store, "toy", KEY, "test-first-two", {"scale": 2.0}).cached
+        with pytest.warns(UserWarning, match="registered twice"):
+            reduce.register_reducer(FirstTwoColumns)
+    finally:
+        reduce.REDUCERS.remove("test-first-two")
+    assert "test-first-two" not in reduce.reduction_methods()
+    with pytest.raises(InvalidInputError, match="Unknown projection method 'test-first-two'; choose one of umap"):
+        reduce.make_reducer("test-first-two")
+
+
+def test_a_reducer_needs_a_method_name_to_register() -> None:
+    class Nameless(reduce.Reducer):
+        pass
+
+    with pytest.raises(InvalidInputError, match="non-empty `method`"):
+        reduce.register_reducer(Nameless)
+
+
+def test_reducers_are_sklearn_estimators_with_unchanged_cache_params() -> None:
+    from sklearn.base import clone
+
+    umap_reducer = reduce.make_reducer("umap", {"n_neighbors": 10})
+    # The cache key hashes these: the same values as the hand-written get_params gave.
+    assert umap_reducer.get_params() == {"n_neighbors": 10, "min_dist": 0.1, "metric": "cosine", "random_state": 42}
+    assert reduce.PCAReducer().get_params() == {"random_state": 0}
+    assert reduce.TSNEReducer().get_params() == {"perplexity": 30.0, "metric": "cosine", "random_state": 42}
+    copy = clone(umap_reducer)
+    assert copy is not umap_reducer and copy.get_params() == umap_reducer.get_params()
+    assert umap_reducer.set_params(min_dist=0.5) is umap_reducer and umap_reducer.min_dist == 0.5
+
+
+def test_too_few_rows_are_told_in_the_map_pages_words() -> None:
+    with pytest.raises(InvalidInputError, match="A map needs at least 3 embedded images, got 2"):
+        reduce.UMAPReducer().fit_transform(np.ones((2, 4)))
+    with pytest.raises(InvalidInputError, match="A map needs at least 2 embedded images, got 0"):
+        reduce.PCAReducer().fit_transform(np.ones(4))
+    with pytest.raises(InvalidInputError, match="NaN"):
+        reduce.PCAReducer().fit_transform(np.full((3, 4), np.nan))
