@@ -5,6 +5,7 @@ content hash. Sets come from dataset folders, clusters, map selections or upload
 runner looks the vectors up per encoder, runs ``bias.association_test`` plus a bootstrap CI,
 and Holm-corrects the p-values across every row of the resulting table.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -46,7 +47,7 @@ class BatteryOutcome:
 
 @dataclass(frozen=True)
 class BatteryResult:
-    table: pd.DataFrame           # one row per (test, encoder), Holm-adjusted p included
+    table: pd.DataFrame  # one row per (test, encoder), Holm-adjusted p included
     outcomes: list[BatteryOutcome]
 
 
@@ -60,7 +61,7 @@ def folder_hashes(images: pd.DataFrame, folder: str) -> tuple[str, ...]:
 
     def inside(labels: Sequence[str]) -> bool:
         labels = tuple(labels)
-        return any(labels[i:i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
+        return any(labels[i : i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
 
     # ``images`` may list every path: an image filed in two folders belongs to both sets, once.
     return tuple(dict.fromkeys(images.loc[images["labels"].map(inside), "content_hash"]))
@@ -75,10 +76,18 @@ def folder_test(images: pd.DataFrame, name: str, x: str, y: str, a: str, b: str)
     return BatteryTest(name, **sets, roles={r: f"folder {f}" for r, f in picked.items()})
 
 
-def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: Sequence[BatteryTest], *,
-                n_samples: int = bias.DEFAULT_N_SAMPLES, seed: int | None = 0, n_drivers: int = 8,
-                alternative: str = "greater",
-                progress: Callable[[int, int], None] | None = None) -> BatteryResult:
+def run_battery(
+    store: Store,
+    dataset: str,
+    encoder_keys: Sequence[str],
+    tests: Sequence[BatteryTest],
+    *,
+    n_samples: int = bias.DEFAULT_N_SAMPLES,
+    seed: int | None = 0,
+    n_drivers: int = 8,
+    alternative: bias.Alternative = "greater",
+    progress: Callable[[int, int], None] | None = None,
+) -> BatteryResult:
     """Every test on every encoder; p-values Holm-corrected across the whole table."""
     if not tests or not encoder_keys:
         raise InvalidInputError("Pick at least one test and one encoder.")
@@ -95,12 +104,22 @@ def run_battery(store: Store, dataset: str, encoder_keys: Sequence[str], tests: 
     return BatteryResult(_table(outcomes, tests), outcomes)
 
 
-def _run_one(test: BatteryTest, key: str, images: pd.DataFrame, vectors: np.ndarray, row_of: dict[str, int],
-             n_samples: int, seed: int | None, n_drivers: int, alternative: str) -> BatteryOutcome:
+def _run_one(
+    test: BatteryTest,
+    key: str,
+    images: pd.DataFrame,
+    vectors: np.ndarray,
+    row_of: dict[str, int],
+    n_samples: int,
+    seed: int | None,
+    n_drivers: int,
+    alternative: bias.Alternative,
+) -> BatteryOutcome:
     rows = {role: _rows(test, role, hashes, row_of, key) for role, hashes in test.sets().items()}
     sets = {role: vectors[idx] for role, idx in rows.items()}
-    result = bias.association_test(sets["x"], sets["y"], sets["a"], sets["b"], n_samples=n_samples, seed=seed,
-                                   alternative=alternative)
+    result = bias.association_test(
+        sets["x"], sets["y"], sets["a"], sets["b"], n_samples=n_samples, seed=seed, alternative=alternative
+    )
     ci = bias.bootstrap_effect_size_ci(sets["x"], sets["y"], sets["a"], sets["b"], seed=seed)
     drivers = _drivers(images, rows, result, n_drivers)
     return BatteryOutcome(test.name, key, result, ci, drivers)
@@ -118,26 +137,37 @@ def _rows(test: BatteryTest, role: str, hashes: Sequence[str], row_of: dict[str,
     return np.array([row_of[h] for h in hashes], dtype=np.int64)
 
 
-def _drivers(images: pd.DataFrame, rows: dict[str, np.ndarray], result: bias.AssociationResult,
-             n: int) -> pd.DataFrame:
+def _drivers(images: pd.DataFrame, rows: dict[str, np.ndarray], result: bias.AssociationResult, n: int) -> pd.DataFrame:
     """Target images whose association s(w) is largest in magnitude: what drives d."""
-    frame = pd.concat([
-        images.iloc[rows["x"]][["content_hash", "rel_path", "source"]].assign(set="X", score=result.x_scores),
-        images.iloc[rows["y"]][["content_hash", "rel_path", "source"]].assign(set="Y", score=result.y_scores),
-    ], ignore_index=True)
+    frame = pd.concat(
+        [
+            images.iloc[rows["x"]][["content_hash", "rel_path", "source"]].assign(set="X", score=result.x_scores),
+            images.iloc[rows["y"]][["content_hash", "rel_path", "source"]].assign(set="Y", score=result.y_scores),
+        ],
+        ignore_index=True,
+    )
     order = np.argsort(-np.abs(frame["score"].to_numpy()), kind="stable")
     return frame.iloc[order[:n]].reset_index(drop=True)
 
 
 def _table(outcomes: Sequence[BatteryOutcome], tests: Sequence[BatteryTest]) -> pd.DataFrame:
     sizes = {t.name: {role: len(h) for role, h in t.sets().items()} for t in tests}
-    rows = [{
-        "test": o.test, "encoder": o.encoder_key, "effect_size": o.result.effect_size,
-        "ci_low": o.ci[0], "ci_high": o.ci[1], "p_value": o.result.p_value,
-        "p_holm": np.nan, "exact": o.result.exact, "n_permutations": o.result.n_permutations,
-        "min_p_value": o.result.min_p_value,
-        **{f"n_{role}": sizes[o.test][role] for role in ROLES},
-    } for o in outcomes]
+    rows = [
+        {
+            "test": o.test,
+            "encoder": o.encoder_key,
+            "effect_size": o.result.effect_size,
+            "ci_low": o.ci[0],
+            "ci_high": o.ci[1],
+            "p_value": o.result.p_value,
+            "p_holm": np.nan,
+            "exact": o.result.exact,
+            "n_permutations": o.result.n_permutations,
+            "min_p_value": o.result.min_p_value,
+            **{f"n_{role}": sizes[o.test][role] for role in ROLES},
+        }
+        for o in outcomes
+    ]
     table = pd.DataFrame(rows)
     table["p_holm"] = bias.holm_correction(table["p_value"].to_numpy())
     return table
@@ -154,7 +184,6 @@ def folder_options(images: pd.DataFrame) -> list[str]:
     return sorted(counts)
 
 
-
 def cluster_sets(store: Store, run_id: str) -> dict[str, tuple[str, ...]]:
     """The clusters of a stored run as candidate stimulus sets, named "cluster N · label".
 
@@ -167,7 +196,7 @@ def cluster_sets(store: Store, run_id: str) -> dict[str, tuple[str, ...]]:
     named = store.load_cluster_labels(run_id)
     names = dict(zip(named["cluster"].astype(int), named["label"]))
     sets: dict[str, tuple[str, ...]] = {}
-    for cluster in sorted(set(int(c) for c in labels) - {-1}):
+    for cluster in sorted({int(c) for c in labels} - {-1}):
         members = tuple(h for h, c in zip(hashes, labels) if c == cluster)
         sets[f"cluster {cluster} · {names.get(cluster, 'unnamed')}"] = members
     return sets

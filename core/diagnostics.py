@@ -16,6 +16,7 @@ Between encoders, on the same images:
 Geometry is cosine throughout: vectors are L2-normalised before neighbourhoods, uniformity
 and LID are computed (RankMe, the spectrum and CKA take the vectors as stored).
 """
+
 from __future__ import annotations
 
 import time
@@ -28,6 +29,7 @@ import numpy as np
 import pandas as pd
 from sklearn.utils import check_random_state
 
+from core.arrays import as_matrix, check_k, l2_normalize
 from core.errors import InvalidInputError
 from core.store import Store
 
@@ -40,27 +42,23 @@ class DiagnosticsWarning(UserWarning):
 
 
 def _matrix(X: np.ndarray, minimum: int, what: str) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] < minimum:
-        raise InvalidInputError(f"{what}: needs an (n, d) matrix with n >= {minimum}, got shape {X.shape}")
-    if not np.isfinite(X).all():
-        raise InvalidInputError(f"{what}: some vectors contain NaN or infinite values; re-extract them")
-    return X
+    """``X`` as a finite float64 (n, d) matrix with n >= ``minimum``."""
+    return as_matrix(X, what=what, minimum=minimum, dtype=np.float64)
 
 
 def _unit(X: np.ndarray, what: str) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise InvalidInputError(f"{what}: {int((norms == 0).sum())} zero vector(s) have no direction")
-    return X / norms
+    """Unit rows in float64; a zero vector has no direction, so it is an error here."""
+    return l2_normalize(X, zero_rows="raise", what=what, dtype=np.float64)
 
 
 def _check_k(k: int, n: int, what: str) -> int:
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise InvalidInputError(f"{what}: k={k!r} should be a positive integer")
-    if k > n - 1:
-        raise InvalidInputError(f"{what}: k={k} should be <= n_samples - 1 = {n - 1}")
-    return int(k)
+    """``k`` in 1..n-1: a point's neighbours never include the point itself."""
+    try:
+        return check_k(k, n, what=what, maximum=n - 1)
+    except InvalidInputError as exc:
+        if isinstance(k, (int, np.integer)) and k > n - 1:  # keep the message that says why n - 1
+            raise InvalidInputError(f"{what}: k={k} should be <= n_samples - 1 = {n - 1}") from exc
+        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -197,8 +195,9 @@ def knn_accuracy(X: np.ndarray, labels: Sequence[Any] | np.ndarray, *, k: int = 
     return correct / len(X)
 
 
-def linear_probe(X: np.ndarray, labels: Sequence[Any] | np.ndarray, *, n_splits: int = 5, C: float = 1.0,
-                 random_state: Any = 0) -> dict[str, Any]:
+def linear_probe(
+    X: np.ndarray, labels: Sequence[Any] | np.ndarray, *, n_splits: int = 5, C: float = 1.0, random_state: Any = 0
+) -> dict[str, Any]:
     """Logistic regression on standardised vectors, stratified k-fold accuracy: {mean, sd, scores, n_splits}.
 
     Classes with a single image cannot be stratified and are left out (warned); the number
@@ -214,8 +213,11 @@ def linear_probe(X: np.ndarray, labels: Sequence[Any] | np.ndarray, *, n_splits:
     classes, counts = np.unique(labels, return_counts=True)
     small = classes[counts < 2]
     if len(small):
-        warnings.warn(f"linear probe: classes {small.tolist()[:5]} have one image and are left out",
-                      DiagnosticsWarning, stacklevel=2)
+        warnings.warn(
+            f"linear probe: classes {small.tolist()[:5]} have one image and are left out",
+            DiagnosticsWarning,
+            stacklevel=2,
+        )
         keep = ~np.isin(labels, small)
         X, labels = X[keep], labels[keep]
         labels = _labels(labels, len(X), "linear_probe")
@@ -228,8 +230,12 @@ def linear_probe(X: np.ndarray, labels: Sequence[Any] | np.ndarray, *, n_splits:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # lbfgs convergence notices on near-separable folds
         scores = cross_val_score(model, X, labels, cv=cv, n_jobs=1)
-    return {"mean": float(scores.mean()), "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
-            "scores": [float(s) for s in scores], "n_splits": folds}
+    return {
+        "mean": float(scores.mean()),
+        "sd": float(scores.std(ddof=1)) if len(scores) > 1 else 0.0,
+        "scores": [float(s) for s in scores],
+        "n_splits": folds,
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -279,8 +285,15 @@ def aligned_embeddings(store: Store, dataset: str, keys: Sequence[str]) -> tuple
     return order, out
 
 
-def compare_encoders(store: Store, dataset: str, keys: Sequence[str] | None = None, *, k: int = 10,
-                     max_points: int = 10_000, random_state: Any = 0) -> pd.DataFrame:
+def compare_encoders(
+    store: Store,
+    dataset: str,
+    keys: Sequence[str] | None = None,
+    *,
+    k: int = 10,
+    max_points: int = 10_000,
+    random_state: Any = 0,
+) -> pd.DataFrame:
     """One row per pair of encoders embedded for ``dataset``: a, b, n_images, cka, mutual_knn.
 
     Rows are aligned by image hash (only images embedded under both count); above
@@ -295,15 +308,21 @@ def compare_encoders(store: Store, dataset: str, keys: Sequence[str] | None = No
         raise InvalidInputError(f"only {len(hashes)} images of {dataset!r} are embedded under all of {keys}")
     nonzero = np.all([np.linalg.norm(v, axis=1) > 0 for v in vectors.values()], axis=0)
     if not nonzero.all():
-        warnings.warn(f"{int((~nonzero).sum())} image(s) with a zero vector under some encoder are left out of the "
-                      "comparison (no direction for cosine neighbours)", DiagnosticsWarning, stacklevel=2)
+        warnings.warn(
+            f"{int((~nonzero).sum())} image(s) with a zero vector under some encoder are left out of the "
+            "comparison (no direction for cosine neighbours)",
+            DiagnosticsWarning,
+            stacklevel=2,
+        )
     rows = np.flatnonzero(nonzero)
     if len(rows) > max_points:
         rows = np.sort(check_random_state(random_state).choice(rows, max_points, replace=False))
     out = []
     for a, b in combinations(keys, 2):
         Xa, Xb = vectors[a][rows], vectors[b][rows]
-        out.append({"a": a, "b": b, "n_images": len(rows), "cka": linear_cka(Xa, Xb), "mutual_knn": mutual_knn(Xa, Xb, k)})
+        out.append(
+            {"a": a, "b": b, "n_images": len(rows), "cka": linear_cka(Xa, Xb), "mutual_knn": mutual_knn(Xa, Xb, k)}
+        )
     return pd.DataFrame(out, columns=columns)
 
 
@@ -311,9 +330,18 @@ def compare_encoders(store: Store, dataset: str, keys: Sequence[str] | None = No
 # Everything at once
 
 
-def diagnose(X: np.ndarray, labels: Sequence[Any] | np.ndarray | None = None, *, k_lid: int = 20, k_hub: int = 10,
-             k_knn: int = 20, temperature: float = 0.07, n_splits: int = 5, include_spectrum: bool = False,
-             random_state: Any = 0) -> dict[str, Any]:
+def diagnose(
+    X: np.ndarray,
+    labels: Sequence[Any] | np.ndarray | None = None,
+    *,
+    k_lid: int = 20,
+    k_hub: int = 10,
+    k_knn: int = 20,
+    temperature: float = 0.07,
+    n_splits: int = 5,
+    include_spectrum: bool = False,
+    random_state: Any = 0,
+) -> dict[str, Any]:
     """Every diagnostic of one representation as a JSON-safe dict (label-based ones when
     ``labels`` has two or more classes)."""
     X = _matrix(X, 3, "diagnose")
@@ -322,13 +350,21 @@ def diagnose(X: np.ndarray, labels: Sequence[Any] | np.ndarray | None = None, *,
     # cosine metrics (and the probe, for one population throughout), with a warning.
     zero = np.linalg.norm(X, axis=1) == 0
     if zero.any():
-        warnings.warn(f"{int(zero.sum())} zero vector(s) (rows {np.flatnonzero(zero)[:5].tolist()}) are left out of "
-                      "the cosine metrics, kNN accuracy and linear probe", DiagnosticsWarning, stacklevel=2)
+        warnings.warn(
+            f"{int(zero.sum())} zero vector(s) (rows {np.flatnonzero(zero)[:5].tolist()}) are left out of "
+            "the cosine metrics, kNN accuracy and linear probe",
+            DiagnosticsWarning,
+            stacklevel=2,
+        )
     Xg = _matrix(X[~zero], 3, "diagnose (non-zero vectors)")
     out: dict[str, Any] = {
-        "n_images": int(X.shape[0]), "dim": int(X.shape[1]), "n_zero_vectors": int(zero.sum()),
-        "rankme": rankme(X), "uniformity": uniformity(Xg, random_state=random_state),
-        "mean_lid": mean_lid(Xg, k_lid), "hubness": hubness(Xg, k_hub),
+        "n_images": int(X.shape[0]),
+        "dim": int(X.shape[1]),
+        "n_zero_vectors": int(zero.sum()),
+        "rankme": rankme(X),
+        "uniformity": uniformity(Xg, random_state=random_state),
+        "mean_lid": mean_lid(Xg, k_lid),
+        "hubness": hubness(Xg, k_hub),
     }
     if include_spectrum:
         out["spectrum"] = [float(v) for v in eigenspectrum(X)]
@@ -337,7 +373,10 @@ def diagnose(X: np.ndarray, labels: Sequence[Any] | np.ndarray | None = None, *,
         out["knn_accuracy"] = knn_accuracy(Xg, labels, k=k_knn, temperature=temperature)
         probe = linear_probe(Xg, labels, n_splits=n_splits, random_state=random_state)
         out["linear_probe_mean"], out["linear_probe_sd"], out["linear_probe_folds"] = (
-            probe["mean"], probe["sd"], probe["n_splits"])
+            probe["mean"],
+            probe["sd"],
+            probe["n_splits"],
+        )
     out["seconds"] = round(time.perf_counter() - started, 3)
     return out
 

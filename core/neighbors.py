@@ -6,11 +6,12 @@ for large datasets. The ANN index is built once per (encoder key, image set) and
 under ``<cache>/indexes/<key>.usearch``; its candidates are re-scored exactly, so every
 similarity shown is a true cosine, never an approximation.
 """
+
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from core.arrays import check_k, l2_normalize
 from core.errors import InvalidInputError
+from core.fsutil import atomic_path
 
 if TYPE_CHECKING:  # usearch loads a native library; only the ANN path needs it at run time
     from usearch.index import Index
@@ -39,19 +42,17 @@ ANN_MIN_CANDIDATES = 200
 class Neighbors:
     """Top-k rows of the indexed matrix for one query, best first."""
 
-    indices: np.ndarray       # int64 row numbers
+    indices: np.ndarray  # int64 row numbers
     similarities: np.ndarray  # float32 cosine similarities
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit L2 norm (float32, C-contiguous); all-zero rows stay zero."""
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2:
-        raise InvalidInputError(f"expected a 2-D matrix of vectors, got shape {x.shape}")
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norms, out=np.zeros_like(x), where=norms > 0)
+    """Rows scaled to unit L2 norm (float32, C-contiguous); all-zero rows stay zero.
+
+    Zero rows are kept rather than refused: an image whose encoder gave a zero vector still
+    has a row in the index, it is simply similar to nothing.
+    """
+    return l2_normalize(vectors, zero_rows="keep", what="vectors to search", dtype=np.float32)
 
 
 def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -76,11 +77,10 @@ def exact_topk(matrix: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndar
 
 
 def _check_k(k: int, n: int) -> int:
+    """``k`` capped at ``n``: asking for more neighbours than there are rows returns them all."""
     if n == 0:
         raise InvalidInputError("There are no vectors to search; extract embeddings first.")
-    if k < 1:
-        raise InvalidInputError(f"k={k}: ask for at least one neighbour.")
-    return min(int(k), n)
+    return min(check_k(k, n, what="neighbour search", maximum=sys.maxsize), n)
 
 
 def index_key(encoder_key: str, hashes: Sequence[str]) -> str:
@@ -99,8 +99,15 @@ def index_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
 class NeighborIndex:
     """Cosine neighbours over a fixed matrix (rows in the order of ``hashes``)."""
 
-    def __init__(self, vectors: np.ndarray, *, encoder_key: str = "", hashes: Sequence[str] | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, ann_threshold: int = ANN_THRESHOLD) -> None:
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        *,
+        encoder_key: str = "",
+        hashes: Sequence[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        ann_threshold: int = ANN_THRESHOLD,
+    ) -> None:
         self.matrix = normalize(vectors)
         self.n, self.dim = self.matrix.shape
         self.uses_ann = self.n >= ann_threshold
@@ -118,7 +125,8 @@ class NeighborIndex:
         q = normalize(queries)
         if q.shape[1] != self.dim:
             raise InvalidInputError(
-                f"Query vector has {q.shape[1]} dimensions, the index {self.dim}; embed the query with the same encoder."
+                f"Query vector has {q.shape[1]} dimensions, the index {self.dim}; "
+                "embed the query with the same encoder."
             )
         k = _check_k(k, self.n)
         if self._ann is None:
@@ -155,8 +163,14 @@ class NeighborIndex:
     def _new_ann(self) -> Index:
         from usearch.index import Index
 
-        return Index(ndim=self.dim, metric="cos", dtype=ANN_DTYPE, connectivity=ANN_CONNECTIVITY,
-                     expansion_add=ANN_EXPANSION_ADD, expansion_search=ANN_EXPANSION_SEARCH)
+        return Index(
+            ndim=self.dim,
+            metric="cos",
+            dtype=ANN_DTYPE,
+            connectivity=ANN_CONNECTIVITY,
+            expansion_add=ANN_EXPANSION_ADD,
+            expansion_search=ANN_EXPANSION_SEARCH,
+        )
 
     def _load_or_build_ann(self) -> Index:
         ann = self._new_ann()
@@ -164,7 +178,8 @@ class NeighborIndex:
             try:
                 ann.load(str(self.index_file))
                 if ann.size == self.n and ann.ndim == self.dim:
-                    ann.expansion_search = ANN_EXPANSION_SEARCH
+                    # usearch declares this setter apart from its getter, which mypy reads as read-only.
+                    ann.expansion_search = ANN_EXPANSION_SEARCH  # type: ignore[misc]
                     return ann
             except (RuntimeError, ValueError, OSError):
                 pass  # a damaged or foreign file: rebuild it below
@@ -177,15 +192,8 @@ class NeighborIndex:
 
 def _save_atomically(ann: Index, path: Path) -> None:
     # Two sessions may build the same index at once; readers must never see half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        ann.save(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        ann.save(str(tmp))
 
 
 def overlap(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, k: int | None = None) -> float:

@@ -11,6 +11,7 @@ Sources, in this order (the first spelling of a word wins, case-insensitively):
    kinds of picture) that ImageNet's fine-grained names lack, so a cluster of "cartoons"
    or "flowers" can be called that instead of its nearest dog breed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,6 +26,8 @@ skyscraper snail snake spider squirrel streetcar sunflower sweet pepper table ta
 tractor train trout tulip turtle wardrobe whale willow tree wolf woman worm
 """.split("\n")
 
+# A hand-kept word list, grouped by theme on purpose.
+# fmt: off
 GENERIC_PHRASES = [
     # broad categories
     "animal", "bird", "fish", "insect", "reptile", "mammal", "dog", "cat", "horse", "cow", "pig", "sheep", "goat",
@@ -49,6 +52,7 @@ GENERIC_PHRASES = [
     "computer", "phone", "camera", "television set", "lamp post", "light bulb", "key", "lock", "money", "coin",
     "medal", "trophy", "sports equipment", "bicycle helmet", "kite", "umbrella", "chair", "bench",
 ]
+# fmt: on
 
 
 def vocabulary() -> list[str]:
@@ -69,11 +73,20 @@ def vocabulary() -> list[str]:
 
 def _cifar_words(line: str) -> list[str]:
     # CIFAR-100 names with two words ("maple tree", "aquarium fish") are kept whole.
-    pairs = {"aquarium fish", "lawn mower", "maple tree", "oak tree", "palm tree", "pickup truck", "pine tree",
-             "sweet pepper", "willow tree"}
+    pairs = {
+        "aquarium fish",
+        "lawn mower",
+        "maple tree",
+        "oak tree",
+        "palm tree",
+        "pickup truck",
+        "pine tree",
+        "sweet pepper",
+        "willow tree",
+    }
     tokens, out, i = line.split(), [], 0
     while i < len(tokens):
-        two = " ".join(tokens[i:i + 2])
+        two = " ".join(tokens[i : i + 2])
         if two in pairs:
             out.append(two)
             i += 2
@@ -86,9 +99,11 @@ def _cifar_words(line: str) -> list[str]:
 def main() -> None:
     out = Path(__file__).with_name("nouns.txt")
     words = vocabulary()
-    header = ("# RepLens default CLIP label vocabulary: ImageNet-1k names (open_clip), COCO categories "
-              "(torchvision), CIFAR-100 classes and broad nouns.\n# Regenerate with core/data/build_vocabulary.py; "
-              "one word or phrase per line.\n")
+    header = (
+        "# RepLens default CLIP label vocabulary: ImageNet-1k names (open_clip), COCO categories "
+        "(torchvision), CIFAR-100 classes and broad nouns.\n# Regenerate with core/data/build_vocabulary.py; "
+        "one word or phrase per line.\n"
+    )
     out.write_text(header + "\n".join(words) + "\n", encoding="utf-8")
     print(f"wrote {len(words)} words to {out}")
 
