@@ -2,7 +2,7 @@
 
 A synthetic dataset of clustered 384-d vectors in 20 folders goes through the same code the
 Map page runs: ``core.reduce.project`` (cache lookup, reducer, save) and
-``pages.common.display_rows`` + ``build_map_figure`` + the JSON Streamlit sends. With
+``core.mapfigure.display_rows`` + ``build_map_figure`` + the JSON Streamlit sends. With
 ``--browser`` the figure is also drawn by Plotly.js in headless Chromium (software WebGL,
 so slower than a real GPU: a pessimistic check).
 
@@ -90,7 +90,7 @@ def bench_cached_only(store: Store, n: int) -> dict[str, object]:
 
 
 def bench_figure(n: int) -> tuple[dict[str, object], str]:
-    from pages import common
+    from core import mapfigure
 
     records, _ = synthetic(n, seed=3)
     import pandas as pd
@@ -98,12 +98,12 @@ def bench_figure(n: int) -> tuple[dict[str, object], str]:
     frame = pd.DataFrame({"rel_path": [r.rel_path for r in records], "label": [r.labels[0] for r in records],
                           "caption": [None] * n, "width": [r.width for r in records]})
     coords = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
-    rows, sample_s = timed(common.display_rows, frame)
-    colouring = common.colour_by_folder(frame)
-    fig, build_s = timed(common.build_map_figure, coords, frame, colouring, rows)
+    rows, sample_s = timed(mapfigure.display_rows, frame)
+    colouring = mapfigure.colour_by_folder(frame)
+    fig, build_s = timed(mapfigure.build_map_figure, coords, frame, colouring, rows)
     payload, json_s = timed(fig.to_json)
-    numeric, numeric_s = timed(common.build_map_figure, coords, frame, common.colour_by_number(frame, "width", "W"),
-                               rows)
+    numeric, numeric_s = timed(mapfigure.build_map_figure, coords, frame,
+                               mapfigure.colour_by_number(frame, "width", "W"), rows)
     return ({"n": n, "drawn": int(len(rows)), "sample_s": sample_s, "build_figure_s": build_s,
              "build_numeric_figure_s": numeric_s, "to_json_s": json_s,
              "payload_mb": round(len(payload) / 1e6, 2)}, payload)

@@ -8,6 +8,8 @@ drive each effect.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,16 +18,21 @@ import streamlit as st
 
 from core import bias
 from core.bias_runs import ROLES, BatteryTest, cluster_sets, folder_hashes, folder_options, run_battery
-from core.datasets import ingest_path
-from core.encoders import DEFAULT_ENCODER, get_spec, list_encoders
+from core.encoders import DEFAULT_ENCODER, BaseEncoder, get_spec, list_encoders
 from core.errors import InvalidInputError
-from core.extract import embed_dataset
-from pages import common
+from core.stimuli import ROLE_NAMES, SCAN_STAGE, StimulusProgress, ingest_stimulus_folders
+from core.store import Store
+from core.uploads import UPLOAD_TYPES
+from ui import state
+from ui.errors import user_errors
+from ui.gallery import gallery
+from ui.progress import embed_progress, scan_progress
+from ui.resources import get_encoder, get_store
+from ui.widgets import dataset_picker, short_key
 
 BATTERY_KEY = "rl_bias_battery"
 RESULT_KEY = "rl_bias_result"
 MAP_SELECTION = "(Map selection)"
-ROLE_NAMES = {"x": "Target X", "y": "Target Y", "a": "Attribute A", "b": "Attribute B"}
 UPLOAD_ROUND_KEY = "rl_bias_upload_round"
 FLASH_KEY = "rl_bias_flash"
 
@@ -37,12 +44,12 @@ def main() -> None:
         "(and Y with B) than the reverse, in this encoder's space? Effect size d, permutation p, "
         "bootstrap CI; Holm-adjusted across the whole table."
     )
-    store = common.get_store()
+    store = get_store()
     flash = st.session_state.pop(FLASH_KEY, None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
-    dataset = common.dataset_picker(store)
-    with common.user_errors():
+    dataset = dataset_picker(store)
+    with user_errors():
         _upload_section(store, expanded=dataset is None)
     if dataset is None:
         return
@@ -50,14 +57,14 @@ def main() -> None:
     if not keys:
         st.info("Extract embeddings on the **Data** page first.")
         return
-    with common.user_errors():
+    with user_errors():
         _battery_builder(store, dataset, store.dataset_paths(dataset))
         _run_section(store, dataset, keys)
     _results(store)
     _conventions()
 
 
-def _battery_builder(store: common.Store, dataset: str, images: pd.DataFrame) -> None:
+def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
     st.subheader("1 · Build the battery")
     templates = ["Custom"] + list(bias.IEAT_TEMPLATES)
     name = st.selectbox("Test template", templates, key="w_bias_template",
@@ -98,7 +105,7 @@ def _battery_builder(store: common.Store, dataset: str, images: pd.DataFrame) ->
             st.rerun()
 
 
-def _upload_section(store: common.Store, expanded: bool) -> None:
+def _upload_section(store: Store, expanded: bool) -> None:
     """Four folders uploaded here become a dataset of their own (a sub-folder per role),
     embedded with the chosen encoders, and fill the four roles."""
     with st.expander("Upload four stimulus folders", expanded=expanded, icon=":material/upload:"):
@@ -107,7 +114,7 @@ def _upload_section(store: common.Store, expanded: bool) -> None:
         round_ = st.session_state.get(UPLOAD_ROUND_KEY, 0)
         columns = st.columns(4)
         uploads = {role: column.file_uploader(ROLE_NAMES[role], accept_multiple_files="directory",
-                                              type=common.UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}")
+                                              type=UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}")
                    for column, role in zip(columns, ROLES)}
         left, right = st.columns([1, 2])
         name = left.text_input("Dataset name", value="stimuli", key="w_bias_up_name")
@@ -121,57 +128,54 @@ def _upload_section(store: common.Store, expanded: bool) -> None:
                          encoder_ids)
 
 
-def _add_stimuli(store: common.Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]],
+def _add_stimuli(store: Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]],
                  encoder_ids: list[str]) -> None:
-    dest = common.upload_dir(store, dataset)
-    if dataset in store.dataset_names():
-        others = set(store.dataset_paths(dataset)["source"]) - {str(dest.resolve())}
-        if others:
-            raise InvalidInputError(f"A dataset named {dataset!r} already holds other images; give the stimuli a "
-                                    "name of their own so they are not mixed into it.")
-    folders = common.role_folders({r: [n for n, _ in files] for r, files in uploads.items()},
-                                  {r: r.upper() for r in uploads})
-    saved, refused = common.save_files(dest, ((common.flat_role_path(folders[r], n), data)
-                                              for r, files in uploads.items() for n, data in files))
-    if refused:
-        st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
-    if saved == 0:
-        raise InvalidInputError("None of the uploaded files could be saved; upload image files.")
     bar = st.progress(0.0, text="Scanning…")
-    scan, _ = ingest_path(store, dataset, dest, progress=lambda d, t: bar.progress(d / t if t else 1.0,
-                                                                                    text=f"Checking images: {d}/{t}"))
-    paths = store.dataset_paths(dataset)
-    for role, folder in folders.items():
-        if not folder_hashes(paths, folder):
-            raise InvalidInputError(f"{ROLE_NAMES[role]} ({folder}): none of its files is a readable image. "
-                                    "Upload image files (jpg, png, webp, …).")
-    embedded = []
-    for encoder_id in encoder_ids:
-        spec = get_spec(encoder_id)
-        encoder = common.get_encoder(encoder_id, spec.default_layer, spec.default_pooling)
-        report = embed_dataset(store, dataset, encoder, progress=common.embed_progress(bar, encoder_id))
-        embedded.append(report.encoder)
-    bar.empty()
-    for role, folder in folders.items():
+    try:
+        added = ingest_stimulus_folders(store, dataset, uploads, encoder_ids, progress=_stimulus_progress(bar),
+                                        loader=_cached_encoder)
+    finally:
+        bar.empty()
+    for role, folder in added.folders.items():
         st.session_state[f"w_bias_{role}"] = folder
-    st.session_state[common.DATASET_KEY] = dataset
+    st.session_state[state.DATASET_KEY] = dataset
     st.session_state.pop("w_dataset", None)
-    st.session_state["w_bias_encoders"] = embedded
+    st.session_state["w_bias_encoders"] = added.encoder_keys
     st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
-    skipped = f"; {len(scan.skipped)} file(s) skipped (see the Data page)" if scan.skipped else ""
-    st.session_state[FLASH_KEY] = (f"**{dataset}**: {len(paths)} stimuli in {', '.join(folders.values())}, embedded "
-                                   f"with {', '.join(encoder_ids)}{skipped}. The roles below are filled in.")
+    skipped = f"; {added.n_skipped} file(s) skipped (see the Data page)" if added.n_skipped else ""
+    refused = (f" Refused {len(added.refused)} unsafe file name(s): {', '.join(added.refused[:5])}."
+               if added.refused else "")
+    st.session_state[FLASH_KEY] = (f"**{dataset}**: {added.n_paths} stimuli in {', '.join(added.folders.values())}, "
+                                   f"embedded with {', '.join(encoder_ids)}{skipped}. The roles below are filled in."
+                                   + refused)
     st.rerun()
 
 
-def _other_sets(store: common.Store, dataset: str) -> dict[str, tuple[str, ...]]:
+def _cached_encoder(encoder_id: str) -> BaseEncoder:
+    spec = get_spec(encoder_id)
+    return get_encoder(encoder_id, spec.default_layer, spec.default_pooling)
+
+
+def _stimulus_progress(bar: Any) -> StimulusProgress:
+    """One bar for the whole ingest: the scan's counts, then each encoder's rate and ETA."""
+    stages: dict[str, Callable[[int, int], None]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in stages:
+            stages[stage] = scan_progress(bar) if stage == SCAN_STAGE else embed_progress(bar, stage)
+        stages[stage](done, total)
+
+    return progress
+
+
+def _other_sets(store: Store, dataset: str) -> dict[str, tuple[str, ...]]:
     """Stimulus sets besides folders: the Map selection and the clusters of the run picked on
     the Clusters page, when they belong to this dataset."""
     sets: dict[str, tuple[str, ...]] = {}
-    selection = st.session_state.get(common.SELECTION_KEY)
-    if selection and st.session_state.get(common.SELECTION_DATASET_KEY) == dataset:
+    selection = st.session_state.get(state.SELECTION_KEY)
+    if selection and st.session_state.get(state.SELECTION_DATASET_KEY) == dataset:
         sets[MAP_SELECTION] = tuple(selection)
-    run_id = st.session_state.get(common.CLUSTER_RUN_KEY)
+    run_id = st.session_state.get(state.CLUSTER_RUN_KEY)
     stored = store.load_cluster_run(run_id) if run_id else None
     if stored is not None and stored[0]["dataset"] == dataset:
         sets.update(cluster_sets(store, run_id))
@@ -192,7 +196,7 @@ def _make_test(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: st
     return BatteryTest(name, **sets, roles=roles)
 
 
-def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:
+def _run_section(store: Store, dataset: str, keys: list[str]) -> None:
     st.subheader("2 · Run it")
     remembered = st.session_state.get("w_bias_encoders")
     if remembered is not None and set(remembered) <= set(keys):
@@ -200,7 +204,7 @@ def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:
     else:
         st.session_state.pop("w_bias_encoders", None)  # none yet, or picked for another dataset
         start = {"default": keys[:2]}
-    chosen = st.multiselect("Encoders", keys, format_func=common.short_key, key="w_bias_encoders", **start)
+    chosen = st.multiselect("Encoders", keys, format_func=short_key, key="w_bias_encoders", **start)
     left, right = st.columns(2)
     n_samples = int(left.number_input("Permutations (sampled mode)", 100, 1_000_000, bias.DEFAULT_N_SAMPLES,
                                       step=1000, key="w_bias_samples",
@@ -216,12 +220,12 @@ def _run_section(store: common.Store, dataset: str, keys: list[str]) -> None:
         st.session_state[RESULT_KEY] = result
 
 
-def _results(store: common.Store) -> None:
+def _results(store: Store) -> None:
     result = st.session_state.get(RESULT_KEY)
     if result is None:
         return
     st.subheader("3 · Results")
-    table = result.table.assign(encoder=result.table["encoder"].map(common.short_key))
+    table = result.table.assign(encoder=result.table["encoder"].map(short_key))
     st.dataframe(table, hide_index=True, width="stretch", key="w_bias_table", column_config={
         "effect_size": st.column_config.NumberColumn("d", format="%.3f"),
         "ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
@@ -238,12 +242,12 @@ def _results(store: common.Store) -> None:
     left.download_button("Download CSV", result.table.to_csv(index=False).encode(), "ieat_results.csv", "text/csv")
     right.download_button("Download JSON", json.dumps(result.table.to_dict(orient="records"), default=float, indent=1),
                           "ieat_results.json", "application/json")
-    labels = [f"{o.test} · {common.short_key(o.encoder_key)}" for o in result.outcomes]
+    labels = [f"{o.test} · {short_key(o.encoder_key)}" for o in result.outcomes]
     index = st.selectbox("Inspect", range(len(labels)), format_func=labels.__getitem__, key="w_bias_inspect")
     outcome = result.outcomes[index]
     st.plotly_chart(_null_figure(outcome.result), key="w_bias_null")
     st.markdown("**Images that drive the effect** (largest |s(w)|: association with A minus B)")
-    common.gallery(store, outcome.drivers, [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"],
+    gallery(store, outcome.drivers, [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"],
                                                                                outcome.drivers["score"])],
                    key="w_bias_drivers")
 
@@ -255,7 +259,7 @@ def _null_figure(result: bias.AssociationResult) -> go.Figure:
     fig.add_vline(x=result.statistic, line_color="#E11D48", line_width=3,
                   annotation_text=f"observed S = {result.statistic:.3f}")
     fig.update_layout(title=f"Permutation null of S ({len(null)} partitions shown of {result.n_permutations})",
-                      xaxis_title="S", yaxis_title="partitions", height=320, margin=dict(t=50, b=40))
+                      xaxis_title="S", yaxis_title="partitions", height=320, margin={"t": 50, "b": 40})
     return fig
 
 

@@ -18,12 +18,17 @@ import streamlit as st
 
 from core import cluster, concepts
 from core.cluster import NOISE, ClusterRun, RunData
+from core.mapfigure import NOISE_NAME, build_map_figure, cluster_names, colour_by_cluster, display_rows
 from core.snapshots import save_snapshot
 from core.store import Store
-from pages import common
+from ui.clusters import run_description
+from ui.errors import user_errors
+from ui.gallery import gallery
+from ui.resources import DatasetView, get_store, query_encoder
+from ui.state import CLUSTER_RUN_KEY, PAGE_SNAPSHOTS
+from ui.widgets import dataset_and_key, short_key
 
-PAGE_SNAPSHOTS = "pages/snapshots.py"
-RUN_KEY = common.CLUSTER_RUN_KEY    # shared with other pages (plain key, survives page switches)
+RUN_KEY = CLUSTER_RUN_KEY          # shared with other pages (plain key, survives page switches)
 _RUN_WIDGET = "w_cl_run"
 _PENDING = "cl_pending_run"         # a run made in this session, to select on the next run of the script
 _FLASH = "cl_flash"                 # messages to show once after an action's rerun
@@ -39,7 +44,6 @@ METHOD_LABELS = {
 NO_UMAP = {"hdbscan": None, "kmeans": "pca", "agglomerative": "pca", "leiden": None}
 K_MODES = {"Fixed k": None, "Auto · silhouette": "silhouette", "Auto · eigengap": "eigengap"}
 LAYOUTS = {"UMAP": "umap", "PCA": "pca"}
-NOISE_NAME = common.NOISE_NAME
 SCORE_MEANING = {
     "text": "log-odds z-score (Monroe et al. 2008) of the word in this cluster against the rest",
     "visual": "z-score of the pixel descriptor in this cluster against the rest",
@@ -167,7 +171,7 @@ def _load_run(_store: Store, where: str, run_id: str) -> ClusterRun:
 
 # A run's aligned vectors are a copy of the embedding matrix: few entries.
 @st.cache_resource(show_spinner=False, max_entries=3)
-def _run_view(_store: Store, _view: common.DatasetView, where: str, run_id: str, key: str,
+def _run_view(_store: Store, _view: DatasetView, where: str, run_id: str, key: str,
               version: str) -> tuple[RunData, pd.DataFrame]:
     """(the run's images/vectors/labels, its cluster_table), shared read-only by reruns and sessions."""
     frame, vectors = _view.embeddings(key)
@@ -226,13 +230,13 @@ def method_params(method: str) -> dict[str, Any]:
     return params
 
 
-def run_controls(store: Store, view: common.DatasetView, dataset: str, key: str) -> None:
+def run_controls(store: Store, view: DatasetView, dataset: str, key: str) -> None:
     """Sidebar: choose a method and its parameters, and cluster."""
     st.sidebar.divider()
     st.sidebar.subheader("Run a clustering")
     methods = cluster.clustering_methods()
     method = st.sidebar.selectbox("Method", methods, key="cl_method", format_func=lambda m: METHOD_LABELS.get(m, m))
-    with common.user_errors():
+    with user_errors():
         params = method_params(method)
         if st.sidebar.button("Cluster", key="cl_go", type="primary", icon=":material/hub:", width="stretch"):
             frame, vectors = view.embeddings(key)
@@ -253,7 +257,7 @@ def run_picker(runs: pd.DataFrame) -> str:
     elif st.session_state.get(_RUN_WIDGET) not in options:
         remembered = st.session_state.get(RUN_KEY)
         st.session_state[_RUN_WIDGET] = remembered if remembered in options else options[0]
-    described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
+    described = {row["run_id"]: run_description(row) for _, row in runs.iterrows()}
     st.sidebar.divider()
     choice = st.sidebar.selectbox(f"Stored runs ({len(options)})", options, key=_RUN_WIDGET,
                                   format_func=lambda r: described.get(r, r),
@@ -286,23 +290,23 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
     if left.button("Seed stability", key="cl_stability_go", icon=":material/casino:", disabled=not editable,
                    help="Refit with seeds 0, 1, 2 and report the ARI between every pair (1 = identical)."
                    if editable else "A merge or split is an edit, not a fit: there is no seed to vary."):
-        with st.spinner("Refitting with seeds 0, 1, 2…"), common.user_errors(), _shown_warnings():
-            stable = cluster.record_stability(common.get_store(), run, vectors_for_stability(), seeds=(0, 1, 2))
+        with st.spinner("Refitting with seeds 0, 1, 2…"), user_errors(), _shown_warnings():
+            stable = cluster.record_stability(get_store(), run, vectors_for_stability(), seeds=(0, 1, 2))
             _load_run.clear()  # the stored run now carries it; every session reads it back
     if stable:
         right.metric("Stability (mean ARI between seeds)", f"{stable['mean_ari']:.3f}",
                      help=f"min {stable['min_ari']:.3f} over seeds {stable['seeds']}")
 
 
-def cluster_map(view: common.DatasetView, key: str, run: ClusterRun, names: dict[int, str],
+def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, str],
                 layout: str) -> str | None:
     """The map coloured by cluster (noise grey); returns the projection's key for snapshots."""
     frame, _ = view.embeddings(key)
     with st.spinner(f"Laying out {len(frame):,} points with {layout.upper()} (computed once, then cached)…"):
         proj = view.projection(key, layout, {})
-    colouring = common.Colouring("Cluster", categories=common.map_categories(frame, run, names))
-    rows = common.display_rows(frame)
-    fig = common.grey_noise(common.build_map_figure(proj.coords, frame, colouring, rows, height=520))
+    colouring = colour_by_cluster(frame, run.hashes, run.labels, names)
+    rows = display_rows(frame)
+    fig = build_map_figure(proj.coords, frame, colouring, rows, height=520)
     st.plotly_chart(fig, key="cl_map", config={"scrollZoom": True, "displaylogo": False})
     if len(rows) < len(frame):
         st.caption(f"Drawing a stratified sample of {len(rows):,} of {len(frame):,} points.")
@@ -326,7 +330,7 @@ def browser(store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, n
     name_of = data.images["rel_path"].map(lambda p: str(p).rsplit("/", 1)[-1]).to_numpy()
 
     def show(rows: np.ndarray, key: str, captions: list[str] | None = None) -> None:
-        common.gallery(store, data.images.iloc[rows], captions or list(name_of[rows]), key=key)
+        gallery(store, data.images.iloc[rows], captions or list(name_of[rows]), key=key)
 
     if chosen == NOISE:
         st.markdown("**Noise points, least like any cluster first**")
@@ -361,14 +365,14 @@ def edit_controls(store: Store, run: ClusterRun, data: RunData, chosen: int, ids
         new_name = st.text_input("Rename this cluster", key="cl_rename", disabled=chosen == NOISE,
                                  placeholder="e.g. sunsets", help="Your name wins over labels computed later.")
         if st.button("Rename", key="cl_rename_go", disabled=chosen == NOISE, icon=":material/edit:"):
-            with common.user_errors():
+            with user_errors():
                 cluster.rename_cluster(store, run.run_id, chosen, new_name)
                 _done(f"Cluster {chosen} is now called “{new_name.strip()}”.")
     with merge:
         picked = st.multiselect("Merge clusters", real, key="cl_merge", format_func=lambda c: names.get(c, str(c)),
                                 help="A new run where these clusters become one (the parent run is kept).")
         if st.button("Merge", key="cl_merge_go", disabled=len(picked) < 2, icon=":material/merge:"):
-            with common.user_errors():
+            with user_errors():
                 new = cluster.merge_clusters(store, run.run_id, picked, images=data.images, vectors=data.vectors)
                 _done(f"Merged {sorted(picked)} into new run `{new.run_id}` ({new.n_clusters} clusters).", new.run_id)
     with split:
@@ -377,7 +381,7 @@ def edit_controls(store: Store, run: ClusterRun, data: RunData, chosen: int, ids
         k = int(st.number_input("Parts", 2, 50, 2, key="cl_split_k", disabled=chosen == NOISE or how != "kmeans"))
         if st.button("Split this cluster", key="cl_split_go", disabled=chosen == NOISE, icon=":material/call_split:"):
             frame, vectors = data.images, data.vectors
-            with common.user_errors(), _shown_warnings():
+            with user_errors(), _shown_warnings():
                 new = cluster.split_cluster(store, run.run_id, chosen, method=how, k=k, images=frame, vectors=vectors)
                 _done(f"Split cluster {chosen} into new run `{new.run_id}` ({new.n_clusters} clusters).", new.run_id)
 
@@ -403,9 +407,9 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         st.caption(f"CLIP labels are off: **{dataset}** has no CLIP embeddings (a key starting with `clip-`). "
                    "Extract them with clip-vitb32 on the Data page.")
     if method is not None:
-        with st.spinner(f"Computing {method} labels…"), common.user_errors(), _shown_warnings():
+        with st.spinner(f"Computing {method} labels…"), user_errors(), _shown_warnings():
             if method == "clip":
-                options["encoder"] = common.query_encoder(options["encoder_key"])
+                options["encoder"] = query_encoder(options["encoder_key"])
             found = concepts.label_run(store, run.run_id, method, **options)
             _done(f"{method} labels for {len(found)} cluster(s).")
 
@@ -431,7 +435,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         })
     changes = label_edits(before, after)
     if changes:
-        with common.user_errors():
+        with user_errors():
             for c, label in changes:
                 store.set_cluster_label(run.run_id, c, label)
             _done("Saved " + ", ".join(f"cluster {c} → “{label}”" for c, label in changes) + ".")
@@ -459,7 +463,7 @@ def snapshot_section(store: Store, dataset: str, run: ClusterRun, projection_key
     title = st.text_input("Title", key="cl_snap_title", placeholder=default_title)
     notes = st.text_area("Notes", key="cl_snap_notes", placeholder="What did you find?")
     if st.button("Save snapshot", key="cl_snap_save", type="primary", icon=":material/photo_camera:"):
-        with st.spinner("Saving the snapshot…"), common.user_errors():
+        with st.spinner("Saving the snapshot…"), user_errors():
             sid = save_snapshot(store, run.run_id, title=title.strip() or default_title, notes=notes,
                                 projection_key=projection_key)
             st.session_state[_SNAPSHOT] = (run.run_id, sid)
@@ -475,7 +479,7 @@ def snapshot_link(sid: str) -> None:
     try:
         st.page_link(PAGE_SNAPSHOTS, label="Open on the Snapshots page", icon=":material/photo_library:",
                      query_params={"snapshot": sid})
-    except Exception:  # noqa: BLE001 - StreamlitPageNotFoundError & co.: the page is not in this app's router
+    except Exception:  # StreamlitPageNotFoundError & co.: the page is not in this app's router
         st.markdown(f"[Open on the Snapshots page](snapshots?snapshot={sid})")
 
 
@@ -485,12 +489,12 @@ def snapshot_link(sid: str) -> None:
 def main() -> None:
     st.title("Clusters")
     st.caption("Which groups does this encoder form? Cluster, check against folders, look inside, name, edit, share.")
-    store = common.get_store()
-    picked = common.dataset_and_key(store)
+    store = get_store()
+    picked = dataset_and_key(store)
     if picked is None:
         return
     dataset, key = picked
-    view = common.DatasetView(store, dataset)
+    view = DatasetView(store, dataset)
     run_controls(store, view, dataset, key)
     runs = cluster.list_runs(store, dataset)
     runs = runs[runs["encoder_key"] == key].reset_index(drop=True)
@@ -498,16 +502,16 @@ def main() -> None:
                                       help="UMAP with the Map page's defaults (shared cache), or PCA.")]
     _show_flash()
     if runs.empty:
-        st.info(f"No clustering of **{dataset}** with {common.short_key(key)} yet. Pick a method in the sidebar "
+        st.info(f"No clustering of **{dataset}** with {short_key(key)} yet. Pick a method in the sidebar "
                 "and press **Cluster**.", icon=":material/info:")
         return
     run_id = run_picker(runs)
-    with common.user_errors():
+    with user_errors():
         run = _load_run(store, str(store.path), run_id)
         data, clusters = _run_view(store, view, str(store.path), run_id, key, view.version)
         stored = store.load_cluster_labels(run.run_id)
         table = browser_table(clusters, stored)
-        names = common.cluster_names(table["cluster"].tolist(),
+        names = cluster_names(table["cluster"].tolist(),
                               {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])})
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)

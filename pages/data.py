@@ -11,7 +11,12 @@ from core.datasets import ingest_path
 from core.errors import InvalidInputError
 from core.extract import embed_dataset
 from core.store import Store
-from pages import common
+from core.uploads import UPLOAD_TYPES, save_archive, save_upload, upload_dir
+from ui import state
+from ui.errors import user_errors
+from ui.progress import embed_progress, scan_progress
+from ui.resources import get_encoder, get_store
+from ui.widgets import describe_spec, remembered_select, short_key
 
 FLASH_KEY = "rl_data_flash"
 ROUND_KEY = "rl_upload_round"  # bumped after an ingest so the uploaders start empty again
@@ -34,7 +39,7 @@ def datasets_overview(store: Store) -> pd.DataFrame:
     embedded = []
     for name in frame["dataset"]:
         status = store.embedding_status(name)
-        embedded.append("; ".join(f"{common.short_key(k)}: {e}/{n}" for k, e, n in
+        embedded.append("; ".join(f"{short_key(k)}: {e}/{n}" for k, e, n in
                                   zip(status["encoder_key"], status["n_embedded"], status["n_images"])) or "none yet")
     return pd.DataFrame({
         "Dataset": frame["dataset"],
@@ -66,17 +71,13 @@ def ingest_source(store: Store, dataset: str, source: Path | str) -> None:
     if not dataset.strip():
         raise InvalidInputError("Give the dataset a name first.")
     bar = st.progress(0.0, text="Scanning…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / total if total else 1.0, text=f"Checking images: {done}/{total}")
-
-    scan, stats = ingest_path(store, dataset, source, progress=progress)
+    scan, stats = ingest_path(store, dataset, source, progress=scan_progress(bar))
     bar.empty()
     message = (f"**{dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
                f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped.")
     st.session_state[FLASH_KEY] = ("success", message)
     st.session_state[ROUND_KEY] = st.session_state.get(ROUND_KEY, 0) + 1
-    st.session_state[common.DATASET_KEY] = dataset
+    st.session_state[state.DATASET_KEY] = dataset
     st.session_state.pop("w_data_dataset", None)
     st.rerun()
 
@@ -87,7 +88,7 @@ def render_add(store: Store) -> None:
     with folder_tab:
         files = st.file_uploader(
             "Image folder (sub-folders become labels)", accept_multiple_files="directory",
-            type=common.UPLOAD_TYPES, key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
+            type=UPLOAD_TYPES, key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
             help="Pick a folder; every image under it is uploaded with its relative path.",
         )
         suggested = _folder_name([f.name for f in files]) if files else ""
@@ -95,13 +96,10 @@ def render_add(store: Store) -> None:
                              help="Empty: the folder's name.")
         if st.button("Add folder", type="primary", disabled=not files, key="add_folder"):
             name = name.strip() or suggested
-            with common.user_errors():
-                dest = common.upload_dir(store, name)
-                saved, refused = common.save_files(dest, ((f.name, f.getvalue()) for f in files))
+            with user_errors():
+                dest, refused = save_upload(store, name, ((f.name, f.getvalue()) for f in files))
                 if refused:
                     st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
-                if saved == 0:
-                    raise InvalidInputError("None of the uploaded files could be saved; upload image files.")
                 ingest_source(store, name, dest)
     with zip_tab:
         archive = st.file_uploader("A .zip of images", type=["zip"],
@@ -111,9 +109,9 @@ def render_add(store: Store) -> None:
                              help="Empty: the archive's name.")
         if st.button("Add archive", type="primary", disabled=archive is None, key="add_zip"):
             name = name.strip() or suggested
-            with common.user_errors():
+            with user_errors():
                 # Read in place by core (a wrapper folder is not a label), never unpacked.
-                target = common.save_archive(common.upload_dir(store, name), archive.name, archive.getvalue())
+                target = save_archive(upload_dir(store, name), archive.name, archive.getvalue())
                 ingest_source(store, name, target)
     with path_tab:
         st.caption("A folder or .zip on the machine that runs RepLens; files are read in place, not copied.")
@@ -123,7 +121,7 @@ def render_add(store: Store) -> None:
                              help="Empty: the folder's name.")
         if st.button("Scan path", type="primary", disabled=not path.strip(), key="add_path"):
             name = name.strip() or suggested
-            with common.user_errors():
+            with user_errors():
                 ingest_source(store, name, Path(path.strip()).expanduser())
 
 
@@ -141,7 +139,7 @@ def render_dataset(store: Store) -> str | None:
     if not names:
         return None
     st.subheader("Dataset")
-    dataset = common.remembered_select("Dataset", names, common.DATASET_KEY, "w_data_dataset", container=st)
+    dataset = remembered_select("Dataset", names, state.DATASET_KEY, "w_data_dataset", container=st)
     info = store.list_datasets().set_index("dataset").loc[dataset]
     status = store.embedding_status(dataset)
     cols = st.columns(4)
@@ -151,7 +149,7 @@ def render_dataset(store: Store) -> str | None:
     cols[3].metric("Encoders embedded", len(status))
     if len(status):
         table = pd.DataFrame({
-            "Encoder": [common.short_key(k) for k in status["encoder_key"]],
+            "Encoder": [short_key(k) for k in status["encoder_key"]],
             "Key": status["encoder_key"],
             "Dim": status["dim"].astype(int),
             "Embedded": status["n_embedded"].astype(int),
@@ -186,23 +184,24 @@ def render_extract(store: Store, dataset: str) -> None:
         go = st.button("Extract", type="primary", key="extract", icon=":material/play_arrow:")
     with right:
         with st.container(border=True):
-            st.markdown(common.describe_spec(spec))
+            st.markdown(describe_spec(spec))
     if go:
-        with common.user_errors():
+        with user_errors():
             run_extraction(store, dataset, encoder_id, layer, pooling)
 
 
 def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pooling: str) -> None:
     with st.spinner(f"Loading {encoder_id}…"):
-        encoder = common.get_encoder(encoder_id, layer, pooling)
+        encoder = get_encoder(encoder_id, layer, pooling)
     bar = st.progress(0.0, text="Starting…")
     # Leaving the page stops the script inside the progress callback; each committed chunk is
     # kept and a rerun embeds only what is missing.
-    report = embed_dataset(store, dataset, encoder, progress=common.embed_progress(bar))
+    report = embed_dataset(store, dataset, encoder, progress=embed_progress(bar))
     message = (f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
-               f"{len(report.failed)} failed in {report.seconds:.1f}s ({report.images_per_s:.1f} img/s on {report.device}).")
+               f"{len(report.failed)} failed in {report.seconds:.1f}s "
+               f"({report.images_per_s:.1f} img/s on {report.device}).")
     st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
-    st.session_state[common.ENCODER_KEY] = report.encoder
+    st.session_state[state.ENCODER_KEY] = report.encoder
     st.rerun()
 
 
@@ -217,9 +216,9 @@ def main() -> None:
     st.title("Data")
     st.caption("Drop in a folder of images; RepLens checks every file, keeps labels from sub-folders and "
                "captions from .txt side files, and caches embeddings so nothing is computed twice.")
-    store = common.get_store()
+    store = get_store()
     render_flash()
-    with common.user_errors():
+    with user_errors():
         render_overview(store)
         render_add(store)
         dataset = render_dataset(store)

@@ -17,7 +17,9 @@ import streamlit as st
 from core import diagnostics
 from core.errors import RepLensError
 from core.store import Store
-from pages import common
+from ui.errors import user_errors
+from ui.resources import data_version, get_store
+from ui.widgets import dataset_picker, short_key
 
 # Normalised singular values below this are floating-point zeros, not structure.
 SPECTRUM_FLOOR = 1e-10
@@ -71,7 +73,7 @@ def _diagnose(_store: Store, where: str, dataset: str, version: str, keys: tuple
 
 def display_names(keys: list[str]) -> dict[str, str]:
     """Short names for encoder keys; the full key wherever two short names would collide."""
-    short = {k: common.short_key(k) for k in keys}
+    short = {k: short_key(k) for k in keys}
     counts = pd.Series(list(short.values())).value_counts()
     return {k: (s if counts[s] == 1 else k) for k, s in short.items()}
 
@@ -194,22 +196,22 @@ def main() -> None:
     st.title("Diagnostics")
     st.caption("How good is each representation of this dataset, and how alike are they? Label-free metrics "
                "for any folder; kNN accuracy and a linear probe when the images sit in folders.")
-    store = common.get_store()
-    dataset = common.dataset_picker(store)
+    store = get_store()
+    dataset = dataset_picker(store)
     if dataset is None:
         return
     keys = store.embedded_keys(dataset)
     if not keys:
         st.info(f"**{dataset}** has no embeddings yet. Extract them on the **Data** page.", icon=":material/info:")
         return
-    with common.user_errors():
-        version = common.data_version(store, dataset)
+    with user_errors():
+        version = data_version(store, dataset)
         wanted = f"{dataset}|{version}"
         if st.button("Compute diagnostics", key="dg_go", type="primary", icon=":material/monitoring:",
                      help="Runs once per dataset version (new images or embeddings recompute); then cached."):
             st.session_state[_DONE] = [*st.session_state.get(_DONE, []), wanted][-20:]
         if wanted not in st.session_state.get(_DONE, []):
-            st.caption(f"{len(keys)} encoder(s) embedded: " + ", ".join(common.short_key(k) for k in keys)
+            st.caption(f"{len(keys)} encoder(s) embedded: " + ", ".join(short_key(k) for k in keys)
                        + ". Press **Compute diagnostics** (the linear probe and kNN scale with the number of images).")
             return
         with st.spinner(f"Diagnosing {len(keys)} encoder(s)…"):

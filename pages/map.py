@@ -8,9 +8,24 @@ import streamlit as st
 
 from core import images
 from core.errors import RepLensError
+from core.exports import files_zip, paths_csv
+from core.mapfigure import (
+    Colouring,
+    build_map_figure,
+    colour_by_cluster,
+    colour_by_folder,
+    colour_by_keyword,
+    colour_by_number,
+    display_rows,
+)
 from core.reduce import UMAP_METRICS
 from core.store import Store
-from pages import common
+from ui import state
+from ui.clusters import run_cluster_names, run_description
+from ui.errors import user_errors
+from ui.gallery import gallery
+from ui.resources import DatasetView, get_store
+from ui.widgets import dataset_and_key, remembered_select, selected_rows
 
 METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
@@ -39,11 +54,11 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> common.Colouring:
+def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> Colouring:
     st.sidebar.divider()
     choice = st.sidebar.selectbox("Colour by", COLOUR_OPTIONS, key="map_colour")
     if choice == "Folder":
-        return common.colour_by_folder(frame)
+        return colour_by_folder(frame)
     if choice == "Cluster":
         return cluster_colouring(store, dataset, key, frame)
     if choice == "Caption keyword":
@@ -52,28 +67,27 @@ def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -
                                   key="map_keyword_mode") == "does not contain"
         if frame["caption"].isna().all():
             st.sidebar.caption("This dataset has no captions (.txt files next to the images).")
-        return common.colour_by_keyword(frame, keyword.strip(), negate)
+        return colour_by_keyword(frame, keyword.strip(), negate)
     if choice in NUMERIC:
         column, title = NUMERIC[choice]
-        return common.colour_by_number(frame, column, title)
-    return common.Colouring("All images")
+        return colour_by_number(frame, column, title)
+    return Colouring("All images")
 
 
-def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> common.Colouring:
+def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> Colouring:
     """Colour by a stored cluster run of these embeddings (default: the one picked on Clusters)."""
     runs = store.list_cluster_runs(dataset)
     runs = runs[runs["encoder_key"] == key]
     if runs.empty:
         st.sidebar.caption("No clustering of these embeddings yet: run one on the **Clusters** page.")
-        return common.Colouring("All images")
-    described = {row["run_id"]: common.run_description(row) for _, row in runs.iterrows()}
-    run_id = common.remembered_select("Cluster run", runs["run_id"].tolist(), common.CLUSTER_RUN_KEY,
-                                       "map_cluster_run", format_func=described.__getitem__)
+        return Colouring("All images")
+    described = {row["run_id"]: run_description(row) for _, row in runs.iterrows()}
+    run_id = remembered_select("Cluster run", runs["run_id"].tolist(), state.CLUSTER_RUN_KEY,
+                               "map_cluster_run", format_func=described.__getitem__)
     from core import cluster  # scikit-learn comes with it: only when colouring by cluster
 
     run = cluster.load_run(store, run_id)
-    names = common.run_cluster_names(store, run)
-    return common.Colouring("Cluster", categories=common.map_categories(frame, run, names))
+    return colour_by_cluster(frame, run.hashes, run.labels, run_cluster_names(store, run))
 
 
 def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, seconds: float) -> str:
@@ -102,8 +116,8 @@ def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
     if len(rows) > 1:
         st.caption(f"First of {len(rows):,} selected points.")
     if st.button("Find neighbours", icon=":material/join_inner:", key="to_neighbors", type="primary"):
-        st.session_state[common.QUERY_KEY] = row["content_hash"]
-        st.switch_page(common.PAGE_NEIGHBORS)
+        st.session_state[state.QUERY_KEY] = row["content_hash"]
+        st.switch_page(state.PAGE_NEIGHBORS)
 
 
 def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
@@ -111,50 +125,48 @@ def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> Non
         return
     chosen = frame.iloc[rows]
     # Other pages (Bias: "Map selection" as a stimulus set) read the selection by image hash.
-    st.session_state[common.SELECTION_KEY] = chosen["content_hash"].tolist()
-    st.session_state[common.SELECTION_DATASET_KEY] = st.session_state.get(common.DATASET_KEY)
+    st.session_state[state.SELECTION_KEY] = chosen["content_hash"].tolist()
+    st.session_state[state.SELECTION_DATASET_KEY] = st.session_state.get(state.DATASET_KEY)
     st.subheader(f"Selection · {len(chosen):,} images")
     counts = chosen["label"].replace("", "(top level)").value_counts()
     st.caption("By folder: " + ", ".join(f"{name} {n}" for name, n in counts.head(8).items())
                + (" …" if len(counts) > 8 else ""))
     c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button("Paths (CSV)", common.paths_csv(chosen), file_name="selection.csv", mime="text/csv",
+    c1.download_button("Paths (CSV)", paths_csv(chosen), file_name="selection.csv", mime="text/csv",
                        icon=":material/download:", key="dl_csv")
-    c2.download_button("Files (zip)", lambda: common.files_zip(chosen), file_name="selection.zip",
+    c2.download_button("Files (zip)", lambda: files_zip(chosen), file_name="selection.zip",
                        mime="application/zip", icon=":material/folder_zip:", key="dl_zip")
     captions = [p.rsplit("/", 1)[-1] for p in chosen["rel_path"]]
-    common.gallery(store, chosen, captions, key="map_gallery")
+    gallery(store, chosen, captions, key="map_gallery")
 
 
 def main() -> None:
     st.title("Map")
-    store = common.get_store()
-    picked = common.dataset_and_key(store)
+    store = get_store()
+    picked = dataset_and_key(store)
     if picked is None:
         return
     dataset, key = picked
     method, params = layout_controls()
-    with common.user_errors():
-        view = common.DatasetView(store, dataset)
+    with user_errors():
+        view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
         colouring = colour_controls(store, dataset, key, frame)
         n = len(frame)
         with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
             proj = view.projection(key, method, params)
-        rows = common.display_rows(frame)
+        rows = display_rows(frame)
         st.caption(describe_layout(method, proj.params, n, proj.cached, proj.seconds))
         if len(rows) < n:
             st.caption(f"Drawing a stratified random sample of {len(rows):,} of {n:,} points (every folder keeps "
                        "its share) so the map stays fast; selections and exports cover the drawn points.")
         chart_col, panel_col = st.columns([3, 1])
         # The figure must not depend on the selection: a changed figure would reset it.
-        fig = common.build_map_figure(proj.coords, frame, colouring, rows)
-        if colouring.title == "Cluster":
-            common.grey_noise(fig)
+        fig = build_map_figure(proj.coords, frame, colouring, rows)
         with chart_col:
             event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
                                     key="map_chart", config={"scrollZoom": True, "displaylogo": False})
-        selected = common.selected_rows(event)
+        selected = selected_rows(event)
         with panel_col:
             inspect_panel(store, frame, selected)
         selection_section(store, frame, selected)

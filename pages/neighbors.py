@@ -12,7 +12,11 @@ from core.errors import InvalidInputError
 from core.extract import embed_images
 from core.neighbors import Neighbors, overlap
 from core.store import Store
-from pages import common
+from ui.errors import user_errors
+from ui.gallery import gallery, thumbnail
+from ui.resources import DatasetView, get_store, query_encoder
+from ui.state import QUERY_KEY
+from ui.widgets import dataset_and_key, remembered_select, short_key
 
 SOURCE_DATASET = "An image from the dataset"
 SOURCE_UPLOAD = "Upload an image"
@@ -41,12 +45,12 @@ def query_controls(frame: pd.DataFrame) -> Query | None:
         return Query(None, images.decode_rgb(upload.getvalue()), upload.name)
     hashes = frame["content_hash"].tolist()
     paths = dict(zip(frame["content_hash"], frame["rel_path"]))
-    chosen = common.remembered_select("Query image (type to search paths)", hashes, common.QUERY_KEY, "w_nb_query",
-                                       format_func=lambda h: paths.get(h, h), container=st)
+    chosen = remembered_select("Query image (type to search paths)", hashes, QUERY_KEY, "w_nb_query",
+                               format_func=lambda h: paths.get(h, h), container=st)
     return Query(chosen, None, paths[chosen])
 
 
-def search(view: common.DatasetView, key: str, query: Query, k: int) -> tuple[pd.DataFrame, Neighbors] | None:
+def search(view: DatasetView, key: str, query: Query, k: int) -> tuple[pd.DataFrame, Neighbors] | None:
     """Neighbours of ``query`` under embeddings ``key``; None if the query image has no vector there."""
     frame, index = view.neighbor_index(key)
     if query.content_hash is not None:
@@ -54,8 +58,8 @@ def search(view: common.DatasetView, key: str, query: Query, k: int) -> tuple[pd
         if len(rows) == 0:
             return None
         return frame, index.search_row(int(rows[0]), k)
-    encoder = common.query_encoder(key)
-    with st.spinner(f"Embedding the query with {common.short_key(key)}…"):
+    encoder = query_encoder(key)
+    with st.spinner(f"Embedding the query with {short_key(key)}…"):
         vector = embed_images(encoder, [query.upload])
     return frame, index.search(vector, k)[0]
 
@@ -77,7 +81,7 @@ def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str
     mean = float(table["Similarity"].iloc[1:].mean()) if len(table) > 1 else float("nan")
     st.caption(f"{len(table)} neighbours · mean cosine similarity (excluding rank 1) {mean:.3f}")
     captions = [f"{s:.3f} · {p.rsplit('/', 1)[-1]}" for s, p in zip(table["Similarity"], table["Path"])]
-    common.gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
+    gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
     with st.expander("As a table"):
         st.dataframe(table.drop(columns="content_hash"), hide_index=True, width="stretch", key=f"{key}_table",
                      column_config={"Similarity": st.column_config.NumberColumn(format="%.3f")})
@@ -89,7 +93,7 @@ def show_query(store: Store, frame: pd.DataFrame, query: Query) -> None:
         st.image(query.upload, width=160, caption=f"Query: {query.label} (uploaded)")
         return
     row = frame.loc[frame["content_hash"] == query.content_hash].iloc[0]
-    path = common.thumbnail(store, row["content_hash"], row["source"], row["rel_path"])
+    path = thumbnail(store, row["content_hash"], row["source"], row["rel_path"])
     if path:
         st.image(path, width=160, caption=f"Query: {row['rel_path']}")
 
@@ -98,18 +102,18 @@ def main() -> None:
     st.title("Neighbors")
     st.caption("Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
                "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above.")
-    store = common.get_store()
-    picked = common.dataset_and_key(store)
+    store = get_store()
+    picked = dataset_and_key(store)
     if picked is None:
         return
     dataset, key = picked
     others = [k for k in store.embedded_keys(dataset) if k != key]
     k = st.sidebar.slider("Neighbours (k)", 5, 100, 24, key="nb_k")
     compare = st.sidebar.selectbox("Compare with a second encoder", [NONE] + others, key="nb_compare",
-                                   format_func=lambda x: x if x == NONE else common.short_key(x),
+                                   format_func=lambda x: x if x == NONE else short_key(x),
                                    disabled=not others, help="Side by side, with the overlap of the two lists.")
-    with common.user_errors():
-        view = common.DatasetView(store, dataset)
+    with user_errors():
+        view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
         query = query_controls(frame)
         if query is None:
@@ -119,13 +123,13 @@ def main() -> None:
         if first is None:
             raise InvalidInputError(f"{query.label} has no vector under {key}; extract embeddings on the Data page.")
         if compare == NONE:
-            show_results(store, *first, title=common.short_key(key), key="nb_a")
+            show_results(store, *first, title=short_key(key), key="nb_a")
             return
         second = search(view, compare, query, k)
         if second is None:
-            st.warning(f"{query.label} has no vector under {common.short_key(compare)}; extract that encoder for "
+            st.warning(f"{query.label} has no vector under {short_key(compare)}; extract that encoder for "
                        "the whole dataset to compare.")
-            show_results(store, *first, title=common.short_key(key), key="nb_a")
+            show_results(store, *first, title=short_key(key), key="nb_a")
             return
         a_hashes = first[0]["content_hash"].to_numpy()[first[1].indices]
         b_hashes = second[0]["content_hash"].to_numpy()[second[1].indices]
@@ -134,9 +138,9 @@ def main() -> None:
                   help="Share of the top-k images both encoders agree on (the query itself counts).")
         left, right = st.columns(2)
         with left:
-            show_results(store, *first, title=f"A · {common.short_key(key)}", key="nb_a")
+            show_results(store, *first, title=f"A · {short_key(key)}", key="nb_a")
         with right:
-            show_results(store, *second, title=f"B · {common.short_key(compare)}", key="nb_b")
+            show_results(store, *second, title=f"B · {short_key(compare)}", key="nb_b")
 
 
 main()

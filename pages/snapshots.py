@@ -21,17 +21,21 @@ import streamlit as st
 
 from core import images, snapshots
 from core.errors import RepLensError
+from core.mapfigure import MAX_LEGEND_GROUPS, MAX_MAP_POINTS
+from core.palette import OTHER_COLOUR, cluster_colours
 from core.reduce import stratified_sample
 from core.snapshots import Snapshot, SnapshotDiff
 from core.store import Store
-from pages import common
+from ui.errors import user_errors
+from ui.gallery import THUMB_WIDTH
+from ui.resources import get_store
+from ui.widgets import selected_rows, short_key
 
 LINK_PARAM = "snapshot"     # ?snapshot=<id or prefix>
 URL_PATH = "snapshots"      # this page's url path in app.py's PAGES
 GALLERY_LIMIT = 60          # thumbnails per cluster gallery / selection
 MOVED_THUMBS = 12           # thumbnails of images that changed cluster, in a diff
-MAX_LEGEND = common.MAX_LEGEND_GROUPS
-OTHER_COLOUR = "#C7C7CF"
+MAX_LEGEND = MAX_LEGEND_GROUPS
 SECTIONS = ("Browse", "Import", "Compare")
 PROVENANCE = {  # how a cluster got its label (core.concepts labellers, a person, or none)
     "clip": "CLIP vocabulary", "text": "file names & captions", "visual": "pixel descriptors",
@@ -158,7 +162,7 @@ def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: 
         return
     tiles = thumbnails(store, hashes)
     missing = sum(isinstance(t, np.ndarray) for t in tiles)
-    st.image(tiles, caption=captions, width=common.THUMB_WIDTH)
+    st.image(tiles, caption=captions, width=THUMB_WIDTH)
     notes = []
     if total is not None and total > len(hashes):
         notes.append(f"Showing {len(hashes):,} of {total:,}; the HTML export has the rest.")
@@ -192,7 +196,7 @@ def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
                    for p, h, c in zip(paths[rows], hashes[rows], cluster_of[rows])]
     ordered = sorted(sizes, key=lambda c: (c < 0, -sizes[c], c))  # noise last in the legend
     shown, rest = ordered[:MAX_LEGEND], ordered[MAX_LEGEND:]
-    colours = snapshots.cluster_colours(sorted(sizes))
+    colours = cluster_colours(sizes)  # by cluster id: the same colour as on the Map and Clusters pages
     drawn = cluster_of[rows]
     groups = [(f"{c}: {names.get(c, '?')[:40]} ({sizes[c]:,})", rows[drawn == c], colours[c]) for c in shown]
     if rest:
@@ -219,7 +223,7 @@ def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
 @st.fragment  # selecting points reruns the map and its thumbnails, not the whole page
 def map_section(store: Store, snap: Snapshot, key: str) -> None:
     n = snap.n_points
-    rows = stratified_sample(snap.points["cluster"].to_numpy(), common.MAX_MAP_POINTS, seed=0)
+    rows = stratified_sample(snap.points["cluster"].to_numpy(), MAX_MAP_POINTS, seed=0)
     proj = snap.projection
     params = scalar_items(proj.get("params") or {})
     st.caption(f"**{n:,} points** · map: {proj.get('method', '?').upper()}{f' ({params})' if params else ''}, "
@@ -228,7 +232,7 @@ def map_section(store: Store, snap: Snapshot, key: str) -> None:
         st.caption(f"Drawing a sample of {len(rows):,} of {n:,} points (every cluster keeps its share).")
     event = st.plotly_chart(snapshot_figure(snap, rows), on_select="rerun", selection_mode=("points", "box", "lasso"),
                             key=f"{key}_map", config={"scrollZoom": True, "displaylogo": False})
-    chosen = common.selected_rows(event)
+    chosen = selected_rows(event)
     if chosen:
         picked = snap.points.iloc[chosen[:GALLERY_LIMIT]]
         names = cluster_names(snap)
@@ -253,7 +257,7 @@ def header(snap: Snapshot) -> None:
 
 def facts(snap: Snapshot) -> None:
     spec = snap.encoder.get("spec") or {}
-    encoder = spec.get("name") or spec.get("id") or common.short_key(snap.encoder["key"])
+    encoder = spec.get("name") or spec.get("id") or short_key(snap.encoder["key"])
     c = snap.clustering
     noise = c.get("noise_fraction")
     lines = [
@@ -276,7 +280,8 @@ def share_section(store: Store, snap: Snapshot, key: str) -> None:
     st.caption("For someone on another machine or without RepLens: the HTML page opens offline in any browser; "
                "the .replens file imports on this page.")
     st.download_button("Download .replens", lambda: export_bytes(store, snap.id),
-                       file_name=f"{file_stem(snap)}.replens", mime="application/zip", icon=":material/download:", key=f"{key}_dl_replens", on_click="ignore")
+                       file_name=f"{file_stem(snap)}.replens", mime="application/zip", icon=":material/download:",
+                       key=f"{key}_dl_replens", on_click="ignore")
     st.download_button("Download HTML", lambda: html_bytes(store, snap.id), file_name=f"{file_stem(snap)}.html",
                        mime="text/html", icon=":material/html:", key=f"{key}_dl_html", on_click="ignore")
 
@@ -344,7 +349,7 @@ def listing_table(listing: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "Title": listing["title"],
         "Dataset": listing["dataset"],
-        "Encoder": [common.short_key(k) for k in listing["encoder_key"]],
+        "Encoder": [short_key(k) for k in listing["encoder_key"]],
         "Images": listing["n_points"].astype(int),
         "Clusters": listing["n_clusters"].astype(int),
         "Created": pd.to_datetime(listing["created_at"]).dt.strftime("%Y-%m-%d %H:%M"),
@@ -399,7 +404,7 @@ def delete_controls(store: Store, snap: Snapshot) -> None:
     c1, c2, _ = st.columns([1, 1, 3])
     if c1.button("Yes, delete", type="primary", key="snap_delete_yes"):
         st.session_state.pop(CONFIRM_KEY, None)
-        with common.user_errors():
+        with user_errors():
             snapshots.delete_snapshot(store, snap.id)
             st.session_state[FLASH_KEY] = f"Deleted “{snap.title}”."
             st.session_state.pop(PICK_KEY, None)
@@ -454,7 +459,7 @@ def compare_section(store: Store) -> None:
     if id_a == id_b:
         st.info("Pick two different snapshots.")
         return
-    with common.user_errors():
+    with user_errors():
         diff = _diff(store, str(store.path), id_a, id_b)
         a, b = _load(store, str(store.path), id_a), _load(store, str(store.path), id_b)
         show_diff(store, diff, a, b)
@@ -513,7 +518,7 @@ def confusion_figure(diff: SnapshotDiff, names_a: dict[int, str], names_b: dict[
 
 def main() -> None:
     st.title("Snapshots")
-    store = common.get_store()
+    store = get_store()
     ref = st.query_params.get(LINK_PARAM)
     if ref:
         linked_view(store, ref)

@@ -10,12 +10,12 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import images
-from core.errors import InvalidInputError
+from core import fsutil, images, stimuli, uploads
 from core.encoders import load_encoder
+from core.errors import InvalidInputError
 from core.extract import embed_dataset
 from core.store import Store
-from pages import common
+from ui import resources
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
@@ -194,7 +194,7 @@ def test_map_pca_coordinates_match_core(env: dict[str, str]) -> None:
     fig = _figure(at)
     from sklearn.decomposition import PCA
 
-    frame, vectors = common.get_store().load_embeddings("shapes", PIXELS_KEY)
+    frame, vectors = resources.get_store().load_embeddings("shapes", PIXELS_KEY)
     expected = PCA(n_components=2, svd_solver="full").fit_transform(vectors)
     for trace in fig["data"]:
         rows = _decode(trace["customdata"])
@@ -204,7 +204,7 @@ def test_map_pca_coordinates_match_core(env: dict[str, str]) -> None:
 def test_map_colours_by_a_stored_cluster_run(env: dict[str, str]) -> None:
     from core import cluster
 
-    store = common.get_store()
+    store = resources.get_store()
     run = cluster.run_clustering(store, "shapes", PIXELS_KEY, "kmeans", {"n_clusters": 2, "reduce": None})
     store.set_cluster_label(run.run_id, 0, "first group")
     at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_cluster_run=run.run_id)
@@ -242,7 +242,7 @@ def test_map_caption_keyword_colouring(env: dict[str, str]) -> None:
 
 
 def test_neighbors_query_first_with_similarity_one(env: dict[str, str]) -> None:
-    store = common.get_store()
+    store = resources.get_store()
     frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)
     query = frame["content_hash"].iloc[3]
     at = run_page("pages/neighbors.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_query_hash=query)
@@ -259,7 +259,7 @@ def test_neighbors_query_first_with_similarity_one(env: dict[str, str]) -> None:
 
 
 def test_neighbors_compare_shows_overlap(env: dict[str, str]) -> None:
-    store = common.get_store()
+    store = resources.get_store()
     frame_a, va = store.load_embeddings("shapes", PIXELS_KEY)
     frame_b, vb = store.load_embeddings("shapes", OTHER_KEY)
     query = frame_a["content_hash"].iloc[0]
@@ -283,18 +283,18 @@ def test_uploaded_query_embeds_with_the_same_encoder(env: dict[str, str]) -> Non
     """The upload path of the Neighbors page: a file identical to a dataset image finds it first."""
     from core.extract import embed_images
 
-    view = common.DatasetView(common.get_store(), "shapes")
+    view = resources.DatasetView(resources.get_store(), "shapes")
     frame, index = view.neighbor_index(PIXELS_KEY)
     target = frame.iloc[5]
     upload = images.decode_rgb(images.read_bytes(target["source"], target["rel_path"]))
-    found = index.search(embed_images(common.query_encoder(PIXELS_KEY), [upload]), 3)[0]
+    found = index.search(embed_images(resources.query_encoder(PIXELS_KEY), [upload]), 3)[0]
     assert frame["rel_path"].iloc[found.indices[0]] == target["rel_path"]
     assert found.similarities[0] == pytest.approx(1.0, abs=1e-5)
 
 
 def test_neighbors_imported_key_cannot_embed_uploads(env: dict[str, str]) -> None:
     with pytest.raises(Exception) as info:
-        common.query_encoder(OTHER_KEY)
+        resources.query_encoder(OTHER_KEY)
     assert "imported vectors" in str(info.value)
 
 
@@ -302,29 +302,29 @@ def test_neighbors_imported_key_cannot_embed_uploads(env: dict[str, str]) -> Non
 
 
 def test_safe_relative_path_refuses_escapes() -> None:
-    assert common.safe_relative_path("set/cats/a.png") == "set/cats/a.png"
-    assert common.safe_relative_path("set\\dogs\\b.png") == "set/dogs/b.png"
+    assert fsutil.safe_relative_path("set/cats/a.png") == "set/cats/a.png"
+    assert fsutil.safe_relative_path("set\\dogs\\b.png") == "set/dogs/b.png"
     for bad in ("../x.png", "/etc/passwd", "C:/x.png", "a/../../x.png", "a/.hidden.png", ""):
-        assert common.safe_relative_path(bad) is None, bad
+        assert fsutil.safe_relative_path(bad) is None, bad
 
 
 def test_save_files_keeps_subfolders_and_strips_picked_folder(tmp_path: Path) -> None:
-    saved, refused = common.save_files(tmp_path, [("pick/cats/a.png", b"1"), ("pick/dogs/b.png", b"2"),
+    saved, refused = uploads.save_files(tmp_path, [("pick/cats/a.png", b"1"), ("pick/dogs/b.png", b"2"),
                                                   ("pick/../evil.png", b"3")])
     assert saved == 2 and refused == ["pick/../evil.png"]
     assert (tmp_path / "cats/a.png").read_bytes() == b"1" and (tmp_path / "dogs/b.png").read_bytes() == b"2"
     assert not (tmp_path.parent / "evil.png").exists()
     # A flat folder keeps its name as the label.
-    common.save_files(tmp_path / "flat", [("birds/c.png", b"4")])
+    uploads.save_files(tmp_path / "flat", [("birds/c.png", b"4")])
     assert (tmp_path / "flat/birds/c.png").exists()
 
 
 def test_save_archive_refuses_non_zip(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError):
-        common.save_archive(tmp_path, "x.zip", b"not a zip")
+        uploads.save_archive(tmp_path, "x.zip", b"not a zip")
     with pytest.raises(InvalidInputError):
-        common.save_archive(tmp_path, "../x.png", b"PK..")
-    assert common.save_archive(tmp_path, "../../a b.zip", b"PK\x03\x04") == tmp_path / "archives" / "a b.zip"
+        uploads.save_archive(tmp_path, "../x.png", b"PK..")
+    assert uploads.save_archive(tmp_path, "../../a b.zip", b"PK\x03\x04") == tmp_path / "archives" / "a b.zip"
 
 
 def test_a_user_error_on_any_page_is_a_message_not_a_traceback(env: dict[str, str],
@@ -346,12 +346,12 @@ def test_role_folders_are_distinct_and_safe() -> None:
               "b": ["../evil/d.jpg"]}
     fallback = {"x": "X", "y": "Y", "a": "A", "b": "B"}
     # y's folder clashes with x's (case-insensitively), a has none, b's is unsafe ("..").
-    assert common.role_folders(picked, fallback) == {"x": "flowers", "y": "Y", "a": "A", "b": "B"}
-    assert common.role_folders({"x": ["X/a.jpg"], "y": ["b.jpg"]}, {"x": "X", "y": "X"}) == {"x": "X", "y": "X-2"}
+    assert stimuli.role_folders(picked, fallback) == {"x": "flowers", "y": "Y", "a": "A", "b": "B"}
+    assert stimuli.role_folders({"x": ["X/a.jpg"], "y": ["b.jpg"]}, {"x": "X", "y": "X"}) == {"x": "X", "y": "X-2"}
 
 
 def test_flat_role_path_keeps_every_file_directly_under_its_role() -> None:
-    assert common.flat_role_path("roses", "roses/a.jpg") == "roses/a.jpg"
-    assert common.flat_role_path("roses", "picked/warm/red/a.jpg") == "roses/warm__red__a.jpg"
-    assert common.flat_role_path("X", "a.jpg") == "X/a.jpg"
-    assert common.safe_relative_path(common.flat_role_path("X", "p/../../a.jpg")) is None  # refused on save
+    assert stimuli.flat_role_path("roses", "roses/a.jpg") == "roses/a.jpg"
+    assert stimuli.flat_role_path("roses", "picked/warm/red/a.jpg") == "roses/warm__red__a.jpg"
+    assert stimuli.flat_role_path("X", "a.jpg") == "X/a.jpg"
+    assert fsutil.safe_relative_path(stimuli.flat_role_path("X", "p/../../a.jpg")) is None  # refused on save

@@ -64,9 +64,9 @@ def store(prepared: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Store:
     """The page's own Store (one DuckDB connection per file in this process)."""
     monkeypatch.setenv("REPLENS_DB", prepared["db"])
     monkeypatch.setenv("REPLENS_CACHE", prepared["cache"])
-    from pages import common
+    from ui import resources
 
-    return common.get_store()
+    return resources.get_store()
 
 
 def kmeans_run(store: Store, k: int = 3) -> cluster.ClusterRun:

@@ -41,9 +41,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def store(prepared: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Store:
     monkeypatch.setenv("REPLENS_DB", prepared["db"])
     monkeypatch.setenv("REPLENS_CACHE", prepared["cache"])
-    from pages import common
+    from ui import resources
 
-    return common.get_store()
+    return resources.get_store()
 
 
 def open_page() -> AppTest:

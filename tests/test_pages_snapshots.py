@@ -18,7 +18,7 @@ from core.cluster import run_clustering
 from core.encoders import load_encoder
 from core.extract import embed_dataset
 from core.store import Store
-from pages import common
+from ui import resources
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = ROOT / "app.py"
@@ -109,7 +109,7 @@ def test_link_opens_the_snapshot_read_only(env: dict[str, object], tmp_path: Pat
     sid = str(env["a"])
     at = page(str(APP), snapshot=sid[:10])  # a unique prefix is enough
     assert [h.value for h in at.header] == ["Two groups"]
-    snap = snapshots.load_snapshot(common.get_store(), sid)
+    snap = snapshots.load_snapshot(resources.get_store(), sid)
     fig = figure(at)
     assert len(at.get("plotly_chart")) == 1 and n_points(fig) == snap.n_points == env["n"]
     # Hover text: the image's path and its cluster's label.
@@ -135,7 +135,7 @@ def test_link_to_an_unknown_snapshot_shows_an_error(env: dict[str, object]) -> N
 
 
 def test_hostile_import_shows_error_and_adds_nothing(env: dict[str, object]) -> None:
-    store = common.get_store()
+    store = resources.get_store()
     before = store.snapshot_table_counts()
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
@@ -161,7 +161,7 @@ def test_import_without_the_images_then_delete_with_confirmation(world: dict[str
     assert "Imported two.replens" in at.success[0].value
     assert [h.value for h in at.header] == ["Two groups"]
     assert n_points(figure(at)) == world["n"]
-    store = common.get_store()
+    store = resources.get_store()
     snap = snapshots.load_snapshot(store, str(world["a"]))
     assert snap.origin == "imported"
     thumbs = [images.thumbnail_path(store.cache_dir, h) for h in snap.points["content_hash"]]
@@ -189,7 +189,7 @@ def test_import_without_the_images_then_delete_with_confirmation(world: dict[str
 def test_diff_shows_ari_and_the_confusion_matrix(env: dict[str, object]) -> None:
     from sklearn.metrics import adjusted_rand_score
 
-    store = common.get_store()
+    store = resources.get_store()
     a, b = (snapshots.load_snapshot(store, str(env[k])) for k in ("a", "b"))
     shared = sorted(a.assignments)
     expected = adjusted_rand_score([a.assignments[h] for h in shared], [b.assignments[h] for h in shared])

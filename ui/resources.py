@@ -1,0 +1,108 @@
+"""Cached resources: the Store, loaded encoders, embedding matrices, neighbour indexes, layouts.
+
+Heavy objects (embedding matrices, neighbour indexes, layouts) are cached with
+``st.cache_resource``, not ``st.cache_data``: cache_data would pickle-copy a 150 MB matrix
+on every rerun. They are treated as read-only. Cache keys include a cheap *version* of the
+dataset (its update time and embedding counts), so new images or vectors are never hidden
+by a stale cache.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import config
+from core.encoders import BaseEncoder, load_encoder
+from core.errors import InvalidInputError
+from core.keys import EncoderKey
+from core.neighbors import NeighborIndex
+from core.reduce import Projection, project
+from core.store import Store
+
+
+@st.cache_resource(show_spinner=False)
+def _store_at(db_path: str, cache_dir: str) -> Store:
+    return Store(db_path, cache_dir)
+
+
+def get_store() -> Store:
+    """The Store for REPLENS_DB / REPLENS_CACHE (one per location, shared by all sessions)."""
+    return _store_at(str(config.db_path()), str(config.cache_dir()))
+
+
+@st.cache_resource(show_spinner=False, max_entries=4)
+def get_encoder(encoder_id: str, layer: str, pooling: str) -> BaseEncoder:
+    """A loaded encoder, shared by sessions (forward passes are serialised inside the encoder)."""
+    return load_encoder(encoder_id, "auto", layer=layer, pooling=pooling)
+
+
+def query_encoder(key: str) -> BaseEncoder:
+    """The encoder that produced ``key``, to embed a new image into the same space."""
+    parsed = EncoderKey.try_parse(key)
+    if parsed is None or parsed.is_imported:
+        raise InvalidInputError(
+            f"{key} holds imported vectors: RepLens cannot embed a new image into that space. "
+            "Pick an image from the dataset instead, or choose an extracted encoder."
+        )
+    encoder = get_encoder(parsed.encoder_id, parsed.layer, parsed.pooling)
+    if encoder.key != key:
+        raise InvalidInputError(
+            f"The stored vectors came from {key}, but this RepLens has {encoder.key}. An uploaded image "
+            "would land in a different space; re-extract the dataset on the Data page first."
+        )
+    return encoder
+
+
+def data_version(store: Store, dataset: str) -> str:
+    """Changes whenever the dataset's images or any of its embeddings change."""
+    info = store.list_datasets().set_index("dataset")
+    updated = str(info.loc[dataset, "updated_at"]) if dataset in info.index else ""
+    status = store.embedding_status(dataset)
+    counts = ",".join(f"{k}={n}" for k, n in zip(status["encoder_key"], status["n_embedded"]))
+    return f"{updated}|{counts}"
+
+
+# The cached loaders take the store's location (db, cache) rather than the Store itself:
+# plain strings hash cheaply and pin each entry to one database.
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _embeddings(db: str, cache: str, dataset: str, key: str, version: str) -> tuple[pd.DataFrame, np.ndarray]:
+    return _store_at(db, cache).load_embeddings(dataset, key)
+
+
+@st.cache_resource(show_spinner=False, max_entries=6)
+def _neighbor_index(db: str, cache: str, dataset: str, key: str, version: str) -> NeighborIndex:
+    frame, vectors = _embeddings(db, cache, dataset, key, version)
+    return NeighborIndex(vectors, encoder_key=key, hashes=frame["content_hash"].tolist(), cache_dir=cache)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _projection(db: str, cache: str, dataset: str, key: str, method: str, params_json: str,
+                version: str) -> Projection:
+    frame, vectors = _embeddings(db, cache, dataset, key, version)
+    return project(_store_at(db, cache), dataset, key, method, json.loads(params_json), images=frame, vectors=vectors)
+
+
+class DatasetView:
+    """One page run's handle on a dataset: its version is read once, then every cached
+    lookup (embeddings, layouts, neighbour indexes) is keyed by it."""
+
+    def __init__(self, store: Store, dataset: str) -> None:
+        self.store, self.dataset = store, dataset
+        self.version = data_version(store, dataset)
+        self._where = (str(store.path), str(store.cache_dir))
+
+    def embeddings(self, key: str) -> tuple[pd.DataFrame, np.ndarray]:
+        return _embeddings(*self._where, self.dataset, key, self.version)
+
+    def neighbor_index(self, key: str) -> tuple[pd.DataFrame, NeighborIndex]:
+        frame, _ = self.embeddings(key)
+        return frame, _neighbor_index(*self._where, self.dataset, key, self.version)
+
+    def projection(self, key: str, method: str, params: dict[str, Any]) -> Projection:
+        return _projection(*self._where, self.dataset, key, method, json.dumps(params, sort_keys=True), self.version)
