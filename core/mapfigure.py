@@ -5,6 +5,7 @@ Clusters are coloured by id through ``core.palette``, so a cluster is the same c
 """
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,17 +86,20 @@ def display_rows(frame: pd.DataFrame, limit: int = MAX_MAP_POINTS) -> np.ndarray
 
 
 def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouring, rows: np.ndarray,
-                     height: int = 640) -> Any:
-    """A WebGL scatter of ``coords[rows]``; every point's customdata is its row in ``frame``."""
+                     height: int = 640, *, hover: np.ndarray | None = None, uirevision: str = "map") -> Any:
+    """A WebGL scatter of ``coords[rows]``; every point's customdata is its row in ``frame``.
+
+    ``hover`` (one escaped HTML line per row of ``frame``) replaces the default "path, folder" text;
+    ``uirevision`` keeps zoom and pan while only the colouring changes.
+    """
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    paths = frame["rel_path"].to_numpy()
-    labels = frame["label"].fillna("").to_numpy()
+    hover = hover if hover is not None else default_hover(frame)
     marker_size = 7 if len(rows) < 2_000 else 4 if len(rows) < 20_000 else 3
     if colouring.values is not None:
         fig.add_trace(go.Scattergl(
-            x=coords[rows, 0], y=coords[rows, 1], mode="markers", customdata=rows, hovertext=_hover(paths, labels, rows),
+            x=coords[rows, 0], y=coords[rows, 1], mode="markers", customdata=rows, hovertext=hover[rows].tolist(),
             name=colouring.title, showlegend=False,
             marker={"size": marker_size, "color": colouring.values[rows], "colorscale": "Viridis",
                     "colorbar": {"title": {"text": colouring.title}, "thickness": 12}, "opacity": 0.85},
@@ -104,8 +108,10 @@ def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouri
     else:
         for name, members, colour in _groups(colouring, len(frame), rows):
             fig.add_trace(go.Scattergl(
-                x=coords[members, 0], y=coords[members, 1], mode="markers", name=f"{name} ({len(members):,})",
-                customdata=members, hovertext=_hover(paths, labels, members),
+                x=coords[members, 0], y=coords[members, 1], mode="markers",
+                # Plotly renders a pseudo-HTML subset in names: user labels are escaped to show as typed.
+                name=html.escape(f"{name} ({len(members):,})"),
+                customdata=members, hovertext=hover[members].tolist(),
                 marker={"size": marker_size, "color": colour, "opacity": 0.85},
                 hovertemplate="%{hovertext}<extra></extra>",
             ))
@@ -113,7 +119,7 @@ def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouri
         height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="select", hovermode="closest",
         legend={"itemsizing": "constant", "title": {"text": colouring.title}},
         xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, plot_bgcolor="#FAFAFC",
-        uirevision="map",  # keep zoom/pan when only the colouring changes
+        uirevision=uirevision,
     )
     return fig
 
@@ -133,14 +139,18 @@ def _groups(colouring: Colouring, n_rows: int, rows: np.ndarray) -> list[tuple[s
     return groups
 
 
-def _hover(paths: np.ndarray, labels: np.ndarray, members: np.ndarray) -> list[str]:
-    return [f"{p}<br>folder: {lab or '(top level)'}" for p, lab in zip(paths[members], labels[members])]
+def default_hover(frame: pd.DataFrame) -> np.ndarray:
+    """"path<br>folder: label" for every row, escaped."""
+    paths = frame["rel_path"].fillna("").astype(str).to_numpy()
+    labels = frame["label"].fillna("").astype(str).to_numpy()
+    return np.array([f"{html.escape(p)}<br>folder: {html.escape(lab or '(top level)')}" for p, lab in zip(paths, labels)],
+                    dtype=object)
 
 
 def trace_colours(fig: Any) -> dict[str, str]:
     """``{legend name without its count: colour}`` of a built figure (for tests and exports)."""
     out = {}
     for trace in fig.data:
-        name = str(trace.name)
+        name = html.unescape(str(trace.name))
         out[name.rsplit(" (", 1)[0]] = str(trace.marker.color)
     return out

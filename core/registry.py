@@ -32,6 +32,15 @@ class RegistrationWarning(UserWarning):
     """A name registered twice, or a plug-in that failed to load."""
 
 
+_ALL: list[Registry[object]] = []
+
+
+def reload_plugins() -> None:
+    """Look for entry points again in every registry (after installing a plug-in into a running process)."""
+    for registry in list(_ALL):
+        registry.reload_plugins()
+
+
 class Registry(Generic[T]):
     """Named items of one kind, in registration order, thread-safe.
 
@@ -48,6 +57,7 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._lock = threading.RLock()
         self._plugins_loaded = False
+        _ALL.append(self)  # type: ignore[arg-type]
 
     def add(self, name: str, item: T) -> T:
         """Register ``item`` under ``name``; a second registration warns and replaces."""
@@ -57,6 +67,11 @@ class Registry(Generic[T]):
                               stacklevel=3)
             self._items[name] = item
         return item
+
+    def remove(self, name: str) -> T | None:
+        """Forget ``name`` (a test's temporary item); returns what was registered, if anything."""
+        with self._lock:
+            return self._items.pop(name, None)
 
     def decorator(self, name: str) -> Callable[[T], T]:
         """``@registry.decorator("name")`` registers the decorated object."""

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import images, snapshots
+from core import images, mapfigure, snapshots
 from core.errors import RepLensError
-from core.mapfigure import MAX_LEGEND_GROUPS, MAX_MAP_POINTS
-from core.palette import OTHER_COLOUR, cluster_colours
+from core.mapfigure import MAX_MAP_POINTS
+from core.palette import cluster_colour
 from core.reduce import stratified_sample
 from core.snapshots import Snapshot, SnapshotDiff
 from core.store import Store
@@ -35,7 +35,6 @@ LINK_PARAM = "snapshot"     # ?snapshot=<id or prefix>
 URL_PATH = "snapshots"      # this page's url path in app.py's PAGES
 GALLERY_LIMIT = 60          # thumbnails per cluster gallery / selection
 MOVED_THUMBS = 12           # thumbnails of images that changed cluster, in a diff
-MAX_LEGEND = MAX_LEGEND_GROUPS
 SECTIONS = ("Browse", "Import", "Compare")
 PROVENANCE = {  # how a cluster got its label (core.concepts labellers, a person, or none)
     "clip": "CLIP vocabulary", "text": "file names & captions", "visual": "pixel descriptors",
@@ -178,46 +177,24 @@ def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: 
 
 
 def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
-    """One WebGL trace per cluster (the largest ``MAX_LEGEND``; the rest share one grey trace).
+    """The shared map figure on the snapshot's own coordinates, one trace per cluster coloured by its id.
 
     Every point's customdata is its row in ``snap.points``; hover shows path and cluster label.
     """
-    import plotly.graph_objects as go
-
-    coords = snap.coords
-    cluster_of = snap.points["cluster"].to_numpy()
-    names = cluster_names(snap)
-    sizes = dict(zip(snap.clusters["cluster"].astype(int), snap.clusters["size"].astype(int)))
-    paths = snap.points["rel_path"].to_numpy()
-    hashes = snap.points["content_hash"].to_numpy()
-    hover = np.empty(len(paths), dtype=object)  # only for the drawn rows
-    hover[rows] = [html.escape(p or f"(not in the dataset) {h[:12]}") + "<br>"
-                   + html.escape(f"cluster {c}: {names.get(int(c), '?')}")
-                   for p, h, c in zip(paths[rows], hashes[rows], cluster_of[rows])]
-    ordered = sorted(sizes, key=lambda c: (c < 0, -sizes[c], c))  # noise last in the legend
-    shown, rest = ordered[:MAX_LEGEND], ordered[MAX_LEGEND:]
-    colours = cluster_colours(sizes)  # by cluster id: the same colour as on the Map and Clusters pages
-    drawn = cluster_of[rows]
-    groups = [(f"{c}: {names.get(c, '?')[:40]} ({sizes[c]:,})", rows[drawn == c], colours[c]) for c in shown]
-    if rest:
-        groups.append((f"other ({len(rest)} clusters)", rows[np.isin(drawn, rest)], OTHER_COLOUR))
-    marker_size = 7 if len(rows) < 2_000 else 4 if len(rows) < 20_000 else 3
-    fig = go.Figure()
-    for name, members, colour in groups:
-        if not len(members):
-            continue
-        fig.add_trace(go.Scattergl(
-            x=coords[members, 0], y=coords[members, 1], mode="markers", name=html.escape(name),
-            customdata=members, hovertext=hover[members].tolist(), hovertemplate="%{hovertext}<extra></extra>",
-            marker={"size": marker_size, "color": colour, "opacity": 0.85},
-        ))
-    fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="select", hovermode="closest",
-        legend={"itemsizing": "constant", "title": {"text": "Cluster"}},
-        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, plot_bgcolor="#FAFAFC",
-        uirevision=snap.id,
+    points = snap.points
+    cluster_of = points["cluster"].to_numpy().astype(int)
+    labels = cluster_names(snap)
+    legend = mapfigure.cluster_names(sorted(set(cluster_of.tolist())), labels)
+    colouring = mapfigure.Colouring(
+        "Cluster", categories=np.array([legend[c] for c in cluster_of], dtype=object),
+        colours={legend[c]: cluster_colour(c) for c in legend},
     )
-    return fig
+    frame = pd.DataFrame({"rel_path": points["rel_path"], "label": ["/".join(v) for v in points["labels"]]})
+    hover = np.array([html.escape(p or f"(not in the dataset) {h[:12]}") + "<br>"
+                      + html.escape(f"cluster {c}: {labels.get(int(c), '?')}")
+                      for p, h, c in zip(points["rel_path"], points["content_hash"], cluster_of)], dtype=object)
+    return mapfigure.build_map_figure(snap.coords, frame, colouring, rows, height=height, hover=hover,
+                                      uirevision=snap.id)
 
 
 @st.fragment  # selecting points reruns the map and its thumbnails, not the whole page

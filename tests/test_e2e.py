@@ -1,8 +1,9 @@
 """Real browser, real server: upload a folder, extract, map, select, find neighbours.
 
 Starts ``streamlit run app.py`` on a free port with its own REPLENS_DB/REPLENS_CACHE and
-drives Debian's Chromium through Playwright. Screenshots go to ``test-output/e2e/``; the Map
-one (with a selection) is also copied to ``docs/map.png``, which the README shows.
+drives Debian's Chromium through Playwright. Screenshots go to ``test-output/e2e/``; with
+REPLENS_UPDATE_SCREENSHOT=1 (``make screenshot``) the Map one (with a selection) is also copied to
+``docs/map.png``, which the README shows. ``make test`` never rewrites that tracked file.
 
 The folder goes in through the real ``webkitdirectory`` input: Playwright's
 ``set_input_files(<directory>)`` fills it the way a user's folder pick does, so the relative
@@ -10,6 +11,7 @@ paths (and thus the sub-folder labels) arrive as in a browser.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -133,8 +135,9 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     page.get_by_role("button", name="Paths (CSV)").wait_for()
     page.get_by_role("button", name="Files (zip)").wait_for()
     # The README's picture: the map with a selection, the inspected image and the gallery.
-    (ROOT / "docs").mkdir(exist_ok=True)
-    shutil.copyfile(shot(page, "3-map-selection"), ROOT / "docs" / "map.png")
+    picture = shot(page, "3-map-selection")
+    if os.environ.get("REPLENS_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(picture, ROOT / "docs" / "map.png")
 
     # -- Neighbors, opened from the inspected point ------------------------------------
     query_path = page.locator('[data-testid="stMarkdownContainer"] strong').filter(has_text=".png").first.inner_text()

@@ -31,9 +31,15 @@ from core.cli.common import (
 )
 from core.errors import InvalidInputError
 
+# The built-ins, for help text only: a method is checked by its registry when the command runs,
+# so a plug-in's clusterer, reducer or labeller is accepted too (and the parser stays import-light).
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
 LABEL_METHODS = ("clip", "text", "visual")
+
+
+def _methods_help(builtins: tuple[str, ...], extra: str = "") -> str:
+    return f"{', '.join(builtins)}, or a plug-in's name{extra}"
 BIAS_ROLES = (("x", "target X"), ("y", "target Y"), ("a", "attribute A"), ("b", "attribute B"))
 
 
@@ -56,7 +62,7 @@ def _add_project(sub: SubParsers) -> None:
         "compute and cache a 2-D map layout (the Map page then opens instantly)",
         [dataset_option(), encoder_options(), seed],
     )
-    p.add_argument("--method", default="umap", choices=PROJECTION_METHODS, help="default umap, as the Map page")
+    p.add_argument("--method", default="umap", help=_methods_help(PROJECTION_METHODS, " (default umap, as the Map page)"))
     p.add_argument("--n-neighbors", type=int, help="umap (default 15, as the Map page)")
     p.add_argument("--min-dist", type=float, help="umap (default 0.1)")
     p.add_argument("--metric", help="umap: cosine (default), euclidean, correlation, manhattan")
@@ -71,7 +77,7 @@ def _add_cluster(sub: SubParsers) -> None:
         "cluster a dataset's embeddings and store the run",
         [dataset_option(), encoder_options(), seed_option(help="random_state (default 0)")],
     )
-    p.add_argument("--method", required=True, choices=CLUSTER_METHODS)
+    p.add_argument("--method", required=True, help=_methods_help(CLUSTER_METHODS))
     p.add_argument("--k", type=int, help="number of clusters (kmeans, agglomerative); default: chosen automatically")
     p.add_argument("--k-selection", choices=("silhouette", "eigengap"), help="how k is chosen when --k is absent")
     p.add_argument("--min-cluster-size", type=int, help="hdbscan: smallest cluster")
@@ -85,7 +91,7 @@ def _add_cluster(sub: SubParsers) -> None:
 def _add_labels(sub: SubParsers) -> None:
     p = add_command(sub, "labels", cmd_labels, "name the clusters of a stored run")
     p.add_argument("--run", required=True, help="cluster run id (see cluster-runs)")
-    p.add_argument("--method", required=True, choices=LABEL_METHODS)
+    p.add_argument("--method", required=True, help=_methods_help(LABEL_METHODS))
     p.add_argument("--words", help="clip: extra words, comma-separated, added to the vocabulary")
     p.add_argument("--vocabulary", help="clip: a text file with one word per line instead of core/data/nouns.txt")
     p.add_argument("--clip-encoder", help="clip: stored key of the CLIP embeddings (default: the dataset's)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from core.cli.common import (
@@ -51,6 +52,19 @@ def add_commands(sub: SubParsers) -> None:
         sub, "export", cmd_export, "write a dataset's vectors to Parquet", [dataset_option(), encoder_options()]
     )
     p.add_argument("--out", required=True)
+
+    p = add_command(
+        sub,
+        "stimuli",
+        cmd_stimuli,
+        "store four stimulus folders (targets X, Y; attributes A, B) as one dataset for iEAT and embed it",
+        [dataset_option()],
+    )
+    for role, meaning in (("x", "target X"), ("y", "target Y"), ("a", "attribute A"), ("b", "attribute B")):
+        p.add_argument(f"--{role}", required=True, metavar="DIR", help=f"{meaning}: a local folder of images")
+    p.add_argument("--encoder", required=True, action="append", metavar="ID",
+                   help="encoder id to embed with (repeat for several)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
 
     p = add_command(
         sub,
@@ -170,6 +184,59 @@ def cmd_export(args: argparse.Namespace) -> int:
         lambda: print(f"wrote {n} rows ({key}) to {args.out}"),
     )
     return 0
+
+
+def cmd_stimuli(args: argparse.Namespace) -> int:
+    from core.encoders import load_encoder
+    from core.stimuli import ROLE_NAMES, ingest_stimulus_folders
+
+    store = open_store()
+    progress, close = _stage_bars()
+    try:
+        result = ingest_stimulus_folders(
+            store, args.dataset, {role: getattr(args, role) for role in ROLE_NAMES}, args.encoder,
+            progress=progress, loader=lambda encoder_id: load_encoder(encoder_id, args.device),
+        )
+    finally:
+        close()
+    payload = {
+        "dataset": result.dataset,
+        "folders": result.folders,
+        "role_counts": result.role_counts,
+        "paths": result.n_paths,
+        "skipped": result.n_skipped,
+        "encoders": result.encoder_keys,
+        "refused": result.refused,
+    }
+
+    def human() -> None:
+        sets = ", ".join(f"{ROLE_NAMES[r]} = {result.folders[r]} ({result.role_counts[r]})" for r in ROLE_NAMES)
+        print(f"{result.dataset}: {sets}; embedded with {', '.join(result.encoder_keys)}")
+        print(f"test it: replens bias --dataset {result.dataset} --encoder {args.encoder[0]} "
+              + " ".join(f"--{r} {result.folders[r]}" for r in ROLE_NAMES))
+
+    emit(args, payload, human)
+    return 0
+
+
+def _stage_bars() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    """``progress(stage, done, total)`` drawn as one tqdm bar per stage (scan, then each encoder)."""
+    from core.stimuli import SCAN_STAGE
+
+    bars: dict[str, tuple[Callable[[int, int], None], Callable[[], None]]] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for _, close in bars.values():
+                close()
+            bars[stage] = progress_bar("scanning" if stage == SCAN_STAGE else f"embedding with {stage}", "img")
+        bars[stage][0](done, total)
+
+    def close_all() -> None:
+        for _, close in bars.values():
+            close()
+
+    return progress, close_all
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
