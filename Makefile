@@ -15,17 +15,20 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Filters those lines but keeps pip's own exit status (pipefail; grep's "nothing left" is fine).
 QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: venv test demo demo-data browser bench clean-cache help
+.PHONY: venv test lint typecheck screenshot demo demo-data browser bench clean-cache help
 
 help:
 	@echo "make demo   # install, embed the demo folder, serve http://localhost:$(PORT)"
 	@echo "make test   # install and run every test (unit, AppTest, browser)"
 
-$(STAMP): requirements.txt requirements-nodeps.txt
+# requirements.txt pins what the dev/CI image installs from local disk; the package itself
+# (pyproject.toml: the `replens` command, entry points for plug-ins) is installed editable on top.
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	set -o pipefail; $(PIP) --upgrade pip 2>&1 | $(QUIET_PIP)
 	set -o pipefail; $(PIP) -r requirements.txt 2>&1 | $(QUIET_PIP)
 	set -o pipefail; $(PIP) --no-deps -r requirements-nodeps.txt 2>&1 | $(QUIET_PIP)
+	set -o pipefail; $(PIP) --no-deps --no-build-isolation -e . 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -36,8 +39,22 @@ browser:
 	  echo "installing Debian's chromium for the browser tests"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: venv browser
+# The rules that check themselves: lint and format (ruff), types over core/ (mypy), then every
+# test, the architecture tests among them.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv browser lint typecheck
 	$(PY) -m pytest
+
+# Refreshes the README's screenshot (docs/map.png) from the end-to-end browser test; `make test`
+# never writes tracked files.
+screenshot: venv browser
+	REPLENS_UPDATE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_e2e.py
 
 # Tux Paint's stamps (796 captioned PNGs in category folders) when apt can install them,
 # else a generated set. Nothing is downloaded at run time.
