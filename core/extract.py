@@ -112,11 +112,12 @@ def _run(store: Store, dataset: str, encoder: BaseEncoder, pending: Sequence[Pen
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="replens-decode") as pool:
             for batch in _prepared_batches(pool, pending, encoder, batch_size, draft):
-                good = [p for p in batch if p.array is not None]
+                good = [(p.item, p.array) for p in batch if p.array is not None]
                 failures.extend((p.item, p.error or "unknown error") for p in batch if p.array is None)
                 if good:
-                    vectors, batch_size = _embed_with_backoff(encoder, np.stack([p.array for p in good]), batch_size)
-                    chunk_hashes.extend(p.item.content_hash for p in good)
+                    stacked = np.stack([array for _, array in good])
+                    vectors, batch_size = _embed_with_backoff(encoder, stacked, batch_size)
+                    chunk_hashes.extend(item.content_hash for item, _ in good)
                     chunk_vectors.append(vectors)
                 done += len(batch)
                 if len(chunk_hashes) >= CHUNK_SIZE:
@@ -246,4 +247,4 @@ def _as_rgb(item: Any, draft: tuple[int, int]) -> Image.Image:
     if not isinstance(item, Image.Image):
         raise InvalidInputError(f"embed_images takes PIL images or image file bytes, not {type(item).__name__}")
     oriented = ImageOps.exif_transpose(item) or item
-    return images._to_rgb(oriented)
+    return images.to_rgb(oriented)

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from core.errors import ImportFormatError
+from core.keys import IMPORT_PREFIX as IMPORT_PREFIX  # re-exported: it used to be defined here
+from core.keys import EncoderKey
 from core.store import Store
-
-IMPORT_PREFIX = "import:"
 
 
 @dataclass(frozen=True)
@@ -58,16 +58,18 @@ def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name
             f"(first id: {ids[0]!r}). Ids must be relative paths, file names or content hashes."
         )
     keep = _drop_repeated_images(path.name, ids, hashes, vectors, keep)
-    key = f"{IMPORT_PREFIX}{encoder_name}"
+    key = EncoderKey.imported(encoder_name).format()
     dim = int(vectors.shape[1])
     spec = {"id": key, "version": "imported", "name": encoder_name, "family": "imported", "source": str(path),
             "dim": dim, "needs_network": False, "has_text_tower": False}
     existing = store.encoder_spec(key)
     if existing is not None and int(existing["dim"]) != dim:
-        raise ImportFormatError(f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name.")
+        raise ImportFormatError(
+            f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name.")
     store.register_encoder(key, key, "imported", "imported", "imported", dim, spec)
     # Importing under the same name again means "these are my vectors now": overwrite.
-    written = store.write_embeddings(key, [hashes[i] for i in keep], vectors[keep], replace=True)
+    kept_hashes = [h for i in keep if (h := hashes[i]) is not None]  # all of them: keep holds matched rows only
+    written = store.write_embeddings(key, kept_hashes, vectors[keep], replace=True)
     return ImportReport(dataset, key, written, unmatched, dim)
 
 
@@ -80,7 +82,8 @@ def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None)
             if len(vectors) != len(paths):
                 raise ImportFormatError(
                     f"{path.name} has {len(vectors)} rows but {dataset!r} has {len(paths)} paths. A .npy must list "
-                    "every path in sorted order; use .npz (arrays 'ids' and 'vectors') or csv/parquet with an id column."
+                    "every path in sorted order; use .npz (arrays 'ids' and 'vectors') or csv/parquet with an id "
+                    "column."
                 )
             return paths, np.asarray(vectors, np.float32)
         if suffix == ".npz":
