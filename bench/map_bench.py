@@ -11,6 +11,7 @@ Prints one JSON object.
     .venv/bin/python bench/map_bench.py [--umap-n 10000] [--cached-n 100000] [--fig-n 10000 100000] [--browser]
     .venv/bin/python bench/map_bench.py --only-app --app-n 100000   # the real page, end to end
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import reduce  # noqa: E402
-from core.images import ImageRecord  # noqa: E402
-from core.store import Store  # noqa: E402
+from core import reduce
+from core.images import ImageRecord
+from core.store import Store
 
 DIM = 384
 KEY = "bench@v1/last/cls"
@@ -39,10 +40,20 @@ def synthetic(n: int, seed: int = 0) -> tuple[list[ImageRecord], np.ndarray]:
     folder = rng.integers(0, N_FOLDERS, n)
     centres = rng.normal(0, 1, (N_FOLDERS, DIM))
     vectors = (centres[folder] + rng.normal(0, 0.6, (n, DIM))).astype(np.float32)
-    records = [ImageRecord(content_hash=f"{seed:04x}{i:028x}", rel_path=f"f{folder[i]:02d}/img_{i:06d}.jpg",
-                           labels=(f"f{folder[i]:02d}",), width=int(rng.integers(200, 900)), height=480,
-                           n_bytes=int(rng.integers(10_000, 90_000)), format="JPEG", mtime=0.0, caption=None)
-               for i in range(n)]
+    records = [
+        ImageRecord(
+            content_hash=f"{seed:04x}{i:028x}",
+            rel_path=f"f{folder[i]:02d}/img_{i:06d}.jpg",
+            labels=(f"f{folder[i]:02d}",),
+            width=int(rng.integers(200, 900)),
+            height=480,
+            n_bytes=int(rng.integers(10_000, 90_000)),
+            format="JPEG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i in range(n)
+    ]
     return records, vectors
 
 
@@ -53,7 +64,7 @@ def make_dataset(store: Store, name: str, n: int, seed: int) -> None:
     store.write_embeddings(KEY, [r.content_hash for r in records], vectors)
 
 
-def timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN201
+def timed(fn, *args, **kwargs):
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, round(time.perf_counter() - start, 3)
@@ -68,9 +79,15 @@ def bench_first_map(store: Store, n: int, method: str, params: dict) -> dict[str
     # A reopened page also reloads the embeddings table; that is part of "time to first map".
     (_, _), reload_s = timed(store.load_embeddings, name, KEY)
     assert not cold.cached and cached.cached and np.array_equal(cold.coords, cached.coords)
-    return {"n": n, "method": method, "params": cold.params, "load_embeddings_s": load_s,
-            "cold_compute_s": cold_s, "cached_projection_s": cached_s,
-            "time_to_first_map_cached_s": round(reload_s + cached_s, 3)}
+    return {
+        "n": n,
+        "method": method,
+        "params": cold.params,
+        "load_embeddings_s": load_s,
+        "cold_compute_s": cold_s,
+        "cached_projection_s": cached_s,
+        "time_to_first_map_cached_s": round(reload_s + cached_s, 3),
+    }
 
 
 def bench_cached_only(store: Store, n: int) -> dict[str, object]:
@@ -85,8 +102,12 @@ def bench_cached_only(store: Store, n: int) -> dict[str, object]:
     (_, _), load_s = timed(store.load_embeddings, name, KEY)
     proj, cached_s = timed(reduce.project, store, name, KEY, "umap", UMAP_DEFAULTS, images=images, vectors=vectors)
     assert proj.cached
-    return {"n": n, "load_embeddings_s": load_s, "cached_projection_s": cached_s,
-            "time_to_first_map_cached_s": round(load_s + cached_s, 3)}
+    return {
+        "n": n,
+        "load_embeddings_s": load_s,
+        "cached_projection_s": cached_s,
+        "time_to_first_map_cached_s": round(load_s + cached_s, 3),
+    }
 
 
 def bench_figure(n: int) -> tuple[dict[str, object], str]:
@@ -95,18 +116,34 @@ def bench_figure(n: int) -> tuple[dict[str, object], str]:
     records, _ = synthetic(n, seed=3)
     import pandas as pd
 
-    frame = pd.DataFrame({"rel_path": [r.rel_path for r in records], "label": [r.labels[0] for r in records],
-                          "caption": [None] * n, "width": [r.width for r in records]})
+    frame = pd.DataFrame(
+        {
+            "rel_path": [r.rel_path for r in records],
+            "label": [r.labels[0] for r in records],
+            "caption": [None] * n,
+            "width": [r.width for r in records],
+        }
+    )
     coords = np.random.default_rng(1).normal(size=(n, 2)).astype(np.float32)
     rows, sample_s = timed(mapfigure.display_rows, frame)
     colouring = mapfigure.colour_by_folder(frame)
     fig, build_s = timed(mapfigure.build_map_figure, coords, frame, colouring, rows)
     payload, json_s = timed(fig.to_json)
-    numeric, numeric_s = timed(mapfigure.build_map_figure, coords, frame,
-                               mapfigure.colour_by_number(frame, "width", "W"), rows)
-    return ({"n": n, "drawn": int(len(rows)), "sample_s": sample_s, "build_figure_s": build_s,
-             "build_numeric_figure_s": numeric_s, "to_json_s": json_s,
-             "payload_mb": round(len(payload) / 1e6, 2)}, payload)
+    numeric, numeric_s = timed(
+        mapfigure.build_map_figure, coords, frame, mapfigure.colour_by_number(frame, "width", "W"), rows
+    )
+    return (
+        {
+            "n": n,
+            "drawn": int(len(rows)),
+            "sample_s": sample_s,
+            "build_figure_s": build_s,
+            "build_numeric_figure_s": numeric_s,
+            "to_json_s": json_s,
+            "payload_mb": round(len(payload) / 1e6, 2),
+        },
+        payload,
+    )
 
 
 def bench_browser(payload: str) -> dict[str, object]:
@@ -117,11 +154,16 @@ def bench_browser(payload: str) -> dict[str, object]:
     plotly_js = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
     with tempfile.TemporaryDirectory() as tmp:
         html = Path(tmp) / "map.html"
-        html.write_text("<html><body><div id='plot' style='width:1000px;height:640px'></div>"
-                        f"<script src='file://{plotly_js}'></script></body></html>")
+        html.write_text(
+            "<html><body><div id='plot' style='width:1000px;height:640px'></div>"
+            f"<script src='file://{plotly_js}'></script></body></html>"
+        )
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                         args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            browser = pw.chromium.launch(
+                executable_path="/usr/bin/chromium",
+                headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+            )
             page = browser.new_page()
             page.goto(f"file://{html}")
             ms = page.evaluate(
@@ -161,9 +203,25 @@ def bench_app(n: int) -> dict[str, object]:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         env = {**os.environ, "REPLENS_DB": str(Path(tmp) / "app.duckdb"), "REPLENS_CACHE": str(Path(tmp) / "cache")}
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-                                   "--server.port", str(port), "--server.address", "127.0.0.1"],
-                                  cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(port),
+                "--server.address",
+                "127.0.0.1",
+            ],
+            cwd=root,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         url = f"http://127.0.0.1:{port}"
         try:
             for _ in range(120):
@@ -173,13 +231,18 @@ def bench_app(n: int) -> dict[str, object]:
                 except OSError:
                     time.sleep(0.5)
             with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+                browser = pw.chromium.launch(
+                    executable_path="/usr/bin/chromium",
+                    headless=True,
+                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
+                )
                 page = browser.new_page(viewport={"width": 1440, "height": 1000})
                 page.set_default_timeout(300_000)
-                drawn = ("() => { const p = document.querySelector('.js-plotly-plot');"
-                         " return p && p._fullData && p.querySelector('canvas') ? "
-                         "p._fullData.reduce((n, t) => n + t._length, 0) : 0 }")
+                drawn = (
+                    "() => { const p = document.querySelector('.js-plotly-plot');"
+                    " return p && p._fullData && p.querySelector('canvas') ? "
+                    "p._fullData.reduce((n, t) => n + t._length, 0) : 0 }"
+                )
 
                 def open_map() -> float:
                     start = time.perf_counter()
@@ -188,8 +251,8 @@ def bench_app(n: int) -> dict[str, object]:
                     page.wait_for_function(f"() => ({drawn})() > 0")
                     return round(time.perf_counter() - start, 2)
 
-                first = open_map()   # a fresh server: embeddings read from DuckDB
-                again = open_map()   # a new browser session: everything cached in the server
+                first = open_map()  # a fresh server: embeddings read from DuckDB
+                again = open_map()  # a new browser session: everything cached in the server
                 start = time.perf_counter()
                 combo = page.get_by_role("combobox", name="Colour by")
                 combo.click()
@@ -212,8 +275,13 @@ def main() -> None:
     parser.add_argument("--cached-n", type=int, nargs="+", default=[100_000])
     parser.add_argument("--fig-n", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--browser", action="store_true", help="also draw each figure in headless Chromium")
-    parser.add_argument("--app-n", type=int, nargs="*", default=[],
-                        help="open the real Map page (streamlit + Chromium) on datasets of these sizes")
+    parser.add_argument(
+        "--app-n",
+        type=int,
+        nargs="*",
+        default=[],
+        help="open the real Map page (streamlit + Chromium) on datasets of these sizes",
+    )
     parser.add_argument("--only-app", action="store_true", help="skip everything but --app-n")
     args = parser.parse_args()
     if args.only_app:

@@ -14,6 +14,7 @@ Prints one JSON object.
 
     .venv/bin/python bench/neighbors_bench.py [--sizes 10000 100000] [--ann-size 100000] [--queries 50]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.neighbors import NeighborIndex  # noqa: E402
+from core.neighbors import NeighborIndex
 
 DIM = 384
 K = 10
@@ -43,12 +44,15 @@ def _latency(fn: Callable[[int], object], rows: np.ndarray) -> dict[str, float]:
         fn(int(row))
         times.append((time.perf_counter() - start) * 1000)
     arr = np.asarray(times)
-    return {"median_ms": round(float(np.median(arr)), 3), "p95_ms": round(float(np.percentile(arr, 95)), 3),
-            "queries": len(arr)}
+    return {
+        "median_ms": round(float(np.median(arr)), 3),
+        "p95_ms": round(float(np.percentile(arr, 95)), 3),
+        "queries": len(arr),
+    }
 
 
 def _python_loop(x: np.ndarray) -> Callable[[int], list[int]]:
-    rows = [r for r in x]  # a list of vectors, as a naive tool would hold them
+    rows = list(x)  # a list of vectors, as a naive tool would hold them
 
     def search(q: int) -> list[int]:
         query = rows[q]
@@ -65,12 +69,17 @@ def bench_size(n: int, n_queries: int, loop_queries: int, rng: np.random.Generat
     start = time.perf_counter()
     index = NeighborIndex(x)
     prep = time.perf_counter() - start
-    out: dict[str, object] = {"n": n, "dim": DIM, "k": K, "exact_prepare_s": round(prep, 3),
-                              "exact": _latency(lambda r: index.search_row(r, K), rows)}
+    out: dict[str, object] = {
+        "n": n,
+        "dim": DIM,
+        "k": K,
+        "exact_prepare_s": round(prep, 3),
+        "exact": _latency(lambda r: index.search_row(r, K), rows),
+    }
     from sklearn.neighbors import NearestNeighbors
 
     nn = NearestNeighbors(n_neighbors=K, metric="cosine", algorithm="brute").fit(x)
-    out["sklearn_brute"] = _latency(lambda r: nn.kneighbors(x[r:r + 1]), rows)
+    out["sklearn_brute"] = _latency(lambda r: nn.kneighbors(x[r : r + 1]), rows)
     out["python_loop"] = _latency(_python_loop(x), rows[:loop_queries])
     # Same answers: the baseline's top-k equals ours (ties aside, which random data has none of).
     ref = _python_loop(x)(int(rows[0]))
@@ -102,12 +111,24 @@ def bench_ann(x: np.ndarray, data: str, n_queries: int, rng: np.random.Generator
         NeighborIndex(x, encoder_key="bench@v1/x/y", hashes=hashes, cache_dir=cache, ann_threshold=1)
         reload = time.perf_counter() - start
         exact = NeighborIndex(x)
-        recall = np.mean([len(set(ann.search_row(int(r), K).indices.tolist())
-                              & set(exact.search_row(int(r), K).indices.tolist())) / K for r in rows])
-        return {"data": data, "n": n, "dim": DIM, "k": K, "build_s": round(build, 2), "reload_from_disk_s": round(reload, 2),
-                "ann": _latency(lambda r: ann.search_row(r, K), rows),
-                "exact_same_run": _latency(lambda r: exact.search_row(r, K), rows),
-                "recall_at_10_vs_exact": round(float(recall), 4)}
+        recall = np.mean(
+            [
+                len(set(ann.search_row(int(r), K).indices.tolist()) & set(exact.search_row(int(r), K).indices.tolist()))
+                / K
+                for r in rows
+            ]
+        )
+        return {
+            "data": data,
+            "n": n,
+            "dim": DIM,
+            "k": K,
+            "build_s": round(build, 2),
+            "reload_from_disk_s": round(reload, 2),
+            "ann": _latency(lambda r: ann.search_row(r, K), rows),
+            "exact_same_run": _latency(lambda r: exact.search_row(r, K), rows),
+            "recall_at_10_vs_exact": round(float(recall), 4),
+        }
 
 
 def main() -> None:
@@ -118,11 +139,15 @@ def main() -> None:
     parser.add_argument("--loop-queries", type=int, default=5, help="the Python loop is slow; fewer queries")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
-    result: dict[str, object] = {"device": "cpu", "exact": [bench_size(n, args.queries, args.loop_queries, rng)
-                                                            for n in args.sizes]}
+    result: dict[str, object] = {
+        "device": "cpu",
+        "exact": [bench_size(n, args.queries, args.loop_queries, rng) for n in args.sizes],
+    }
     if args.ann_size:
-        result["ann"] = [bench_ann(make(args.ann_size, rng), name, args.queries, rng)
-                         for name, make in (("random", random_vectors), ("clustered", clustered_vectors))]
+        result["ann"] = [
+            bench_ann(make(args.ann_size, rng), name, args.queries, rng)
+            for name, make in (("random", random_vectors), ("clustered", clustered_vectors))
+        ]
     print(json.dumps(result, indent=1))
 
 

@@ -4,6 +4,7 @@ Zero-row policy (stated once, here): an all-zero vector has no direction. ``l2_n
 raises ``InvalidInputError`` for one unless the caller passes ``zero_rows="keep"``, which
 leaves such rows at zero (they then have similarity 0 to everything).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -15,8 +16,14 @@ from core.errors import InvalidInputError
 ZeroRows = Literal["raise", "keep"]
 
 
-def as_matrix(X: np.ndarray, *, what: str = "vectors", minimum: int = 0,
-              dtype: type[np.floating] = np.float32, hint: str = "embed more images first") -> np.ndarray:
+def as_matrix(
+    X: np.ndarray,
+    *,
+    what: str = "vectors",
+    minimum: int = 0,
+    dtype: type[np.floating] = np.float32,
+    hint: str = "embed more images first",
+) -> np.ndarray:
     """``X`` as a finite 2-D ``(n_samples, n_features)`` array of ``dtype`` with at least ``minimum`` rows."""
     X = np.asarray(X, dtype=dtype)
     if X.ndim != 2:
@@ -28,8 +35,9 @@ def as_matrix(X: np.ndarray, *, what: str = "vectors", minimum: int = 0,
     return X
 
 
-def l2_normalize(X: np.ndarray, *, zero_rows: ZeroRows = "raise", what: str = "vectors",
-                 dtype: type[np.floating] = np.float32) -> np.ndarray:
+def l2_normalize(
+    X: np.ndarray, *, zero_rows: ZeroRows = "raise", what: str = "vectors", dtype: type[np.floating] = np.float32
+) -> np.ndarray:
     """Rows scaled to unit L2 length (C-contiguous ``dtype``).
 
     Rows are divided by their largest absolute component before the norm is taken, so huge or
@@ -44,8 +52,10 @@ def l2_normalize(X: np.ndarray, *, zero_rows: ZeroRows = "raise", what: str = "v
     zero = peak[:, 0] == 0
     if zero.any() and zero_rows == "raise":
         rows = np.flatnonzero(zero)
-        raise InvalidInputError(f"{what}: {len(rows)} zero vector(s) (rows {rows[:5].tolist()}) have no direction; "
-                                "re-extract those embeddings or drop them.")
+        raise InvalidInputError(
+            f"{what}: {len(rows)} zero vector(s) (rows {rows[:5].tolist()}) have no direction; "
+            "re-extract those embeddings or drop them."
+        )
     scaled = np.divide(X, peak, out=np.zeros_like(X), where=peak > 0)
     norms = np.linalg.norm(scaled, axis=1, keepdims=True)
     return np.ascontiguousarray(np.divide(scaled, norms, out=np.zeros_like(X), where=norms > 0))

@@ -1,4 +1,5 @@
 """Where RepLens keeps its files. Environment variables win over the defaults."""
+
 from __future__ import annotations
 
 import os

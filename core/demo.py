@@ -3,6 +3,7 @@
 The generated set draws simple scenes (shapes, stripes, gradients) in class folders with a
 sidecar caption per image, so every page has something meaningful to show offline.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,14 @@ _CLASSES: dict[str, str] = {
     "gradients": "a {colour} gradient",
     "dots": "{colour} dots",
 }
-_COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "orange": (240, 150, 30),
-            "purple": (140, 60, 190), "teal": (30, 160, 160)}
+_COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "orange": (240, 150, 30),
+    "purple": (140, 60, 190),
+    "teal": (30, 160, 160),
+}
 
 
 def demo_source() -> Path | None:

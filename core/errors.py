@@ -3,6 +3,7 @@
 Every message says what went wrong *and* what to do about it. Pages show them with
 ``st.error``; the CLI prints them on one line and exits non-zero.
 """
+
 from __future__ import annotations
 
 

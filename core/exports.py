@@ -1,4 +1,5 @@
 """Exports of a set of images (a Map selection): their paths as CSV, their files as a zip."""
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ or a restart after a crash, picks up where the last committed chunk ended. Decod
 preprocessing run in worker threads (Pillow releases the GIL) and overlap with the model's
 forward pass; vectors are written to DuckDB in chunks, each in its own transaction.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -32,7 +33,7 @@ CHUNK_SIZE = 512  # vectors per transaction: a crash loses at most this much wor
 @dataclass
 class EmbedReport:
     dataset: str
-    encoder: str                # the cache key
+    encoder: str  # the cache key
     encoded: int = 0
     cached: int = 0
     failed: list[dict[str, str]] = field(default_factory=list)
@@ -57,9 +58,16 @@ def default_batch_size(device: str) -> int:
     return DEFAULT_GPU_BATCH if device.startswith("cuda") else DEFAULT_CPU_BATCH
 
 
-def embed_dataset(store: Store, dataset: str, encoder: BaseEncoder, *, batch_size: int | None = None,
-                  workers: int = 4, progress: ProgressCallback | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> EmbedReport:
+def embed_dataset(
+    store: Store,
+    dataset: str,
+    encoder: BaseEncoder,
+    *,
+    batch_size: int | None = None,
+    workers: int = 4,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EmbedReport:
     """Embed every image of ``dataset`` that has no vector under ``encoder.key`` yet.
 
     Args:
@@ -73,12 +81,20 @@ def embed_dataset(store: Store, dataset: str, encoder: BaseEncoder, *, batch_siz
     batch_size = batch_size or default_batch_size(encoder.device)
     if batch_size < 1:
         raise InvalidInputError(f"batch_size={batch_size} must be >= 1")
-    store.register_encoder(encoder.key, encoder.spec.id, encoder.spec.version, encoder.layer, encoder.pooling,
-                           encoder.dim, encoder.spec.to_dict())
+    store.register_encoder(
+        encoder.key,
+        encoder.spec.id,
+        encoder.spec.version,
+        encoder.layer,
+        encoder.pooling,
+        encoder.dim,
+        encoder.spec.to_dict(),
+    )
     pending = store.pending_images(dataset, encoder.key)
     total = len(store.dataset_images(dataset))
-    report = EmbedReport(dataset=dataset, encoder=encoder.key, cached=total - len(pending), device=encoder.device,
-                         batch_size=batch_size)
+    report = EmbedReport(
+        dataset=dataset, encoder=encoder.key, cached=total - len(pending), device=encoder.device, batch_size=batch_size
+    )
     report.run_id = store.start_run("embed", dataset, encoder.key, {"batch_size": batch_size, "device": encoder.device})
     started = time.perf_counter()
     try:
@@ -93,13 +109,27 @@ def embed_dataset(store: Store, dataset: str, encoder: BaseEncoder, *, batch_siz
 def _stats(report: EmbedReport, started: float) -> dict[str, Any]:
     report.seconds = round(time.perf_counter() - started, 3)
     report.images_per_s = round(report.encoded / report.seconds, 2) if report.seconds > 0 else 0.0
-    return {"encoded": report.encoded, "cached": report.cached, "failed": len(report.failed),
-            "seconds": report.seconds, "images_per_s": report.images_per_s}
+    return {
+        "encoded": report.encoded,
+        "cached": report.cached,
+        "failed": len(report.failed),
+        "seconds": report.seconds,
+        "images_per_s": report.images_per_s,
+    }
 
 
-def _run(store: Store, dataset: str, encoder: BaseEncoder, pending: Sequence[PendingImage], report: EmbedReport,
-         batch_size: int, workers: int, progress: ProgressCallback | None,
-         should_stop: Callable[[], bool] | None, total: int) -> None:
+def _run(
+    store: Store,
+    dataset: str,
+    encoder: BaseEncoder,
+    pending: Sequence[PendingImage],
+    report: EmbedReport,
+    batch_size: int,
+    workers: int,
+    progress: ProgressCallback | None,
+    should_stop: Callable[[], bool] | None,
+    total: int,
+) -> None:
     if progress:
         progress(report.cached, total)
     if not pending:
@@ -140,8 +170,7 @@ def _run(store: Store, dataset: str, encoder: BaseEncoder, pending: Sequence[Pen
     _record_failures(store, dataset, failures, report)
 
 
-def _record_failures(store: Store, dataset: str, failures: list[tuple[PendingImage, str]],
-                     report: EmbedReport) -> None:
+def _record_failures(store: Store, dataset: str, failures: list[tuple[PendingImage, str]], report: EmbedReport) -> None:
     report.failed = [{"path": f"{item.rel_path}", "reason": reason} for item, reason in failures]
     # Replaces the dataset's earlier embed failures: files that embed now stop being reported.
     store.record_embed_failures(dataset, [f[0] for f in failures], [f[1] for f in failures])
@@ -167,8 +196,13 @@ def _prepare(item: PendingImage, encoder: BaseEncoder, draft: tuple[int, int]) -
         return _Prepared(item, None, f"{type(exc).__name__}: {exc}")
 
 
-def _prepared_batches(pool: ThreadPoolExecutor, pending: Sequence[PendingImage], encoder: BaseEncoder,
-                      batch_size: int, draft: tuple[int, int]) -> Iterator[list[_Prepared]]:
+def _prepared_batches(
+    pool: ThreadPoolExecutor,
+    pending: Sequence[PendingImage],
+    encoder: BaseEncoder,
+    batch_size: int,
+    draft: tuple[int, int],
+) -> Iterator[list[_Prepared]]:
     """Yield batches in order while the pool decodes up to two batches ahead."""
     window: list[Future[_Prepared]] = []
     ahead = 2 * batch_size
@@ -188,8 +222,11 @@ _OOM_MARKERS = ("out of memory", "failed to allocate memory", "cudaerrormemoryal
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
-    return isinstance(exc, Exception) and not isinstance(exc, RepLensError) and any(
-        marker in str(exc).lower() for marker in _OOM_MARKERS)
+    return (
+        isinstance(exc, Exception)
+        and not isinstance(exc, RepLensError)
+        and any(marker in str(exc).lower() for marker in _OOM_MARKERS)
+    )
 
 
 def _embed_with_backoff(encoder: BaseEncoder, batch: np.ndarray, batch_size: int) -> tuple[np.ndarray, int]:
@@ -199,7 +236,7 @@ def _embed_with_backoff(encoder: BaseEncoder, batch: np.ndarray, batch_size: int
     out: list[np.ndarray] = []
     start = 0
     while start < len(batch):
-        piece = batch[start:start + batch_size]
+        piece = batch[start : start + batch_size]
         try:
             out.append(encoder.embed_batch(piece))
         except Exception as exc:
@@ -236,7 +273,7 @@ def embed_images(encoder: BaseEncoder, pil_images: Sequence[Any], batch_size: in
         raise InvalidInputError(f"batch_size={batch_size} must be >= 1")
     draft = (encoder.spec.input_size, encoder.spec.input_size)
     arrays = [encoder.preprocess(_as_rgb(img, draft)) for img in pil_images]
-    out = [encoder.embed_batch(np.stack(arrays[i:i + batch_size])) for i in range(0, len(arrays), batch_size)]
+    out = [encoder.embed_batch(np.stack(arrays[i : i + batch_size])) for i in range(0, len(arrays), batch_size)]
     return np.concatenate(out)
 
 

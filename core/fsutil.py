@@ -1,4 +1,5 @@
 """File-system habits written once: atomic writes and safe relative paths from untrusted names."""
+
 from __future__ import annotations
 
 import os

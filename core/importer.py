@@ -3,6 +3,7 @@
 Rows are matched to the dataset's images by an id column holding, in order of preference,
 the relative path, the file name or stem (when unique in the dataset), or the content hash.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,18 @@ class ImportReport:
     dim: int
 
     def to_dict(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "encoder": self.encoder, "imported": self.imported,
-                "unmatched": self.unmatched, "dim": self.dim}
+        return {
+            "dataset": self.dataset,
+            "encoder": self.encoder,
+            "imported": self.imported,
+            "unmatched": self.unmatched,
+            "dim": self.dim,
+        }
 
 
-def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name: str,
-                      id_column: str | None = None) -> ImportReport:
+def import_embeddings(
+    store: Store, path: str | Path, dataset: str, encoder_name: str, id_column: str | None = None
+) -> ImportReport:
     """Read vectors from ``path`` and store them under the key ``import:<encoder_name>``."""
     path = Path(path)
     if not path.is_file():
@@ -60,12 +67,21 @@ def import_embeddings(store: Store, path: str | Path, dataset: str, encoder_name
     keep = _drop_repeated_images(path.name, ids, hashes, vectors, keep)
     key = EncoderKey.imported(encoder_name).format()
     dim = int(vectors.shape[1])
-    spec = {"id": key, "version": "imported", "name": encoder_name, "family": "imported", "source": str(path),
-            "dim": dim, "needs_network": False, "has_text_tower": False}
+    spec = {
+        "id": key,
+        "version": "imported",
+        "name": encoder_name,
+        "family": "imported",
+        "source": str(path),
+        "dim": dim,
+        "needs_network": False,
+        "has_text_tower": False,
+    }
     existing = store.encoder_spec(key)
     if existing is not None and int(existing["dim"]) != dim:
         raise ImportFormatError(
-            f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name.")
+            f"{key} already holds {existing['dim']}-d vectors; these are {dim}-d. Pick another name."
+        )
     store.register_encoder(key, key, "imported", "imported", "imported", dim, spec)
     # Importing under the same name again means "these are my vectors now": overwrite.
     kept_hashes = [h for i in keep if (h := hashes[i]) is not None]  # all of them: keep holds matched rows only
@@ -118,19 +134,26 @@ def _frame_vectors(frame: pd.DataFrame, name: str, id_column: str | None) -> tup
     ids = frame[id_column].astype(str).tolist()
     rest = frame.drop(columns=[id_column])
     rest = rest.drop(columns=[c for c in rest if _UNNAMED_COLUMN.fullmatch(str(c))])
-    list_cols = [c for c in rest if rest[c].map(lambda v: isinstance(v, (list, np.ndarray, str))).all()
-                 and c in ("vector", "embedding", "embeddings")]
+    list_cols = [
+        c
+        for c in rest
+        if rest[c].map(lambda v: isinstance(v, (list, np.ndarray, str))).all()
+        and c in ("vector", "embedding", "embeddings")
+    ]
     if list_cols:
         column = rest[list_cols[0]]
         try:
             rows = [np.asarray(json.loads(v) if isinstance(v, str) else v, np.float32) for v in column]
         except (ValueError, TypeError) as exc:
-            raise ImportFormatError(f"{name}: column {list_cols[0]!r} holds something that is not a list of numbers "
-                                    f"({exc}).") from exc
+            raise ImportFormatError(
+                f"{name}: column {list_cols[0]!r} holds something that is not a list of numbers ({exc})."
+            ) from exc
         lengths = sorted({len(r) if r.ndim == 1 else -1 for r in rows})
         if len(lengths) != 1 or lengths[0] < 1:
-            raise ImportFormatError(f"{name}: the vectors in column {list_cols[0]!r} have different lengths "
-                                    f"({', '.join(map(str, lengths[:5]))}); every vector needs the same dimension.")
+            raise ImportFormatError(
+                f"{name}: the vectors in column {list_cols[0]!r} have different lengths "
+                f"({', '.join(map(str, lengths[:5]))}); every vector needs the same dimension."
+            )
         return ids, np.stack(rows)
     numeric = rest.select_dtypes(include="number")
     if numeric.shape[1] == 0:
@@ -161,8 +184,9 @@ def _unique_map(keys: pd.Series, values: pd.Series) -> dict[str, str]:
     return {k: v for k, v in zip(keys, values) if images_per_key[k] == 1}
 
 
-def _drop_repeated_images(name: str, ids: list[str], hashes: list[str | None], vectors: np.ndarray,
-                          keep: list[int]) -> list[int]:
+def _drop_repeated_images(
+    name: str, ids: list[str], hashes: list[str | None], vectors: np.ndarray, keep: list[int]
+) -> list[int]:
     """One row per image: rows naming the same image must agree, or which one wins is arbitrary."""
     first: dict[str, int] = {}
     unique: list[int] = []

@@ -1,4 +1,5 @@
 """Plain JSON values from numpy-laden Python values, one policy for every record we store."""
+
 from __future__ import annotations
 
 import json

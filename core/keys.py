@@ -3,6 +3,7 @@
 One type reads, writes and shows keys everywhere. Written form: ``"{id}@{version}/{layer}/{pooling}"``
 for extracted vectors, ``"import:NAME"`` for vectors a user imported.
 """
+
 from __future__ import annotations
 
 import re
@@ -35,15 +36,16 @@ class EncoderKey:
         """The parts of ``key``; raises InvalidInputError for text that is not a key."""
         parsed = cls.try_parse(key)
         if parsed is None:
-            raise InvalidInputError(f"{key!r} is not an encoder key; keys look like "
-                                    "'ENCODER@VERSION/LAYER/POOLING' or 'import:NAME'.")
+            raise InvalidInputError(
+                f"{key!r} is not an encoder key; keys look like 'ENCODER@VERSION/LAYER/POOLING' or 'import:NAME'."
+            )
         return parsed
 
     @classmethod
     def try_parse(cls, key: str) -> EncoderKey | None:
         """The parts of ``key``, or None when it is not one."""
         if key.startswith(IMPORT_PREFIX) and len(key) > len(IMPORT_PREFIX):
-            return cls.imported(key[len(IMPORT_PREFIX):])
+            return cls.imported(key[len(IMPORT_PREFIX) :])
         match = _KEY_RE.fullmatch(key)
         if match is None:
             return None

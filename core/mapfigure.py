@@ -3,6 +3,7 @@ HTML export. Plotly only (no Streamlit), so benches and the exporter build it wi
 
 Clusters are coloured by id through ``core.palette``, so a cluster is the same colour in every view.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,8 +32,8 @@ class Colouring:
     """
 
     title: str
-    categories: np.ndarray | None = None   # one label per row
-    values: np.ndarray | None = None       # one number per row
+    categories: np.ndarray | None = None  # one label per row
+    values: np.ndarray | None = None  # one number per row
     colours: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -66,8 +67,13 @@ def cluster_names(ids: Sequence[int] | np.ndarray, labels: Mapping[int, str]) ->
     return names
 
 
-def colour_by_cluster(frame: pd.DataFrame, run_hashes: Sequence[str], run_labels: np.ndarray,
-                      names: Mapping[int, str], title: str = "Cluster") -> Colouring:
+def colour_by_cluster(
+    frame: pd.DataFrame,
+    run_hashes: Sequence[str],
+    run_labels: np.ndarray,
+    names: Mapping[int, str],
+    title: str = "Cluster",
+) -> Colouring:
     """Each row of ``frame`` named by its cluster in a run (images outside the run named so, in grey)."""
     position = pd.Index(list(run_hashes)).get_indexer(pd.Index(frame["content_hash"]))
     ids = np.where(position >= 0, np.asarray(run_labels)[np.maximum(position, 0)], _OUTSIDE_RUN)
@@ -85,8 +91,16 @@ def display_rows(frame: pd.DataFrame, limit: int = MAX_MAP_POINTS) -> np.ndarray
     return stratified_sample(frame["label"].fillna("").to_numpy(), limit, seed=0)
 
 
-def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouring, rows: np.ndarray,
-                     height: int = 640, *, hover: np.ndarray | None = None, uirevision: str = "map") -> Any:
+def build_map_figure(
+    coords: np.ndarray,
+    frame: pd.DataFrame,
+    colouring: Colouring,
+    rows: np.ndarray,
+    height: int = 640,
+    *,
+    hover: np.ndarray | None = None,
+    uirevision: str = "map",
+) -> Any:
     """A WebGL scatter of ``coords[rows]``; every point's customdata is its row in ``frame``.
 
     ``hover`` (one escaped HTML line per row of ``frame``) replaces the default "path, folder" text;
@@ -98,27 +112,49 @@ def build_map_figure(coords: np.ndarray, frame: pd.DataFrame, colouring: Colouri
     hover = hover if hover is not None else default_hover(frame)
     marker_size = 7 if len(rows) < 2_000 else 4 if len(rows) < 20_000 else 3
     if colouring.values is not None:
-        fig.add_trace(go.Scattergl(
-            x=coords[rows, 0], y=coords[rows, 1], mode="markers", customdata=rows, hovertext=hover[rows].tolist(),
-            name=colouring.title, showlegend=False,
-            marker={"size": marker_size, "color": colouring.values[rows], "colorscale": "Viridis",
-                    "colorbar": {"title": {"text": colouring.title}, "thickness": 12}, "opacity": 0.85},
-            hovertemplate="%{hovertext}<br>" + colouring.title + ": %{marker.color:,.0f}<extra></extra>",
-        ))
+        fig.add_trace(
+            go.Scattergl(
+                x=coords[rows, 0],
+                y=coords[rows, 1],
+                mode="markers",
+                customdata=rows,
+                hovertext=hover[rows].tolist(),
+                name=colouring.title,
+                showlegend=False,
+                marker={
+                    "size": marker_size,
+                    "color": colouring.values[rows],
+                    "colorscale": "Viridis",
+                    "colorbar": {"title": {"text": colouring.title}, "thickness": 12},
+                    "opacity": 0.85,
+                },
+                hovertemplate="%{hovertext}<br>" + colouring.title + ": %{marker.color:,.0f}<extra></extra>",
+            )
+        )
     else:
         for name, members, colour in _groups(colouring, len(frame), rows):
-            fig.add_trace(go.Scattergl(
-                x=coords[members, 0], y=coords[members, 1], mode="markers",
-                # Plotly renders a pseudo-HTML subset in names: user labels are escaped to show as typed.
-                name=html.escape(f"{name} ({len(members):,})"),
-                customdata=members, hovertext=hover[members].tolist(),
-                marker={"size": marker_size, "color": colour, "opacity": 0.85},
-                hovertemplate="%{hovertext}<extra></extra>",
-            ))
+            fig.add_trace(
+                go.Scattergl(
+                    x=coords[members, 0],
+                    y=coords[members, 1],
+                    mode="markers",
+                    # Plotly renders a pseudo-HTML subset in names: user labels are escaped to show as typed.
+                    name=html.escape(f"{name} ({len(members):,})"),
+                    customdata=members,
+                    hovertext=hover[members].tolist(),
+                    marker={"size": marker_size, "color": colour, "opacity": 0.85},
+                    hovertemplate="%{hovertext}<extra></extra>",
+                )
+            )
     fig.update_layout(
-        height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, dragmode="select", hovermode="closest",
+        height=height,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        dragmode="select",
+        hovermode="closest",
         legend={"itemsizing": "constant", "title": {"text": colouring.title}},
-        xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"}, plot_bgcolor="#FAFAFC",
+        xaxis={"visible": False},
+        yaxis={"visible": False, "scaleanchor": "x"},
+        plot_bgcolor="#FAFAFC",
         uirevision=uirevision,
     )
     return fig
@@ -140,11 +176,13 @@ def _groups(colouring: Colouring, n_rows: int, rows: np.ndarray) -> list[tuple[s
 
 
 def default_hover(frame: pd.DataFrame) -> np.ndarray:
-    """"path<br>folder: label" for every row, escaped."""
+    """ "path<br>folder: label" for every row, escaped."""
     paths = frame["rel_path"].fillna("").astype(str).to_numpy()
     labels = frame["label"].fillna("").astype(str).to_numpy()
-    return np.array([f"{html.escape(p)}<br>folder: {html.escape(lab or '(top level)')}" for p, lab in zip(paths, labels)],
-                    dtype=object)
+    return np.array(
+        [f"{html.escape(p)}<br>folder: {html.escape(lab or '(top level)')}" for p, lab in zip(paths, labels)],
+        dtype=object,
+    )
 
 
 def trace_colours(fig: Any) -> dict[str, str]:

@@ -2,16 +2,34 @@
 
 A cluster's colour depends on its id alone, so cluster 3 is the same colour wherever it is drawn.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 PALETTE: tuple[str, ...] = (
-    "#4F46E5", "#E11D48", "#059669", "#D97706", "#0891B2", "#7C3AED", "#DB2777", "#65A30D",
-    "#EA580C", "#2563EB", "#0D9488", "#9333EA", "#CA8A04", "#DC2626", "#16A34A", "#0284C7",
-    "#C026D3", "#57534E", "#4D7C0F", "#BE123C",
+    "#4F46E5",
+    "#E11D48",
+    "#059669",
+    "#D97706",
+    "#0891B2",
+    "#7C3AED",
+    "#DB2777",
+    "#65A30D",
+    "#EA580C",
+    "#2563EB",
+    "#0D9488",
+    "#9333EA",
+    "#CA8A04",
+    "#DC2626",
+    "#16A34A",
+    "#0284C7",
+    "#C026D3",
+    "#57534E",
+    "#4D7C0F",
+    "#BE123C",
 )
-OTHER_COLOUR = "#A1A1AA"   # noise, images outside a run, and the "other groups" bucket
+OTHER_COLOUR = "#A1A1AA"  # noise, images outside a run, and the "other groups" bucket
 NOISE = -1
 
 

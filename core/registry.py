@@ -10,6 +10,7 @@ and the module (or callable) named there is imported the first time the registry
 importing it runs its ``@register_encoder`` (or ``@register_clusterer`` …) decorators. An
 entry point may also name a callable, which is called with no arguments.
 """
+
 from __future__ import annotations
 
 import threading
@@ -49,8 +50,9 @@ class Registry(Generic[T]):
     cannot be imported (the rest still load).
     """
 
-    def __init__(self, kind: str, *, warning: type[Warning] = RegistrationWarning,
-                 entry_point_group: str | None = None) -> None:
+    def __init__(
+        self, kind: str, *, warning: type[Warning] = RegistrationWarning, entry_point_group: str | None = None
+    ) -> None:
         self.kind = kind
         self.warning = warning
         self.entry_point_group = entry_point_group if entry_point_group is not None else ENTRY_POINT_GROUPS.get(kind)
@@ -63,8 +65,9 @@ class Registry(Generic[T]):
         """Register ``item`` under ``name``; a second registration warns and replaces."""
         with self._lock:
             if name in self._items:
-                warnings.warn(f"{self.kind} {name!r} registered twice; keeping the later one", self.warning,
-                              stacklevel=3)
+                warnings.warn(
+                    f"{self.kind} {name!r} registered twice; keeping the later one", self.warning, stacklevel=3
+                )
             self._items[name] = item
         return item
 
@@ -126,6 +129,10 @@ class Registry(Generic[T]):
             loaded = entry.load()
             if callable(loaded) and not isinstance(loaded, type):
                 loaded()
-        except Exception as exc:  # noqa: BLE001 - one broken plug-in must not hide the others
-            warnings.warn(f"{self.kind} plug-in {entry.name!r} ({entry.value}) could not be loaded: {exc}. "
-                          f"Reinstall or remove the package that provides it.", self.warning, stacklevel=2)
+        except Exception as exc:
+            warnings.warn(
+                f"{self.kind} plug-in {entry.name!r} ({entry.value}) could not be loaded: {exc}. "
+                f"Reinstall or remove the package that provides it.",
+                self.warning,
+                stacklevel=2,
+            )

@@ -5,6 +5,7 @@ refuse to mix the stimuli into a dataset of other images, save each role's files
 sub-folder (named after the folder the user picked, made unique), scan them, check that every
 role holds a readable image, and embed the dataset with each chosen encoder.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,11 +36,11 @@ class StimulusIngest:
     """What ``ingest_stimulus_folders`` stored: the dataset, a sub-folder per role, the embeddings."""
 
     dataset: str
-    folders: dict[str, str]                 # role -> its sub-folder in the dataset
-    role_counts: dict[str, int]             # role -> distinct images in that sub-folder
-    n_paths: int                            # image paths in the dataset after the scan
-    n_skipped: int                          # files the scan could not read as images
-    encoder_keys: list[str]                 # the keys the stimuli were embedded under
+    folders: dict[str, str]  # role -> its sub-folder in the dataset
+    role_counts: dict[str, int]  # role -> distinct images in that sub-folder
+    n_paths: int  # image paths in the dataset after the scan
+    n_skipped: int  # files the scan could not read as images
+    encoder_keys: list[str]  # the keys the stimuli were embedded under
     refused: list[str] = field(default_factory=list)  # unsafe file names that were not saved
 
 
@@ -85,8 +86,11 @@ def folder_files(folder: str | os.PathLike[str]) -> list[tuple[str, bytes]]:
     if not root.is_dir():
         raise InvalidInputError(f"{root} is not a folder; give a folder of images for each role.")
     wanted = {f".{ext}" for ext in UPLOAD_TYPES}
-    return [(f"{root.name}/{rel}", (root / rel).read_bytes()) for rel in _visible_files(root)
-            if Path(rel).suffix.lower() in wanted]
+    return [
+        (f"{root.name}/{rel}", (root / rel).read_bytes())
+        for rel in _visible_files(root)
+        if Path(rel).suffix.lower() in wanted
+    ]
 
 
 def _visible_files(root: Path) -> Iterator[str]:
@@ -102,9 +106,15 @@ def default_loader(encoder_id: str) -> BaseEncoder:
     return load_encoder(encoder_id, "auto", layer=spec.default_layer, pooling=spec.default_pooling)
 
 
-def ingest_stimulus_folders(store: Store, dataset: str, roles: Mapping[str, StimulusSource],
-                            encoders: Sequence[str | BaseEncoder], *, progress: StimulusProgress | None = None,
-                            loader: Callable[[str], BaseEncoder] = default_loader) -> StimulusIngest:
+def ingest_stimulus_folders(
+    store: Store,
+    dataset: str,
+    roles: Mapping[str, StimulusSource],
+    encoders: Sequence[str | BaseEncoder],
+    *,
+    progress: StimulusProgress | None = None,
+    loader: Callable[[str], BaseEncoder] = default_loader,
+) -> StimulusIngest:
     """Store four stimulus folders as dataset ``dataset`` (one sub-folder per role) and embed it.
 
     Args:
@@ -125,21 +135,31 @@ def ingest_stimulus_folders(store: Store, dataset: str, roles: Mapping[str, Stim
     dest = upload_dir(store, dataset)
     _refuse_mixing(store, dataset, dest)
     folders = role_folders({r: [n for n, _ in files] for r, files in pairs.items()}, {r: r.upper() for r in pairs})
-    dest, refused = save_upload(store, dataset, ((flat_role_path(folders[r], n), data)
-                                                 for r, files in pairs.items() for n, data in files))
+    dest, refused = save_upload(
+        store, dataset, ((flat_role_path(folders[r], n), data) for r, files in pairs.items() for n, data in files)
+    )
     scan, _ = ingest_path(store, dataset, dest, progress=_stage(progress, SCAN_STAGE))
     paths = store.dataset_paths(dataset)
     counts = {role: len(folder_hashes(paths, folder)) for role, folder in folders.items()}
     for role, folder in folders.items():
         if not counts[role]:
-            raise InvalidInputError(f"{ROLE_NAMES[role]} ({folder}): none of its files is a readable image. "
-                                    "Upload image files (jpg, png, webp, …).")
+            raise InvalidInputError(
+                f"{ROLE_NAMES[role]} ({folder}): none of its files is a readable image. "
+                "Upload image files (jpg, png, webp, …)."
+            )
     keys = []
     for item in encoders:
         encoder = loader(item) if isinstance(item, str) else item
         keys.append(embed_dataset(store, dataset, encoder, progress=_stage(progress, encoder.spec.id)).encoder)
-    return StimulusIngest(dataset=dataset, folders=folders, role_counts=counts, n_paths=len(paths),
-                          n_skipped=len(scan.skipped), encoder_keys=keys, refused=refused)
+    return StimulusIngest(
+        dataset=dataset,
+        folders=folders,
+        role_counts=counts,
+        n_paths=len(paths),
+        n_skipped=len(scan.skipped),
+        encoder_keys=keys,
+        refused=refused,
+    )
 
 
 def _role_pairs(roles: Mapping[str, StimulusSource]) -> dict[str, list[tuple[str, bytes]]]:
@@ -147,9 +167,12 @@ def _role_pairs(roles: Mapping[str, StimulusSource]) -> dict[str, list[tuple[str
     missing = [ROLE_NAMES[r] for r in ROLES if r not in roles]
     unknown = sorted(set(roles) - set(ROLES))
     if missing or unknown:
-        raise InvalidInputError(f"Give one folder for each of {', '.join(ROLE_NAMES.values())}"
-                                + (f" (missing: {', '.join(missing)})" if missing else "")
-                                + (f" (unknown roles: {', '.join(unknown)})" if unknown else "") + ".")
+        raise InvalidInputError(
+            f"Give one folder for each of {', '.join(ROLE_NAMES.values())}"
+            + (f" (missing: {', '.join(missing)})" if missing else "")
+            + (f" (unknown roles: {', '.join(unknown)})" if unknown else "")
+            + "."
+        )
     pairs = {}
     for role in ROLES:
         source = roles[role]
@@ -166,8 +189,10 @@ def _refuse_mixing(store: Store, dataset: str, dest: Path) -> None:
         return
     others = set(store.dataset_paths(dataset)["source"]) - {str(dest.resolve())}
     if others:
-        raise InvalidInputError(f"A dataset named {dataset!r} already holds other images; give the stimuli a "
-                                "name of their own so they are not mixed into it.")
+        raise InvalidInputError(
+            f"A dataset named {dataset!r} already holds other images; give the stimuli a "
+            "name of their own so they are not mixed into it."
+        )
 
 
 def _stage(progress: StimulusProgress | None, stage: str) -> Callable[[int, int], None] | None:

@@ -4,6 +4,7 @@ Every name comes from an untrusted client: it is made safe with ``core.fsutil.sa
 (absolute paths, drive letters, ``..``, hidden files refused; control characters replaced) and
 nothing is ever written outside the dataset's upload folder.
 """
+
 from __future__ import annotations
 
 import re

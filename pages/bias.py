@@ -5,6 +5,7 @@ here), pick encoders, run
 ``core.bias_runs.run_battery``, render the table, the null distribution and the images that
 drive each effect.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,12 @@ def main() -> None:
 def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
     st.subheader("1 · Build the battery")
     templates = ["Custom"] + list(bias.IEAT_TEMPLATES)
-    name = st.selectbox("Test template", templates, key="w_bias_template",
-                        help="The iEAT battery; fill each role with your own image folders (none are shipped).")
+    name = st.selectbox(
+        "Test template",
+        templates,
+        key="w_bias_template",
+        help="The iEAT battery; fill each role with your own image folders (none are shipped).",
+    )
     template = bias.IEAT_TEMPLATES.get(name)
     if template is not None:
         st.caption(template.description)
@@ -76,8 +81,10 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
     extra = _other_sets(store, dataset)
     options = folders + list(extra)
     if len(folders) < 2:
-        st.warning("This dataset has fewer than two folders. Stimulus sets are sub-folders: upload one folder "
-                   "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page.")
+        st.warning(
+            "This dataset has fewer than two folders. Stimulus sets are sub-folders: upload one folder "
+            "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page."
+        )
         return
     columns = st.columns(4)
     picked = {}
@@ -96,9 +103,19 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
         st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, extra, test_name, picked))
     battery: list[BatteryTest] = st.session_state.get(BATTERY_KEY, [])
     if battery:
-        st.dataframe(pd.DataFrame([{
-            "test": t.name, **{ROLE_NAMES[r]: f"{t.roles.get(r, '')} ({len(h)})" for r, h in t.sets().items()},
-        } for t in battery]), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "test": t.name,
+                        **{ROLE_NAMES[r]: f"{t.roles.get(r, '')} ({len(h)})" for r, h in t.sets().items()},
+                    }
+                    for t in battery
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
         if st.button("Clear battery", key="w_bias_clear"):
             st.session_state[BATTERY_KEY] = []
             st.session_state.pop(RESULT_KEY, None)
@@ -109,31 +126,44 @@ def _upload_section(store: Store, expanded: bool) -> None:
     """Four folders uploaded here become a dataset of their own (a sub-folder per role),
     embedded with the chosen encoders, and fill the four roles."""
     with st.expander("Upload four stimulus folders", expanded=expanded, icon=":material/upload:"):
-        st.caption("One folder per role (e.g. flowers, insects, pleasant, unpleasant). They are added as a dataset "
-                   "with one sub-folder per role, embedded, and picked as X, Y, A and B below.")
+        st.caption(
+            "One folder per role (e.g. flowers, insects, pleasant, unpleasant). They are added as a dataset "
+            "with one sub-folder per role, embedded, and picked as X, Y, A and B below."
+        )
         round_ = st.session_state.get(UPLOAD_ROUND_KEY, 0)
         columns = st.columns(4)
-        uploads = {role: column.file_uploader(ROLE_NAMES[role], accept_multiple_files="directory",
-                                              type=UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}")
-                   for column, role in zip(columns, ROLES)}
+        uploads = {
+            role: column.file_uploader(
+                ROLE_NAMES[role], accept_multiple_files="directory", type=UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}"
+            )
+            for column, role in zip(columns, ROLES)
+        }
         left, right = st.columns([1, 2])
         name = left.text_input("Dataset name", value="stimuli", key="w_bias_up_name")
         ids = [spec.id for spec in list_encoders()]
-        encoder_ids = right.multiselect("Embed with", ids, default=[DEFAULT_ENCODER], key="w_bias_up_encoders",
-                                        help="Each encoder you want in the battery; hub encoders need the network "
-                                             "or their weights in the hub cache.")
+        encoder_ids = right.multiselect(
+            "Embed with",
+            ids,
+            default=[DEFAULT_ENCODER],
+            key="w_bias_up_encoders",
+            help="Each encoder you want in the battery; hub encoders need the network "
+            "or their weights in the hub cache.",
+        )
         ready = all(uploads.values()) and bool(encoder_ids)
         if st.button("Add stimuli", type="primary", disabled=not ready, icon=":material/add:", key="w_bias_up_add"):
-            _add_stimuli(store, name.strip(), {r: [(f.name, f.getvalue()) for f in fs] for r, fs in uploads.items()},
-                         encoder_ids)
+            _add_stimuli(
+                store, name.strip(), {r: [(f.name, f.getvalue()) for f in fs] for r, fs in uploads.items()}, encoder_ids
+            )
 
 
-def _add_stimuli(store: Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]],
-                 encoder_ids: list[str]) -> None:
+def _add_stimuli(
+    store: Store, dataset: str, uploads: dict[str, list[tuple[str, bytes]]], encoder_ids: list[str]
+) -> None:
     bar = st.progress(0.0, text="Scanning…")
     try:
-        added = ingest_stimulus_folders(store, dataset, uploads, encoder_ids, progress=_stimulus_progress(bar),
-                                        loader=_cached_encoder)
+        added = ingest_stimulus_folders(
+            store, dataset, uploads, encoder_ids, progress=_stimulus_progress(bar), loader=_cached_encoder
+        )
     finally:
         bar.empty()
     for role, folder in added.folders.items():
@@ -143,11 +173,13 @@ def _add_stimuli(store: Store, dataset: str, uploads: dict[str, list[tuple[str, 
     st.session_state["w_bias_encoders"] = added.encoder_keys
     st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
     skipped = f"; {added.n_skipped} file(s) skipped (see the Data page)" if added.n_skipped else ""
-    refused = (f" Refused {len(added.refused)} unsafe file name(s): {', '.join(added.refused[:5])}."
-               if added.refused else "")
-    st.session_state[FLASH_KEY] = (f"**{dataset}**: {added.n_paths} stimuli in {', '.join(added.folders.values())}, "
-                                   f"embedded with {', '.join(encoder_ids)}{skipped}. The roles below are filled in."
-                                   + refused)
+    refused = (
+        f" Refused {len(added.refused)} unsafe file name(s): {', '.join(added.refused[:5])}." if added.refused else ""
+    )
+    st.session_state[FLASH_KEY] = (
+        f"**{dataset}**: {added.n_paths} stimuli in {', '.join(added.folders.values())}, "
+        f"embedded with {', '.join(encoder_ids)}{skipped}. The roles below are filled in." + refused
+    )
     st.rerun()
 
 
@@ -186,8 +218,9 @@ def _hashes(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], choice: str
     return extra[choice] if choice in extra else folder_hashes(images, choice)
 
 
-def _make_test(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: str,
-               picked: dict[str, str]) -> BatteryTest:
+def _make_test(
+    images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: str, picked: dict[str, str]
+) -> BatteryTest:
     sets = {role: _hashes(images, extra, choice) for role, choice in picked.items()}
     for role, hashes in sets.items():
         if not hashes:
@@ -206,16 +239,32 @@ def _run_section(store: Store, dataset: str, keys: list[str]) -> None:
         start = {"default": keys[:2]}
     chosen = st.multiselect("Encoders", keys, format_func=short_key, key="w_bias_encoders", **start)
     left, right = st.columns(2)
-    n_samples = int(left.number_input("Permutations (sampled mode)", 100, 1_000_000, bias.DEFAULT_N_SAMPLES,
-                                      step=1000, key="w_bias_samples",
-                                      help="Exact enumeration is used whenever C(|X|+|Y|, |X|) ≤ this number."))
+    n_samples = int(
+        left.number_input(
+            "Permutations (sampled mode)",
+            100,
+            1_000_000,
+            bias.DEFAULT_N_SAMPLES,
+            step=1000,
+            key="w_bias_samples",
+            help="Exact enumeration is used whenever C(|X|+|Y|, |X|) ≤ this number.",
+        )
+    )
     seed = int(right.number_input("Seed", 0, 2**31 - 1, 0, key="w_bias_seed"))
     battery = st.session_state.get(BATTERY_KEY, [])
-    if st.button("Run battery", type="primary", disabled=not (battery and chosen), icon=":material/play_arrow:",
-                 key="w_bias_run"):
+    if st.button(
+        "Run battery", type="primary", disabled=not (battery and chosen), icon=":material/play_arrow:", key="w_bias_run"
+    ):
         bar = st.progress(0.0, text="Running…")
-        result = run_battery(store, dataset, chosen, battery, n_samples=n_samples, seed=seed,
-                             progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} tests"))
+        result = run_battery(
+            store,
+            dataset,
+            chosen,
+            battery,
+            n_samples=n_samples,
+            seed=seed,
+            progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} tests"),
+        )
         bar.empty()
         st.session_state[RESULT_KEY] = result
 
@@ -226,40 +275,61 @@ def _results(store: Store) -> None:
         return
     st.subheader("3 · Results")
     table = result.table.assign(encoder=result.table["encoder"].map(short_key))
-    st.dataframe(table, hide_index=True, width="stretch", key="w_bias_table", column_config={
-        "effect_size": st.column_config.NumberColumn("d", format="%.3f"),
-        "ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
-        "ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
-        "p_value": st.column_config.NumberColumn("p", format="%.4g"),
-        "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4g"),
-        "min_p_value": st.column_config.NumberColumn("min attainable p", format="%.3g"),
-    })
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="w_bias_table",
+        column_config={
+            "effect_size": st.column_config.NumberColumn("d", format="%.3f"),
+            "ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
+            "ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
+            "p_value": st.column_config.NumberColumn("p", format="%.4g"),
+            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4g"),
+            "min_p_value": st.column_config.NumberColumn("min attainable p", format="%.3g"),
+        },
+    )
     unreachable = result.table[result.table["min_p_value"] > 0.05]
     if len(unreachable):
-        st.warning(f"{len(unreachable)} test(s) cannot reach p < 0.05 with these set sizes (see 'min attainable p'); "
-                   "add stimuli before reading a large p as 'no association'.")
+        st.warning(
+            f"{len(unreachable)} test(s) cannot reach p < 0.05 with these set sizes (see 'min attainable p'); "
+            "add stimuli before reading a large p as 'no association'."
+        )
     left, right = st.columns(2)
     left.download_button("Download CSV", result.table.to_csv(index=False).encode(), "ieat_results.csv", "text/csv")
-    right.download_button("Download JSON", json.dumps(result.table.to_dict(orient="records"), default=float, indent=1),
-                          "ieat_results.json", "application/json")
+    right.download_button(
+        "Download JSON",
+        json.dumps(result.table.to_dict(orient="records"), default=float, indent=1),
+        "ieat_results.json",
+        "application/json",
+    )
     labels = [f"{o.test} · {short_key(o.encoder_key)}" for o in result.outcomes]
     index = st.selectbox("Inspect", range(len(labels)), format_func=labels.__getitem__, key="w_bias_inspect")
     outcome = result.outcomes[index]
     st.plotly_chart(_null_figure(outcome.result), key="w_bias_null")
     st.markdown("**Images that drive the effect** (largest |s(w)|: association with A minus B)")
-    gallery(store, outcome.drivers, [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"],
-                                                                               outcome.drivers["score"])],
-                   key="w_bias_drivers")
+    gallery(
+        store,
+        outcome.drivers,
+        [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"], outcome.drivers["score"])],
+        key="w_bias_drivers",
+    )
 
 
 def _null_figure(result: bias.AssociationResult) -> go.Figure:
     null = np.asarray(result.null_statistics)
     kind = "exact" if result.exact else "sampled"
     fig = go.Figure(go.Histogram(x=null, nbinsx=40, marker_color="#A1A1AA", name=f"null ({kind})"))
-    fig.add_vline(x=result.statistic, line_color="#E11D48", line_width=3,
-                  annotation_text=f"observed S = {result.statistic:.3f}")
-    fig.update_layout(title=f"Permutation null of S ({len(null)} partitions shown of {result.n_permutations})",
-                      xaxis_title="S", yaxis_title="partitions", height=320, margin={"t": 50, "b": 40})
+    fig.add_vline(
+        x=result.statistic, line_color="#E11D48", line_width=3, annotation_text=f"observed S = {result.statistic:.3f}"
+    )
+    fig.update_layout(
+        title=f"Permutation null of S ({len(null)} partitions shown of {result.n_permutations})",
+        xaxis_title="S",
+        yaxis_title="partitions",
+        height=320,
+        margin={"t": 50, "b": 40},
+    )
     return fig
 
 

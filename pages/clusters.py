@@ -4,6 +4,7 @@
 Thin page: widgets -> ``core.cluster`` / ``core.concepts`` / ``core.snapshots`` -> render.
 The selected run is shared with other pages under ``st.session_state["rl_cluster_run"]``.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,11 +29,11 @@ from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import CLUSTER_RUN_KEY, PAGE_SNAPSHOTS
 from ui.widgets import dataset_and_key, short_key
 
-RUN_KEY = CLUSTER_RUN_KEY          # shared with other pages (plain key, survives page switches)
+RUN_KEY = CLUSTER_RUN_KEY  # shared with other pages (plain key, survives page switches)
 _RUN_WIDGET = "w_cl_run"
-_PENDING = "cl_pending_run"         # a run made in this session, to select on the next run of the script
-_FLASH = "cl_flash"                 # messages to show once after an action's rerun
-_SNAPSHOT = "cl_last_snapshot"      # (run_id, snapshot_id) of the last snapshot saved here
+_PENDING = "cl_pending_run"  # a run made in this session, to select on the next run of the script
+_FLASH = "cl_flash"  # messages to show once after an action's rerun
+_SNAPSHOT = "cl_last_snapshot"  # (run_id, snapshot_id) of the last snapshot saved here
 
 METHOD_LABELS = {
     "hdbscan": "HDBSCAN (density, finds noise)",
@@ -64,20 +65,27 @@ def metric_items(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
     items = [
         ("Clusters", str(int(metrics["n_clusters"])), "Clusters found (noise excluded)."),
         ("Noise", num(metrics.get("noise_fraction", 0.0), "{:.1%}"), "Share of images left unclustered (-1)."),
-        ("Silhouette", num(metrics.get("silhouette")),
-         "Cosine silhouette of the non-noise images: near 1 compact and separated, near 0 overlapping."),
+        (
+            "Silhouette",
+            num(metrics.get("silhouette")),
+            "Cosine silhouette of the non-noise images: near 1 compact and separated, near 0 overlapping.",
+        ),
     ]
     if "ari" in metrics:
         items += [
-            ("ARI vs folders", num(metrics["ari"]),
-             "Adjusted Rand index against the top-level folders (noise = one group)."),
+            (
+                "ARI vs folders",
+                num(metrics["ari"]),
+                "Adjusted Rand index against the top-level folders (noise = one group).",
+            ),
             ("NMI vs folders", num(metrics["nmi"]), "Normalised mutual information against the folders."),
-            ("Hungarian acc.", num(metrics["hungarian_accuracy"]),
-             "Best one-to-one match of clusters to folders; noise counts as wrong."),
+            (
+                "Hungarian acc.",
+                num(metrics["hungarian_accuracy"]),
+                "Best one-to-one match of clusters to folders; noise counts as wrong.",
+            ),
         ]
     return items
-
-
 
 
 def browser_table(table: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
@@ -103,13 +111,16 @@ def label_editor_frame(table: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFram
         if c == NOISE:
             continue
         row = by_cluster.get(int(c))
-        rows.append({
-            "cluster": int(c), "size": int(size),
-            "label": str(row.label) if row is not None else "",
-            "method": str(row.method) if row is not None else "",
-            "edited": bool(row.edited) if row is not None else False,
-            "candidates": candidates_text(row.candidates) if row is not None else "",
-        })
+        rows.append(
+            {
+                "cluster": int(c),
+                "size": int(size),
+                "label": str(row.label) if row is not None else "",
+                "method": str(row.method) if row is not None else "",
+                "edited": bool(row.edited) if row is not None else False,
+                "candidates": candidates_text(row.candidates) if row is not None else "",
+            }
+        )
     return pd.DataFrame(rows, columns=["cluster", "size", "label", "method", "edited", "candidates"])
 
 
@@ -122,10 +133,6 @@ def label_edits(before: pd.DataFrame, after: pd.DataFrame) -> list[tuple[int, st
         if new and new != old.get(c, "").strip():
             out.append((c, new))
     return out
-
-
-
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -171,8 +178,9 @@ def _load_run(_store: Store, where: str, run_id: str) -> ClusterRun:
 
 # A run's aligned vectors are a copy of the embedding matrix: few entries.
 @st.cache_resource(show_spinner=False, max_entries=3)
-def _run_view(_store: Store, _view: DatasetView, where: str, run_id: str, key: str,
-              version: str) -> tuple[RunData, pd.DataFrame]:
+def _run_view(
+    _store: Store, _view: DatasetView, where: str, run_id: str, key: str, version: str
+) -> tuple[RunData, pd.DataFrame]:
     """(the run's images/vectors/labels, its cluster_table), shared read-only by reruns and sessions."""
     frame, vectors = _view.embeddings(key)
     data = cluster.run_data(_store, _load_run(_store, where, run_id), images=frame, vectors=vectors)
@@ -180,15 +188,19 @@ def _run_view(_store: Store, _view: DatasetView, where: str, run_id: str, key: s
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _cluster_rows(_data: RunData, where: str, run_id: str, version: str, chosen: int, n: int = 24
-                  ) -> dict[str, np.ndarray]:
+def _cluster_rows(
+    _data: RunData, where: str, run_id: str, version: str, chosen: int, n: int = 24
+) -> dict[str, np.ndarray]:
     """Rows (into the run's images) of a cluster's typical, borderline (with margins) and outlier images."""
     if chosen == NOISE:
         return {"outliers": cluster.outlier_images(_data.vectors, _data.labels, None, n=n)}
     borderline, margins = cluster.borderline_images(_data.vectors, _data.labels, chosen, n=n)
-    return {"typical": cluster.typical_images(_data.vectors, _data.labels, chosen, n=n),
-            "borderline": borderline, "margins": margins,
-            "outliers": cluster.outlier_images(_data.vectors, _data.labels, chosen, n=n)}
+    return {
+        "typical": cluster.typical_images(_data.vectors, _data.labels, chosen, n=n),
+        "borderline": borderline,
+        "margins": margins,
+        "outliers": cluster.outlier_images(_data.vectors, _data.labels, chosen, n=n),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -205,23 +217,44 @@ def method_params(method: str) -> dict[str, Any]:
         if mode is None:
             params["n_clusters"] = int(side.number_input("k", 2, 1000, 8, key="cl_k"))
         else:
-            params.update(n_clusters=None, k_selection=mode,
-                          k_max=int(side.number_input("Largest k tried", 3, 200, 30, key="cl_k_max",
-                                                      help="k is chosen among 2 … this value.")))
+            params.update(
+                n_clusters=None,
+                k_selection=mode,
+                k_max=int(
+                    side.number_input(
+                        "Largest k tried", 3, 200, 30, key="cl_k_max", help="k is chosen among 2 … this value."
+                    )
+                ),
+            )
     if method == "hdbscan" and "min_cluster_size" in accepted:
-        size = int(side.number_input("min_cluster_size (0 = auto)", 0, 100_000, 0, key="cl_mcs",
-                                     help="Smallest group HDBSCAN calls a cluster; auto = max(5, n/100)."))
+        size = int(
+            side.number_input(
+                "min_cluster_size (0 = auto)",
+                0,
+                100_000,
+                0,
+                key="cl_mcs",
+                help="Smallest group HDBSCAN calls a cluster; auto = max(5, n/100).",
+            )
+        )
         params["min_cluster_size"] = size or None
     if "resolution" in accepted:
-        params["resolution"] = float(side.slider("Resolution", 0.05, 5.0, 1.0, 0.05, key="cl_resolution",
-                                                 help="Higher gives more, smaller communities."))
+        params["resolution"] = float(
+            side.slider(
+                "Resolution", 0.05, 5.0, 1.0, 0.05, key="cl_resolution", help="Higher gives more, smaller communities."
+            )
+        )
         if "n_neighbors" in accepted:
             params["n_neighbors"] = int(side.number_input("Neighbours in the graph", 2, 200, 15, key="cl_nn"))
     if "reduce" in accepted:
         default = cluster.make_clusterer(method).get_params()["reduce"]
-        umap = side.toggle("Reduce with UMAP first", value=default == "umap", key=f"cl_umap_{method}",
-                           help="UMAP to 10 dimensions (cosine, n_neighbors=30, min_dist=0): the recipe that "
-                                "works for clustering self-supervised features. Slower the first time.")
+        umap = side.toggle(
+            "Reduce with UMAP first",
+            value=default == "umap",
+            key=f"cl_umap_{method}",
+            help="UMAP to 10 dimensions (cosine, n_neighbors=30, min_dist=0): the recipe that "
+            "works for clustering self-supervised features. Slower the first time.",
+        )
         params["reduce"] = "umap" if umap else NO_UMAP.get(method, None if default == "umap" else default)
         if umap and "n_components" in accepted:
             params["n_components"] = 10
@@ -240,8 +273,10 @@ def run_controls(store: Store, view: DatasetView, dataset: str, key: str) -> Non
         params = method_params(method)
         if st.sidebar.button("Cluster", key="cl_go", type="primary", icon=":material/hub:", width="stretch"):
             frame, vectors = view.embeddings(key)
-            with st.spinner(f"Clustering {len(frame):,} images with {METHOD_LABELS.get(method, method)}…"), \
-                    _shown_warnings():
+            with (
+                st.spinner(f"Clustering {len(frame):,} images with {METHOD_LABELS.get(method, method)}…"),
+                _shown_warnings(),
+            ):
                 run = cluster.run_clustering(store, dataset, key, method, params, images=frame, vectors=vectors)
             st.session_state[_PENDING] = run.run_id
             seconds = float(run.metrics.get("seconds") or 0)
@@ -259,9 +294,13 @@ def run_picker(runs: pd.DataFrame) -> str:
         st.session_state[_RUN_WIDGET] = remembered if remembered in options else options[0]
     described = {row["run_id"]: run_description(row) for _, row in runs.iterrows()}
     st.sidebar.divider()
-    choice = st.sidebar.selectbox(f"Stored runs ({len(options)})", options, key=_RUN_WIDGET,
-                                  format_func=lambda r: described.get(r, r),
-                                  help="Reopening a stored run reads it back; nothing is recomputed.")
+    choice = st.sidebar.selectbox(
+        f"Stored runs ({len(options)})",
+        options,
+        key=_RUN_WIDGET,
+        format_func=lambda r: described.get(r, r),
+        help="Reopening a stored run reads it back; nothing is recomputed.",
+    )
     st.session_state[RUN_KEY] = choice
     return choice
 
@@ -282,24 +321,35 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
     if run.parent_run_id:
         details.append(f"{run.method} of run `{run.parent_run_id}`")
     shown = ", ".join(f"{k}={v}" for k, v in run.params.items() if v is not None and k != "parent_run_id")
-    st.caption(f"Run `{run.run_id}` · {run.method}" + (f" ({shown})" if shown else "")
-               + (" · " + " · ".join(details) if details else ""))
+    st.caption(
+        f"Run `{run.run_id}` · {run.method}"
+        + (f" ({shown})" if shown else "")
+        + (" · " + " · ".join(details) if details else "")
+    )
     stable = run.metrics.get("stability")
     editable = run.method in cluster.clustering_methods()
     left, right = st.columns([1, 3])
-    if left.button("Seed stability", key="cl_stability_go", icon=":material/casino:", disabled=not editable,
-                   help="Refit with seeds 0, 1, 2 and report the ARI between every pair (1 = identical)."
-                   if editable else "A merge or split is an edit, not a fit: there is no seed to vary."):
+    if left.button(
+        "Seed stability",
+        key="cl_stability_go",
+        icon=":material/casino:",
+        disabled=not editable,
+        help="Refit with seeds 0, 1, 2 and report the ARI between every pair (1 = identical)."
+        if editable
+        else "A merge or split is an edit, not a fit: there is no seed to vary.",
+    ):
         with st.spinner("Refitting with seeds 0, 1, 2…"), user_errors(), _shown_warnings():
             stable = cluster.record_stability(get_store(), run, vectors_for_stability(), seeds=(0, 1, 2))
             _load_run.clear()  # the stored run now carries it; every session reads it back
     if stable:
-        right.metric("Stability (mean ARI between seeds)", f"{stable['mean_ari']:.3f}",
-                     help=f"min {stable['min_ari']:.3f} over seeds {stable['seeds']}")
+        right.metric(
+            "Stability (mean ARI between seeds)",
+            f"{stable['mean_ari']:.3f}",
+            help=f"min {stable['min_ari']:.3f} over seeds {stable['seeds']}",
+        )
 
 
-def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, str],
-                layout: str) -> str | None:
+def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, str], layout: str) -> str | None:
     """The map coloured by cluster (noise grey); returns the projection's key for snapshots."""
     frame, _ = view.embeddings(key)
     with st.spinner(f"Laying out {len(frame):,} points with {layout.upper()} (computed once, then cached)…"):
@@ -314,13 +364,20 @@ def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, s
     return proj.key if all(h in covered for h in run.hashes) else None
 
 
-def browser(store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, names: dict[int, str],
-            version: str) -> None:
-    st.dataframe(table, hide_index=True, width="stretch", key="cl_table", column_config={
-        "share": st.column_config.NumberColumn(format="percent"),
-        "cohesion": st.column_config.NumberColumn(format="%.3f", help="Mean cosine of members to their centroid."),
-        "label method": st.column_config.TextColumn(help="Where the label came from: text, visual, clip or user."),
-    })
+def browser(
+    store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, names: dict[int, str], version: str
+) -> None:
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        key="cl_table",
+        column_config={
+            "share": st.column_config.NumberColumn(format="percent"),
+            "cohesion": st.column_config.NumberColumn(format="%.3f", help="Mean cosine of members to their centroid."),
+            "label method": st.column_config.TextColumn(help="Where the label came from: text, visual, clip or user."),
+        },
+    )
     ids = table["cluster"].astype(int).tolist()
     sizes = dict(zip(ids, table["size"]))
     if st.session_state.get("cl_cluster") not in ids:  # another run was selected
@@ -341,8 +398,10 @@ def browser(store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, n
             st.caption("Members nearest the cluster's centroid (cosine): what the cluster is about.")
             show(found["typical"], "cl_typical")
         with borderline:
-            st.caption("Members almost as close to another cluster's centroid (margin = difference of the two "
-                       "cosines, smallest first): where the cluster blurs into its neighbours.")
+            st.caption(
+                "Members almost as close to another cluster's centroid (margin = difference of the two "
+                "cosines, smallest first): where the cluster blurs into its neighbours."
+            )
             rows = found["borderline"]
             if len(rows):
                 show(rows, "cl_borderline", [f"{m:.3f} · {n}" for m, n in zip(found["margins"], name_of[rows])])
@@ -354,30 +413,42 @@ def browser(store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, n
     edit_controls(store, run, data, chosen, ids, names)
 
 
-def edit_controls(store: Store, run: ClusterRun, data: RunData, chosen: int, ids: list[int],
-                  names: dict[int, str]) -> None:
+def edit_controls(
+    store: Store, run: ClusterRun, data: RunData, chosen: int, ids: list[int], names: dict[int, str]
+) -> None:
     st.markdown("**Edit**")
     rename, merge, split = st.columns(3)
     real = [c for c in ids if c != NOISE]
     if any(c not in real for c in st.session_state.get("cl_merge", [])):  # another run was selected
         st.session_state["cl_merge"] = [c for c in st.session_state["cl_merge"] if c in real]
     with rename:
-        new_name = st.text_input("Rename this cluster", key="cl_rename", disabled=chosen == NOISE,
-                                 placeholder="e.g. sunsets", help="Your name wins over labels computed later.")
+        new_name = st.text_input(
+            "Rename this cluster",
+            key="cl_rename",
+            disabled=chosen == NOISE,
+            placeholder="e.g. sunsets",
+            help="Your name wins over labels computed later.",
+        )
         if st.button("Rename", key="cl_rename_go", disabled=chosen == NOISE, icon=":material/edit:"):
             with user_errors():
                 cluster.rename_cluster(store, run.run_id, chosen, new_name)
                 _done(f"Cluster {chosen} is now called “{new_name.strip()}”.")
     with merge:
-        picked = st.multiselect("Merge clusters", real, key="cl_merge", format_func=lambda c: names.get(c, str(c)),
-                                help="A new run where these clusters become one (the parent run is kept).")
+        picked = st.multiselect(
+            "Merge clusters",
+            real,
+            key="cl_merge",
+            format_func=lambda c: names.get(c, str(c)),
+            help="A new run where these clusters become one (the parent run is kept).",
+        )
         if st.button("Merge", key="cl_merge_go", disabled=len(picked) < 2, icon=":material/merge:"):
             with user_errors():
                 new = cluster.merge_clusters(store, run.run_id, picked, images=data.images, vectors=data.vectors)
                 _done(f"Merged {sorted(picked)} into new run `{new.run_id}` ({new.n_clusters} clusters).", new.run_id)
     with split:
-        how = st.radio("Split with", ["kmeans", "hdbscan"], key="cl_split_method", horizontal=True,
-                       disabled=chosen == NOISE)
+        how = st.radio(
+            "Split with", ["kmeans", "hdbscan"], key="cl_split_method", horizontal=True, disabled=chosen == NOISE
+        )
         k = int(st.number_input("Parts", 2, 50, 2, key="cl_split_k", disabled=chosen == NOISE or how != "kmeans"))
         if st.button("Split this cluster", key="cl_split_go", disabled=chosen == NOISE, icon=":material/call_split:"):
             frame, vectors = data.images, data.vectors
@@ -387,25 +458,48 @@ def edit_controls(store: Store, run: ClusterRun, data: RunData, chosen: int, ids
 
 
 def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.DataFrame) -> None:
-    st.caption("Name clusters with their provenance: every label keeps its ranked candidates and scores. "
-               "A name you type wins over any recomputation.")
+    st.caption(
+        "Name clusters with their provenance: every label keeps its ranked candidates and scores. "
+        "A name you type wins over any recomputation."
+    )
     clip_keys = [k for k in store.embedded_keys(dataset) if k.startswith("clip-")]
     text, visual, clip = st.columns(3)
     method = None
-    if text.button("Text labels", key="cl_label_text", icon=":material/text_fields:", width="stretch",
-                   help="Folder names, file-name words and captions, ranked by log-odds z-score (no model)."):
+    if text.button(
+        "Text labels",
+        key="cl_label_text",
+        icon=":material/text_fields:",
+        width="stretch",
+        help="Folder names, file-name words and captions, ranked by log-odds z-score (no model).",
+    ):
         method, options = "text", {}
-    if visual.button("Visual labels", key="cl_label_visual", icon=":material/palette:", width="stretch",
-                     help="Pixel descriptors (brightness, colour, detail …) as z-scores against the rest."):
+    if visual.button(
+        "Visual labels",
+        key="cl_label_visual",
+        icon=":material/palette:",
+        width="stretch",
+        help="Pixel descriptors (brightness, colour, detail …) as z-scores against the rest.",
+    ):
         method, options = "visual", {}
-    clip_help = ("CLIP vocabulary labels (TAC-style) from the dataset's CLIP embeddings." if clip_keys else
-                 f"Off: {dataset} has no CLIP embeddings. Extract clip-vitb32 on the Data page to enable it.")
-    if clip.button("CLIP labels", key="cl_label_clip", icon=":material/translate:", width="stretch",
-                   disabled=not clip_keys, help=clip_help):
+    clip_help = (
+        "CLIP vocabulary labels (TAC-style) from the dataset's CLIP embeddings."
+        if clip_keys
+        else f"Off: {dataset} has no CLIP embeddings. Extract clip-vitb32 on the Data page to enable it."
+    )
+    if clip.button(
+        "CLIP labels",
+        key="cl_label_clip",
+        icon=":material/translate:",
+        width="stretch",
+        disabled=not clip_keys,
+        help=clip_help,
+    ):
         method, options = "clip", {"encoder_key": clip_keys[0]}
     if not clip_keys:
-        st.caption(f"CLIP labels are off: **{dataset}** has no CLIP embeddings (a key starting with `clip-`). "
-                   "Extract them with clip-vitb32 on the Data page.")
+        st.caption(
+            f"CLIP labels are off: **{dataset}** has no CLIP embeddings (a key starting with `clip-`). "
+            "Extract them with clip-vitb32 on the Data page."
+        )
     if method is not None:
         with st.spinner(f"Computing {method} labels…"), user_errors(), _shown_warnings():
             if method == "clip":
@@ -426,13 +520,17 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
     # starts afresh, so a stale pending edit can never overwrite a later rename.
     version = hashlib.sha1(before[["cluster", "label"]].to_json().encode()).hexdigest()[:10]
     after = st.data_editor(
-        before, key=f"cl_label_editor_{run.run_id}_{version}", hide_index=True, width="stretch",
+        before,
+        key=f"cl_label_editor_{run.run_id}_{version}",
+        hide_index=True,
+        width="stretch",
         disabled=["cluster", "size", "method", "edited", "candidates"],
         column_config={
             "label": st.column_config.TextColumn("label", help="Type a name; it is saved as your edit."),
             "candidates": st.column_config.TextColumn(f"top-{concepts.DEFAULT_TOP} candidates (score)"),
             "edited": st.column_config.CheckboxColumn("edited by you"),
-        })
+        },
+    )
     changes = label_edits(before, after)
     if changes:
         with user_errors():
@@ -464,8 +562,9 @@ def snapshot_section(store: Store, dataset: str, run: ClusterRun, projection_key
     notes = st.text_area("Notes", key="cl_snap_notes", placeholder="What did you find?")
     if st.button("Save snapshot", key="cl_snap_save", type="primary", icon=":material/photo_camera:"):
         with st.spinner("Saving the snapshot…"), user_errors():
-            sid = save_snapshot(store, run.run_id, title=title.strip() or default_title, notes=notes,
-                                projection_key=projection_key)
+            sid = save_snapshot(
+                store, run.run_id, title=title.strip() or default_title, notes=notes, projection_key=projection_key
+            )
             st.session_state[_SNAPSHOT] = (run.run_id, sid)
     saved = st.session_state.get(_SNAPSHOT)
     if saved and saved[0] == run.run_id:
@@ -477,8 +576,12 @@ def snapshot_section(store: Store, dataset: str, run: ClusterRun, projection_key
 def snapshot_link(sid: str) -> None:
     """A link to the Snapshots page opening this snapshot (plain link where that page is not routed)."""
     try:
-        st.page_link(PAGE_SNAPSHOTS, label="Open on the Snapshots page", icon=":material/photo_library:",
-                     query_params={"snapshot": sid})
+        st.page_link(
+            PAGE_SNAPSHOTS,
+            label="Open on the Snapshots page",
+            icon=":material/photo_library:",
+            query_params={"snapshot": sid},
+        )
     except Exception:  # StreamlitPageNotFoundError & co.: the page is not in this app's router
         st.markdown(f"[Open on the Snapshots page](snapshots?snapshot={sid})")
 
@@ -498,12 +601,22 @@ def main() -> None:
     run_controls(store, view, dataset, key)
     runs = cluster.list_runs(store, dataset)
     runs = runs[runs["encoder_key"] == key].reset_index(drop=True)
-    layout = LAYOUTS[st.sidebar.radio("Map layout", list(LAYOUTS), key="cl_layout", horizontal=True,
-                                      help="UMAP with the Map page's defaults (shared cache), or PCA.")]
+    layout = LAYOUTS[
+        st.sidebar.radio(
+            "Map layout",
+            list(LAYOUTS),
+            key="cl_layout",
+            horizontal=True,
+            help="UMAP with the Map page's defaults (shared cache), or PCA.",
+        )
+    ]
     _show_flash()
     if runs.empty:
-        st.info(f"No clustering of **{dataset}** with {short_key(key)} yet. Pick a method in the sidebar "
-                "and press **Cluster**.", icon=":material/info:")
+        st.info(
+            f"No clustering of **{dataset}** with {short_key(key)} yet. Pick a method in the sidebar "
+            "and press **Cluster**.",
+            icon=":material/info:",
+        )
         return
     run_id = run_picker(runs)
     with user_errors():
@@ -511,8 +624,9 @@ def main() -> None:
         data, clusters = _run_view(store, view, str(store.path), run_id, key, view.version)
         stored = store.load_cluster_labels(run.run_id)
         table = browser_table(clusters, stored)
-        names = cluster_names(table["cluster"].tolist(),
-                              {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])})
+        names = cluster_names(
+            table["cluster"].tolist(), {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])}
+        )
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)
         tab_browse, tab_concepts, tab_snapshot = st.tabs(["Browse clusters", "Concepts", "Save snapshot"])

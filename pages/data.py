@@ -1,4 +1,5 @@
 """Data: add image folders, see what RepLens holds, extract embeddings."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -39,27 +40,42 @@ def datasets_overview(store: Store) -> pd.DataFrame:
     embedded = []
     for name in frame["dataset"]:
         status = store.embedding_status(name)
-        embedded.append("; ".join(f"{short_key(k)}: {e}/{n}" for k, e, n in
-                                  zip(status["encoder_key"], status["n_embedded"], status["n_images"])) or "none yet")
-    return pd.DataFrame({
-        "Dataset": frame["dataset"],
-        "Images": frame["n_images"].astype(int),
-        "Paths": frame["n_paths"].astype(int),
-        "Skipped": frame["n_skipped"].astype(int),
-        "Embeddings": embedded,
-        "Source": frame["sources"],
-        "Updated": frame["updated_at"],
-    })
+        embedded.append(
+            "; ".join(
+                f"{short_key(k)}: {e}/{n}"
+                for k, e, n in zip(status["encoder_key"], status["n_embedded"], status["n_images"])
+            )
+            or "none yet"
+        )
+    return pd.DataFrame(
+        {
+            "Dataset": frame["dataset"],
+            "Images": frame["n_images"].astype(int),
+            "Paths": frame["n_paths"].astype(int),
+            "Skipped": frame["n_skipped"].astype(int),
+            "Embeddings": embedded,
+            "Source": frame["sources"],
+            "Updated": frame["updated_at"],
+        }
+    )
 
 
 def render_overview(store: Store) -> None:
     overview = datasets_overview(store)
     if overview.empty:
-        st.info("No datasets yet. Add a folder of images below: sub-folders become labels, and a "
-                "`.txt` file next to an image becomes its caption.", icon=":material/waving_hand:")
+        st.info(
+            "No datasets yet. Add a folder of images below: sub-folders become labels, and a "
+            "`.txt` file next to an image becomes its caption.",
+            icon=":material/waving_hand:",
+        )
         return
-    st.dataframe(overview, hide_index=True, width="stretch", key="datasets_table",
-                 column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")})
+    st.dataframe(
+        overview,
+        hide_index=True,
+        width="stretch",
+        key="datasets_table",
+        column_config={"Updated": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm")},
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -73,8 +89,10 @@ def ingest_source(store: Store, dataset: str, source: Path | str) -> None:
     bar = st.progress(0.0, text="Scanning…")
     scan, stats = ingest_path(store, dataset, source, progress=scan_progress(bar))
     bar.empty()
-    message = (f"**{dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
-               f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped.")
+    message = (
+        f"**{dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
+        f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped."
+    )
     st.session_state[FLASH_KEY] = ("success", message)
     st.session_state[ROUND_KEY] = st.session_state.get(ROUND_KEY, 0) + 1
     st.session_state[state.DATASET_KEY] = dataset
@@ -87,13 +105,19 @@ def render_add(store: Store) -> None:
     folder_tab, zip_tab, path_tab = st.tabs(["Upload a folder", "Upload a .zip", "Server path"])
     with folder_tab:
         files = st.file_uploader(
-            "Image folder (sub-folders become labels)", accept_multiple_files="directory",
-            type=UPLOAD_TYPES, key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
+            "Image folder (sub-folders become labels)",
+            accept_multiple_files="directory",
+            type=UPLOAD_TYPES,
+            key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
             help="Pick a folder; every image under it is uploaded with its relative path.",
         )
         suggested = _folder_name([f.name for f in files]) if files else ""
-        name = st.text_input("Dataset name", key="upload_folder_name", placeholder=suggested or "e.g. holiday-photos",
-                             help="Empty: the folder's name.")
+        name = st.text_input(
+            "Dataset name",
+            key="upload_folder_name",
+            placeholder=suggested or "e.g. holiday-photos",
+            help="Empty: the folder's name.",
+        )
         if st.button("Add folder", type="primary", disabled=not files, key="add_folder"):
             name = name.strip() or suggested
             with user_errors():
@@ -102,11 +126,16 @@ def render_add(store: Store) -> None:
                     st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
                 ingest_source(store, name, dest)
     with zip_tab:
-        archive = st.file_uploader("A .zip of images", type=["zip"],
-                                   key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}")
+        archive = st.file_uploader(
+            "A .zip of images", type=["zip"], key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}"
+        )
         suggested = Path(archive.name).stem if archive else ""
-        name = st.text_input("Dataset name", key="upload_zip_name", placeholder=suggested or "e.g. holiday-photos",
-                             help="Empty: the archive's name.")
+        name = st.text_input(
+            "Dataset name",
+            key="upload_zip_name",
+            placeholder=suggested or "e.g. holiday-photos",
+            help="Empty: the archive's name.",
+        )
         if st.button("Add archive", type="primary", disabled=archive is None, key="add_zip"):
             name = name.strip() or suggested
             with user_errors():
@@ -117,8 +146,12 @@ def render_add(store: Store) -> None:
         st.caption("A folder or .zip on the machine that runs RepLens; files are read in place, not copied.")
         path = st.text_input("Path on the server", key="server_path", placeholder="/data/images")
         suggested = Path(path.strip()).stem if path.strip() else ""
-        name = st.text_input("Dataset name", key="server_path_name", placeholder=suggested or "e.g. holiday-photos",
-                             help="Empty: the folder's name.")
+        name = st.text_input(
+            "Dataset name",
+            key="server_path_name",
+            placeholder=suggested or "e.g. holiday-photos",
+            help="Empty: the folder's name.",
+        )
         if st.button("Scan path", type="primary", disabled=not path.strip(), key="add_path"):
             name = name.strip() or suggested
             with user_errors():
@@ -148,15 +181,22 @@ def render_dataset(store: Store) -> str | None:
     cols[2].metric("Skipped", f"{int(info['n_skipped']):,}")
     cols[3].metric("Encoders embedded", len(status))
     if len(status):
-        table = pd.DataFrame({
-            "Encoder": [short_key(k) for k in status["encoder_key"]],
-            "Key": status["encoder_key"],
-            "Dim": status["dim"].astype(int),
-            "Embedded": status["n_embedded"].astype(int),
-            "Coverage": (status["n_embedded"] / status["n_images"].clip(lower=1)).astype(float),
-        })
-        st.dataframe(table, hide_index=True, width="stretch", key="status_table", column_config={
-            "Coverage": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)})
+        table = pd.DataFrame(
+            {
+                "Encoder": [short_key(k) for k in status["encoder_key"]],
+                "Key": status["encoder_key"],
+                "Dim": status["dim"].astype(int),
+                "Embedded": status["n_embedded"].astype(int),
+                "Coverage": (status["n_embedded"] / status["n_images"].clip(lower=1)).astype(float),
+            }
+        )
+        st.dataframe(
+            table,
+            hide_index=True,
+            width="stretch",
+            key="status_table",
+            column_config={"Coverage": st.column_config.ProgressColumn(format="percent", min_value=0.0, max_value=1.0)},
+        )
     skipped = store.skipped_files(dataset)
     with st.expander(f"Skipped files ({len(skipped)})", icon=":material/report:"):
         if skipped.empty:
@@ -173,14 +213,27 @@ def render_extract(store: Store, dataset: str) -> None:
     left, right = st.columns([1, 1])
     with left:
         encoder_id = st.selectbox(
-            "Encoder", ids, index=ids.index(default_encoder_id()), key="encoder_id",
+            "Encoder",
+            ids,
+            index=ids.index(default_encoder_id()),
+            key="encoder_id",
             format_func=lambda i: f"{specs[i].name}{'' if specs[i].needs_network else ' · offline'}",
         )
         spec = specs[encoder_id]
-        layer = st.selectbox("Layer", spec.layers, index=spec.layers.index(spec.default_layer),
-                             key=f"layer_{encoder_id}", help="Which block's output to read (ViTs).")
-        pooling = st.selectbox("Pooling", spec.poolings, index=spec.poolings.index(spec.default_pooling),
-                               key=f"pool_{encoder_id}", help="How tokens or feature maps become one vector.")
+        layer = st.selectbox(
+            "Layer",
+            spec.layers,
+            index=spec.layers.index(spec.default_layer),
+            key=f"layer_{encoder_id}",
+            help="Which block's output to read (ViTs).",
+        )
+        pooling = st.selectbox(
+            "Pooling",
+            spec.poolings,
+            index=spec.poolings.index(spec.default_pooling),
+            key=f"pool_{encoder_id}",
+            help="How tokens or feature maps become one vector.",
+        )
         go = st.button("Extract", type="primary", key="extract", icon=":material/play_arrow:")
     with right:
         with st.container(border=True):
@@ -197,9 +250,11 @@ def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pool
     # Leaving the page stops the script inside the progress callback; each committed chunk is
     # kept and a rerun embeds only what is missing.
     report = embed_dataset(store, dataset, encoder, progress=embed_progress(bar))
-    message = (f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
-               f"{len(report.failed)} failed in {report.seconds:.1f}s "
-               f"({report.images_per_s:.1f} img/s on {report.device}).")
+    message = (
+        f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
+        f"{len(report.failed)} failed in {report.seconds:.1f}s "
+        f"({report.images_per_s:.1f} img/s on {report.device})."
+    )
     st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
     st.session_state[state.ENCODER_KEY] = report.encoder
     st.rerun()
@@ -214,8 +269,10 @@ def render_flash() -> None:
 
 def main() -> None:
     st.title("Data")
-    st.caption("Drop in a folder of images; RepLens checks every file, keeps labels from sub-folders and "
-               "captions from .txt side files, and caches embeddings so nothing is computed twice.")
+    st.caption(
+        "Drop in a folder of images; RepLens checks every file, keeps labels from sub-folders and "
+        "captions from .txt side files, and caches embeddings so nothing is computed twice."
+    )
     store = get_store()
     render_flash()
     with user_errors():

@@ -5,6 +5,7 @@ uniformity, local intrinsic dimension, hubness), kNN accuracy and a linear probe
 images sit in two or more folders, the eigen-spectrum (dimensional collapse) and the encoder
 comparison (linear CKA, mutual-kNN overlap). Computed on request, cached per dataset version.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -26,16 +27,15 @@ SPECTRUM_FLOOR = 1e-10
 _DONE = "dg_done"  # "dataset|version" entries this session asked to diagnose
 COLUMN_HELP = {
     "RankMe": "Effective rank of the embedding matrix (Garrido et al. 2023). Higher = more dimensions in use; "
-              "far below the dimension = collapse.",
-    "Uniformity": "log E exp(-2‖x−y‖²) on unit vectors (Wang & Isola 2020). Lower = spread more evenly on the "
-                  "sphere.",
+    "far below the dimension = collapse.",
+    "Uniformity": "log E exp(-2‖x−y‖²) on unit vectors (Wang & Isola 2020). Lower = spread more evenly on the sphere.",
     "Mean LID": "Mean local intrinsic dimensionality (Levina–Bickel MLE, k=20): how many directions the data "
-                "varies in locally.",
+    "varies in locally.",
     "Hubness": "Skewness of the k-occurrence distribution (k=10). Above 1: a few 'hub' images appear in many "
-               "neighbour lists, which hurts retrieval.",
+    "neighbour lists, which hurts retrieval.",
     "kNN accuracy": "Weighted kNN (DINO protocol: k=20, T=0.07, leave-one-out) predicting each image's folder.",
     "Linear probe": "Logistic regression on standardised vectors predicting the folder; stratified k-fold "
-                    "accuracy, mean ± sd over folds.",
+    "accuracy, mean ± sd over folds.",
 }
 
 
@@ -44,8 +44,9 @@ COLUMN_HELP = {
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _diagnose(_store: Store, where: str, dataset: str, version: str, keys: tuple[str, ...]
-              ) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+def _diagnose(
+    _store: Store, where: str, dataset: str, version: str, keys: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
     """(one row per encoder, pairwise comparison or None, messages to show)."""
     rows: list[dict[str, Any]] = []
     messages: list[str] = []
@@ -80,19 +81,22 @@ def display_names(keys: list[str]) -> dict[str, str]:
 
 def metrics_table(results: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
     """The table users read: one row per encoder."""
+
     def col(name: str) -> pd.Series:
         return results[name] if name in results.columns else pd.Series([np.nan] * len(results))
 
-    table = pd.DataFrame({
-        "Encoder": [names.get(k, k) for k in results["encoder"]],
-        "Key": results["encoder"],
-        "Images": col("n_images"),
-        "Dim": col("dim"),
-        "RankMe": col("rankme"),
-        "Uniformity": col("uniformity"),
-        "Mean LID": col("mean_lid"),
-        "Hubness": col("hubness"),
-    })
+    table = pd.DataFrame(
+        {
+            "Encoder": [names.get(k, k) for k in results["encoder"]],
+            "Key": results["encoder"],
+            "Images": col("n_images"),
+            "Dim": col("dim"),
+            "RankMe": col("rankme"),
+            "Uniformity": col("uniformity"),
+            "Mean LID": col("mean_lid"),
+            "Hubness": col("hubness"),
+        }
+    )
     if "knn_accuracy" in results.columns:
         table["kNN accuracy"] = col("knn_accuracy")
         means, sds = col("linear_probe_mean"), col("linear_probe_sd")
@@ -112,12 +116,23 @@ def spectrum_figure(results: pd.DataFrame, names: dict[str, str]) -> Any:
             continue
         values = np.asarray(spectrum, dtype=float)
         values[values < SPECTRUM_FLOOR] = np.nan  # rounding noise (centring leaves one ~1e-16 value): off the chart
-        fig.add_trace(go.Scatter(x=np.arange(1, len(values) + 1), y=values, mode="lines", name=names.get(key, key),
-                                 hovertemplate="component %{x}<br>%{y:.2e}<extra>%{fullData.name}</extra>"))
-    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, hovermode="x unified",
-                      xaxis={"title": {"text": "component (largest first)"}},
-                      yaxis={"title": {"text": "normalised singular value"}, "type": "log", "exponentformat": "power"},
-                      legend={"title": {"text": "Encoder"}})
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(1, len(values) + 1),
+                y=values,
+                mode="lines",
+                name=names.get(key, key),
+                hovertemplate="component %{x}<br>%{y:.2e}<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig.update_layout(
+        height=380,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        hovermode="x unified",
+        xaxis={"title": {"text": "component (largest first)"}},
+        yaxis={"title": {"text": "normalised singular value"}, "type": "log", "exponentformat": "power"},
+        legend={"title": {"text": "Encoder"}},
+    )
     return fig
 
 
@@ -136,11 +151,25 @@ def heatmap(matrix: pd.DataFrame, names: dict[str, str], title: str) -> Any:
     import plotly.graph_objects as go
 
     labels = [names.get(k, k) for k in matrix.index]
-    fig = go.Figure(go.Heatmap(z=matrix.to_numpy(), x=labels, y=labels, zmin=0, zmax=1, colorscale="Viridis",
-                               texttemplate="%{z:.2f}", hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>",
-                               colorbar={"thickness": 12}))
-    fig.update_layout(height=120 + 60 * len(labels), margin={"l": 10, "r": 10, "t": 40, "b": 10},
-                      title={"text": title}, yaxis={"autorange": "reversed"})
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix.to_numpy(),
+            x=labels,
+            y=labels,
+            zmin=0,
+            zmax=1,
+            colorscale="Viridis",
+            texttemplate="%{z:.2f}",
+            hovertemplate="%{y} × %{x}: %{z:.3f}<extra></extra>",
+            colorbar={"thickness": 12},
+        )
+    )
+    fig.update_layout(
+        height=120 + 60 * len(labels),
+        margin={"l": 10, "r": 10, "t": 40, "b": 10},
+        title={"text": title},
+        yaxis={"autorange": "reversed"},
+    )
     return fig
 
 
@@ -154,48 +183,79 @@ def render(results: pd.DataFrame, comparison: pd.DataFrame | None, messages: lis
         st.warning(message, icon=":material/warning:")
     st.subheader("Per encoder")
     table = metrics_table(results, names)
-    config = {name: st.column_config.NumberColumn(help=text, format="%.3f") for name, text in COLUMN_HELP.items()
-              if name != "Linear probe"}
+    config = {
+        name: st.column_config.NumberColumn(help=text, format="%.3f")
+        for name, text in COLUMN_HELP.items()
+        if name != "Linear probe"
+    }
     config["Linear probe"] = st.column_config.TextColumn(help=COLUMN_HELP["Linear probe"])
     config["Key"] = st.column_config.TextColumn(help="The full encoder key (id@version/layer/pooling).")
     st.dataframe(table, hide_index=True, width="stretch", key="dg_table", column_config=config)
     if "kNN accuracy" not in table.columns:
-        st.caption("kNN accuracy and the linear probe need images in two or more folders (the folders are the "
-                   "labels); this dataset has fewer.")
+        st.caption(
+            "kNN accuracy and the linear probe need images in two or more folders (the folders are the "
+            "labels); this dataset has fewer."
+        )
 
     st.subheader("Eigen-spectrum")
-    st.caption("Singular values of each centred embedding matrix, normalised to sum 1, on a log scale. "
-               "A curve that plunges after a few components is dimensional collapse: the encoder uses few "
-               "directions, whatever its nominal dimension.")
+    st.caption(
+        "Singular values of each centred embedding matrix, normalised to sum 1, on a log scale. "
+        "A curve that plunges after a few components is dimensional collapse: the encoder uses few "
+        "directions, whatever its nominal dimension."
+    )
     st.plotly_chart(spectrum_figure(results, names), key="dg_spectrum", config={"displaylogo": False})
 
     st.subheader("Encoder comparison")
     if comparison is None or comparison.empty:
         st.caption("Embed this dataset with a second encoder to compare representations.")
         return
-    st.caption("On the images embedded under both encoders. **Linear CKA** (Kornblith et al. 2019): 1 = the "
-               "same geometry up to rotation and scale. **Mutual kNN** (Huh et al. 2024): share of each image's "
-               "10 nearest neighbours the two encoders agree on.")
-    pairs = comparison.assign(a=[names.get(k, k) for k in comparison["a"]],
-                              b=[names.get(k, k) for k in comparison["b"]])
-    st.dataframe(pairs.rename(columns={"a": "Encoder A", "b": "Encoder B", "n_images": "Images", "cka": "Linear CKA",
-                                       "mutual_knn": "Mutual kNN"}),
-                 hide_index=True, width="stretch", key="dg_pairs",
-                 column_config={"Linear CKA": st.column_config.NumberColumn(format="%.3f"),
-                                "Mutual kNN": st.column_config.NumberColumn(format="%.3f")})
+    st.caption(
+        "On the images embedded under both encoders. **Linear CKA** (Kornblith et al. 2019): 1 = the "
+        "same geometry up to rotation and scale. **Mutual kNN** (Huh et al. 2024): share of each image's "
+        "10 nearest neighbours the two encoders agree on."
+    )
+    pairs = comparison.assign(
+        a=[names.get(k, k) for k in comparison["a"]], b=[names.get(k, k) for k in comparison["b"]]
+    )
+    st.dataframe(
+        pairs.rename(
+            columns={
+                "a": "Encoder A",
+                "b": "Encoder B",
+                "n_images": "Images",
+                "cka": "Linear CKA",
+                "mutual_knn": "Mutual kNN",
+            }
+        ),
+        hide_index=True,
+        width="stretch",
+        key="dg_pairs",
+        column_config={
+            "Linear CKA": st.column_config.NumberColumn(format="%.3f"),
+            "Mutual kNN": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
     left, right = st.columns(2)
     with left:
-        st.plotly_chart(heatmap(pair_matrix(comparison, keys, "cka"), names, "Linear CKA"), key="dg_cka",
-                        config={"displaylogo": False})
+        st.plotly_chart(
+            heatmap(pair_matrix(comparison, keys, "cka"), names, "Linear CKA"),
+            key="dg_cka",
+            config={"displaylogo": False},
+        )
     with right:
-        st.plotly_chart(heatmap(pair_matrix(comparison, keys, "mutual_knn"), names, "Mutual kNN overlap (k=10)"),
-                        key="dg_mknn", config={"displaylogo": False})
+        st.plotly_chart(
+            heatmap(pair_matrix(comparison, keys, "mutual_knn"), names, "Mutual kNN overlap (k=10)"),
+            key="dg_mknn",
+            config={"displaylogo": False},
+        )
 
 
 def main() -> None:
     st.title("Diagnostics")
-    st.caption("How good is each representation of this dataset, and how alike are they? Label-free metrics "
-               "for any folder; kNN accuracy and a linear probe when the images sit in folders.")
+    st.caption(
+        "How good is each representation of this dataset, and how alike are they? Label-free metrics "
+        "for any folder; kNN accuracy and a linear probe when the images sit in folders."
+    )
     store = get_store()
     dataset = dataset_picker(store)
     if dataset is None:
@@ -207,12 +267,20 @@ def main() -> None:
     with user_errors():
         version = data_version(store, dataset)
         wanted = f"{dataset}|{version}"
-        if st.button("Compute diagnostics", key="dg_go", type="primary", icon=":material/monitoring:",
-                     help="Runs once per dataset version (new images or embeddings recompute); then cached."):
+        if st.button(
+            "Compute diagnostics",
+            key="dg_go",
+            type="primary",
+            icon=":material/monitoring:",
+            help="Runs once per dataset version (new images or embeddings recompute); then cached.",
+        ):
             st.session_state[_DONE] = [*st.session_state.get(_DONE, []), wanted][-20:]
         if wanted not in st.session_state.get(_DONE, []):
-            st.caption(f"{len(keys)} encoder(s) embedded: " + ", ".join(short_key(k) for k in keys)
-                       + ". Press **Compute diagnostics** (the linear probe and kNN scale with the number of images).")
+            st.caption(
+                f"{len(keys)} encoder(s) embedded: "
+                + ", ".join(short_key(k) for k in keys)
+                + ". Press **Compute diagnostics** (the linear probe and kNN scale with the number of images)."
+            )
             return
         with st.spinner(f"Diagnosing {len(keys)} encoder(s)…"):
             results, comparison, messages = _diagnose(store, str(store.path), dataset, version, tuple(keys))

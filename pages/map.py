@@ -1,4 +1,5 @@
 """Map: a 2-D layout of a dataset's embeddings; select points to see and export the images."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,10 +42,12 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
     params: dict[str, Any] = {}
     if method == "umap":
         with st.sidebar.expander("UMAP parameters", expanded=False):
-            params["n_neighbors"] = st.slider("n_neighbors", 2, 100, 15, key="umap_nn",
-                                              help="Small: local detail. Large: global structure.")
-            params["min_dist"] = st.slider("min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md",
-                                           help="How tightly points may pack together.")
+            params["n_neighbors"] = st.slider(
+                "n_neighbors", 2, 100, 15, key="umap_nn", help="Small: local detail. Large: global structure."
+            )
+            params["min_dist"] = st.slider(
+                "min_dist", 0.0, 1.0, 0.1, 0.05, key="umap_md", help="How tightly points may pack together."
+            )
             params["metric"] = st.selectbox("metric", UMAP_METRICS, key="umap_metric")
             params["random_state"] = int(st.number_input("seed", 0, 2**31 - 1, 42, key="umap_seed"))
     elif method == "tsne":
@@ -63,8 +66,10 @@ def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -
         return cluster_colouring(store, dataset, key, frame)
     if choice == "Caption keyword":
         keyword = st.sidebar.text_input("Keyword in caption", key="map_keyword", placeholder="e.g. red")
-        negate = st.sidebar.radio("Match", ["contains", "does not contain"], horizontal=True,
-                                  key="map_keyword_mode") == "does not contain"
+        negate = (
+            st.sidebar.radio("Match", ["contains", "does not contain"], horizontal=True, key="map_keyword_mode")
+            == "does not contain"
+        )
         if frame["caption"].isna().all():
             st.sidebar.caption("This dataset has no captions (.txt files next to the images).")
         return colour_by_keyword(frame, keyword.strip(), negate)
@@ -82,8 +87,13 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
         st.sidebar.caption("No clustering of these embeddings yet: run one on the **Clusters** page.")
         return Colouring("All images")
     described = {row["run_id"]: run_description(row) for _, row in runs.iterrows()}
-    run_id = remembered_select("Cluster run", runs["run_id"].tolist(), state.CLUSTER_RUN_KEY,
-                               "map_cluster_run", format_func=described.__getitem__)
+    run_id = remembered_select(
+        "Cluster run",
+        runs["run_id"].tolist(),
+        state.CLUSTER_RUN_KEY,
+        "map_cluster_run",
+        format_func=described.__getitem__,
+    )
     from core import cluster  # scikit-learn comes with it: only when colouring by cluster
 
     run = cluster.load_run(store, run_id)
@@ -108,8 +118,11 @@ def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
     except RepLensError as exc:
         st.error(str(exc))
     st.markdown(f"**{row['rel_path']}**")
-    details = [f"folder: {row['label'] or '(top level)'}", f"{int(row['width'])}×{int(row['height'])} px",
-               f"{int(row['n_bytes']):,} bytes"]
+    details = [
+        f"folder: {row['label'] or '(top level)'}",
+        f"{int(row['width'])}×{int(row['height'])} px",
+        f"{int(row['n_bytes']):,} bytes",
+    ]
     st.caption(" · ".join(details))
     if isinstance(row["caption"], str) and row["caption"]:
         st.caption(f"“{row['caption']}”")
@@ -129,13 +142,28 @@ def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> Non
     st.session_state[state.SELECTION_DATASET_KEY] = st.session_state.get(state.DATASET_KEY)
     st.subheader(f"Selection · {len(chosen):,} images")
     counts = chosen["label"].replace("", "(top level)").value_counts()
-    st.caption("By folder: " + ", ".join(f"{name} {n}" for name, n in counts.head(8).items())
-               + (" …" if len(counts) > 8 else ""))
+    st.caption(
+        "By folder: "
+        + ", ".join(f"{name} {n}" for name, n in counts.head(8).items())
+        + (" …" if len(counts) > 8 else "")
+    )
     c1, c2, _ = st.columns([1, 1, 3])
-    c1.download_button("Paths (CSV)", paths_csv(chosen), file_name="selection.csv", mime="text/csv",
-                       icon=":material/download:", key="dl_csv")
-    c2.download_button("Files (zip)", lambda: files_zip(chosen), file_name="selection.zip",
-                       mime="application/zip", icon=":material/folder_zip:", key="dl_zip")
+    c1.download_button(
+        "Paths (CSV)",
+        paths_csv(chosen),
+        file_name="selection.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        key="dl_csv",
+    )
+    c2.download_button(
+        "Files (zip)",
+        lambda: files_zip(chosen),
+        file_name="selection.zip",
+        mime="application/zip",
+        icon=":material/folder_zip:",
+        key="dl_zip",
+    )
     captions = [p.rsplit("/", 1)[-1] for p in chosen["rel_path"]]
     gallery(store, chosen, captions, key="map_gallery")
 
@@ -158,14 +186,21 @@ def main() -> None:
         rows = display_rows(frame)
         st.caption(describe_layout(method, proj.params, n, proj.cached, proj.seconds))
         if len(rows) < n:
-            st.caption(f"Drawing a stratified random sample of {len(rows):,} of {n:,} points (every folder keeps "
-                       "its share) so the map stays fast; selections and exports cover the drawn points.")
+            st.caption(
+                f"Drawing a stratified random sample of {len(rows):,} of {n:,} points (every folder keeps "
+                "its share) so the map stays fast; selections and exports cover the drawn points."
+            )
         chart_col, panel_col = st.columns([3, 1])
         # The figure must not depend on the selection: a changed figure would reset it.
         fig = build_map_figure(proj.coords, frame, colouring, rows)
         with chart_col:
-            event = st.plotly_chart(fig, on_select="rerun", selection_mode=("points", "box", "lasso"),
-                                    key="map_chart", config={"scrollZoom": True, "displaylogo": False})
+            event = st.plotly_chart(
+                fig,
+                on_select="rerun",
+                selection_mode=("points", "box", "lasso"),
+                key="map_chart",
+                config={"scrollZoom": True, "displaylogo": False},
+            )
         selected = selected_rows(event)
         with panel_col:
             inspect_panel(store, frame, selected)

@@ -1,4 +1,5 @@
 """Neighbors: the images an encoder considers closest to a query, optionally for two encoders."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -33,20 +34,30 @@ class Query:
 
 
 def query_controls(frame: pd.DataFrame) -> Query | None:
-    source = st.radio("Query", [SOURCE_DATASET, SOURCE_UPLOAD], horizontal=True, key="nb_source",
-                      label_visibility="collapsed")
+    source = st.radio(
+        "Query", [SOURCE_DATASET, SOURCE_UPLOAD], horizontal=True, key="nb_source", label_visibility="collapsed"
+    )
     if source == SOURCE_UPLOAD:
-        upload = st.file_uploader("Query image", type=[e.lstrip(".") for e in sorted(images.SUPPORTED_EXTENSIONS)],
-                                  key="nb_upload", help="Embedded on the fly with the same encoder; not added "
-                                                        "to the dataset.")
+        upload = st.file_uploader(
+            "Query image",
+            type=[e.lstrip(".") for e in sorted(images.SUPPORTED_EXTENSIONS)],
+            key="nb_upload",
+            help="Embedded on the fly with the same encoder; not added to the dataset.",
+        )
         if upload is None:
             st.caption("Upload an image to find its nearest images in the dataset.")
             return None
         return Query(None, images.decode_rgb(upload.getvalue()), upload.name)
     hashes = frame["content_hash"].tolist()
     paths = dict(zip(frame["content_hash"], frame["rel_path"]))
-    chosen = remembered_select("Query image (type to search paths)", hashes, QUERY_KEY, "w_nb_query",
-                               format_func=lambda h: paths.get(h, h), container=st)
+    chosen = remembered_select(
+        "Query image (type to search paths)",
+        hashes,
+        QUERY_KEY,
+        "w_nb_query",
+        format_func=lambda h: paths.get(h, h),
+        container=st,
+    )
     return Query(chosen, None, paths[chosen])
 
 
@@ -66,13 +77,15 @@ def search(view: DatasetView, key: str, query: Query, k: int) -> tuple[pd.DataFr
 
 def results_table(frame: pd.DataFrame, found: Neighbors) -> pd.DataFrame:
     rows = frame.iloc[found.indices]
-    return pd.DataFrame({
-        "Rank": np.arange(1, len(rows) + 1),
-        "Similarity": np.round(found.similarities.astype(float), 4),
-        "Path": rows["rel_path"].to_numpy(),
-        "Folder": rows["label"].replace("", "(top level)").to_numpy(),
-        "content_hash": rows["content_hash"].to_numpy(),
-    })
+    return pd.DataFrame(
+        {
+            "Rank": np.arange(1, len(rows) + 1),
+            "Similarity": np.round(found.similarities.astype(float), 4),
+            "Path": rows["rel_path"].to_numpy(),
+            "Folder": rows["label"].replace("", "(top level)").to_numpy(),
+            "content_hash": rows["content_hash"].to_numpy(),
+        }
+    )
 
 
 def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str, key: str) -> pd.DataFrame:
@@ -83,8 +96,13 @@ def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str
     captions = [f"{s:.3f} · {p.rsplit('/', 1)[-1]}" for s, p in zip(table["Similarity"], table["Path"])]
     gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
     with st.expander("As a table"):
-        st.dataframe(table.drop(columns="content_hash"), hide_index=True, width="stretch", key=f"{key}_table",
-                     column_config={"Similarity": st.column_config.NumberColumn(format="%.3f")})
+        st.dataframe(
+            table.drop(columns="content_hash"),
+            hide_index=True,
+            width="stretch",
+            key=f"{key}_table",
+            column_config={"Similarity": st.column_config.NumberColumn(format="%.3f")},
+        )
     return table
 
 
@@ -100,8 +118,10 @@ def show_query(store: Store, frame: pd.DataFrame, query: Query) -> None:
 
 def main() -> None:
     st.title("Neighbors")
-    st.caption("Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
-               "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above.")
+    st.caption(
+        "Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
+        "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above."
+    )
     store = get_store()
     picked = dataset_and_key(store)
     if picked is None:
@@ -109,9 +129,14 @@ def main() -> None:
     dataset, key = picked
     others = [k for k in store.embedded_keys(dataset) if k != key]
     k = st.sidebar.slider("Neighbours (k)", 5, 100, 24, key="nb_k")
-    compare = st.sidebar.selectbox("Compare with a second encoder", [NONE] + others, key="nb_compare",
-                                   format_func=lambda x: x if x == NONE else short_key(x),
-                                   disabled=not others, help="Side by side, with the overlap of the two lists.")
+    compare = st.sidebar.selectbox(
+        "Compare with a second encoder",
+        [NONE] + others,
+        key="nb_compare",
+        format_func=lambda x: x if x == NONE else short_key(x),
+        disabled=not others,
+        help="Side by side, with the overlap of the two lists.",
+    )
     with user_errors():
         view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
@@ -127,15 +152,20 @@ def main() -> None:
             return
         second = search(view, compare, query, k)
         if second is None:
-            st.warning(f"{query.label} has no vector under {short_key(compare)}; extract that encoder for "
-                       "the whole dataset to compare.")
+            st.warning(
+                f"{query.label} has no vector under {short_key(compare)}; extract that encoder for "
+                "the whole dataset to compare."
+            )
             show_results(store, *first, title=short_key(key), key="nb_a")
             return
         a_hashes = first[0]["content_hash"].to_numpy()[first[1].indices]
         b_hashes = second[0]["content_hash"].to_numpy()[second[1].indices]
         shared = overlap(a_hashes, b_hashes, k=min(k, len(a_hashes), len(b_hashes)))
-        st.metric("Overlap of the two lists |A∩B|/k", f"{shared:.0%}",
-                  help="Share of the top-k images both encoders agree on (the query itself counts).")
+        st.metric(
+            "Overlap of the two lists |A∩B|/k",
+            f"{shared:.0%}",
+            help="Share of the top-k images both encoders agree on (the query itself counts).",
+        )
         left, right = st.columns(2)
         with left:
             show_results(store, *first, title=f"A · {short_key(key)}", key="nb_a")

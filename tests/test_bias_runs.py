@@ -1,4 +1,5 @@
 """Battery runner: sets from folders, vectors from the store, Holm across the table."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,10 @@ def store_with_two_encoders(tmp_path: Path) -> tuple[Store, dict[str, np.ndarray
 def test_battery_matches_direct_calls(store_with_two_encoders: tuple[Store, dict[str, np.ndarray]]) -> None:
     store, vectors = store_with_two_encoders
     images = store.dataset_images("stim")
-    tests = [folder_test(images, "Insect-Flower", "flowers", "insects", "pleasant", "unpleasant"),
-             folder_test(images, "Swapped", "insects", "flowers", "pleasant", "unpleasant")]
+    tests = [
+        folder_test(images, "Insect-Flower", "flowers", "insects", "pleasant", "unpleasant"),
+        folder_test(images, "Swapped", "insects", "flowers", "pleasant", "unpleasant"),
+    ]
     result = run_battery(store, "stim", list(vectors), tests, n_samples=500, seed=1)
     assert len(result.table) == 4
     row_of = {h: i for i, h in enumerate(images["content_hash"])}
@@ -80,16 +83,26 @@ def test_nested_folder_selection_and_errors(store_with_two_encoders: tuple[Store
     assert folder_hashes(images, "warm/pleasant") == ()
     with pytest.raises(InvalidInputError, match="set Y"):
         folder_test(images, "t", "flowers", "nothing-here", "pleasant", "unpleasant")
-    unknown = BatteryTest("t", ("0" * 32,), folder_hashes(images, "insects"), folder_hashes(images, "pleasant"),
-                          folder_hashes(images, "unpleasant"))
+    unknown = BatteryTest(
+        "t",
+        ("0" * 32,),
+        folder_hashes(images, "insects"),
+        folder_hashes(images, "pleasant"),
+        folder_hashes(images, "unpleasant"),
+    )
     with pytest.raises(InvalidInputError, match="no embedding"):
         run_battery(store, "stim", ["enc-a@v/last/cls"], [unknown])
 
 
 def test_folder_options_lists_nested_paths(store_with_two_encoders: tuple[Store, dict[str, np.ndarray]]) -> None:
     store, _ = store_with_two_encoders
-    assert folder_options(store.dataset_images("stim")) == ["flowers", "insects", "pleasant", "pleasant/warm",
-                                                            "unpleasant"]
+    assert folder_options(store.dataset_images("stim")) == [
+        "flowers",
+        "insects",
+        "pleasant",
+        "pleasant/warm",
+        "unpleasant",
+    ]
 
 
 def test_cluster_sets_follow_the_stored_run(store_with_two_encoders: tuple[Store, dict[str, np.ndarray]]) -> None:

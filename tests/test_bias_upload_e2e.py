@@ -5,6 +5,7 @@ with one sub-folder per role, embeds them with two encoders (the offline default
 pixels baseline), fills X/Y/A/B, and runs the battery. The downloaded JSON table is checked
 against ``core.bias.association_test`` on vectors this test computes itself from the files.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,12 @@ SHOTS = ROOT / "test-output" / "bias-upload"
 TIMEOUT_MS = 120_000
 PER_SET = 6
 # Role -> (folder name, base colour): reddish targets vs bluish targets, red vs blue attributes.
-SETS = {"x": ("roses", (200, 40, 50)), "y": ("violets", (60, 50, 190)),
-        "a": ("warm", (230, 30, 30)), "b": ("cool", (30, 30, 230))}
+SETS = {
+    "x": ("roses", (200, 40, 50)),
+    "y": ("violets", (60, 50, 190)),
+    "a": ("warm", (230, 30, 30)),
+    "b": ("cool", (30, 30, 230)),
+}
 
 
 def _make_folders(root: Path) -> dict[str, Path]:
@@ -106,8 +111,12 @@ def test_four_uploaded_folders_run_across_two_encoders(server: str, tmp_path: Pa
         page.get_by_role("button", name="Add stimuli").click()
         page.get_by_text(f"stimuli: {4 * PER_SET} stimuli in roses, violets, warm, cool").wait_for()
         settle(page)
-        for label, folder in (("Target X", "roses"), ("Target Y", "violets"), ("Attribute A", "warm"),
-                              ("Attribute B", "cool")):
+        for label, folder in (
+            ("Target X", "roses"),
+            ("Target Y", "violets"),
+            ("Attribute A", "warm"),
+            ("Attribute B", "cool"),
+        ):
             box = page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first
             shown = box.inner_text() + " " + box.locator("input").first.input_value()
             assert folder in shown, (label, shown, box.inner_html()[:2000])

@@ -4,6 +4,7 @@ A module-scoped workspace (its own REPLENS_DB / REPLENS_CACHE) is ingested and e
 tests that only read it share it. In-process checks open the same database and close it
 again before the next subprocess needs the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,12 @@ from core import bias, images
 from core.encoders import list_encoders, load_encoder
 from core.store import Store
 
-LAYOUT = {"cats": ("cat_0", "cat_1", "cat_2"), "dogs": ("dog_0", "dog_1", "dog_2"),
-          "birds": ("bird_0", "bird_1"), "fish": ("fish_0", "fish_1")}
+LAYOUT = {
+    "cats": ("cat_0", "cat_1", "cat_2"),
+    "dogs": ("dog_0", "dog_1", "dog_2"),
+    "birds": ("bird_0", "bird_1"),
+    "fish": ("fish_0", "fish_1"),
+}
 PIXELS_KEY = "pixels@v1/pixels/none"
 
 
@@ -82,8 +87,11 @@ def pixel_reference(root: Path, rels: list[str]) -> np.ndarray:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     base = tmp_path_factory.mktemp("cli")
-    env = {"REPLENS_DB": str(base / "db" / "replens.duckdb"), "REPLENS_CACHE": str(base / "cache"),
-           **offline_hub_env(base)}
+    env = {
+        "REPLENS_DB": str(base / "db" / "replens.duckdb"),
+        "REPLENS_CACHE": str(base / "cache"),
+        **offline_hub_env(base),
+    }
     root = base / "images"
     files = build_folder(root, LAYOUT, size=32)
     write_file(root, "cats/broken.png", b"\x89PNG\r\n\x1a\n but then nothing")
@@ -103,7 +111,11 @@ def test_encoders_json_lists_every_registered_encoder(cli) -> None:
     for entry, spec in zip(listed, specs):
         assert {"id", "family", "dim", "needs_network", "has_text_tower"} <= entry.keys()
         assert (entry["family"], entry["dim"], entry["needs_network"], entry["has_text_tower"]) == (
-            spec.family, spec.dim, spec.needs_network, spec.has_text_tower)
+            spec.family,
+            spec.dim,
+            spec.needs_network,
+            spec.has_text_tower,
+        )
     by_id = {e["id"]: e for e in listed}
     assert by_id["pixels"]["dim"] == 768 and by_id["pixels"]["needs_network"] is False
     assert by_id["clip-vitb32"]["has_text_tower"] is True
@@ -143,7 +155,12 @@ def test_embed_json_then_everything_cached(ws: Workspace) -> None:
     keys = {"dataset", "encoder", "encoded", "cached", "failed", "seconds", "images_per_s"}
     assert keys <= first.keys() and keys <= second.keys()
     assert (first["dataset"], first["encoder"], first["encoded"], first["cached"], first["failed"]) == (
-        "d", PIXELS_KEY, 10, 0, [])
+        "d",
+        PIXELS_KEY,
+        10,
+        0,
+        [],
+    )
     assert (second["encoded"], second["cached"], second["failed"]) == (0, 10, [])
     assert first["seconds"] >= 0 and first["images_per_s"] >= 0
     with open_store(ws.db) as store:
@@ -172,17 +189,43 @@ def test_ingest_and_embed_a_zip(cli, tmp_path: Path, image_folder, isolated_env)
 # --------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("args, fragments", [
-    (["embed", "--dataset", "d", "--encoder", "no-such-encoder", "--device", "cpu"],
-     ["Unknown encoder 'no-such-encoder'", "python -m core encoders"]),
-    (["embed", "--dataset", "nope", "--encoder", "pixels", "--device", "cpu"],
-     ["No dataset named 'nope'", "python -m core ingest PATH --dataset nope"]),
-    (["bias", "--dataset", "d", "--encoder", "pixels", "--x", "cats", "--y", "dogs", "--a", "birds",
-      "--b", "whales"], ["set B (folder 'whales') has no images", "birds, cats, dogs, fish"]),
-    (["export", "--dataset", "d", "--encoder", "random-resnet18", "--out", "x.parquet"],
-     ["no embeddings for 'random-resnet18'", PIXELS_KEY]),
-    (["embed", "--dataset", "two\nlines", "--encoder", "pixels"], ["No dataset named 'two\\nlines'"]),
-], ids=["unknown-encoder", "unknown-dataset", "bias-unknown-folder", "export-not-embedded", "multi-line-message"])
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (
+            ["embed", "--dataset", "d", "--encoder", "no-such-encoder", "--device", "cpu"],
+            ["Unknown encoder 'no-such-encoder'", "python -m core encoders"],
+        ),
+        (
+            ["embed", "--dataset", "nope", "--encoder", "pixels", "--device", "cpu"],
+            ["No dataset named 'nope'", "python -m core ingest PATH --dataset nope"],
+        ),
+        (
+            [
+                "bias",
+                "--dataset",
+                "d",
+                "--encoder",
+                "pixels",
+                "--x",
+                "cats",
+                "--y",
+                "dogs",
+                "--a",
+                "birds",
+                "--b",
+                "whales",
+            ],
+            ["set B (folder 'whales') has no images", "birds, cats, dogs, fish"],
+        ),
+        (
+            ["export", "--dataset", "d", "--encoder", "random-resnet18", "--out", "x.parquet"],
+            ["no embeddings for 'random-resnet18'", PIXELS_KEY],
+        ),
+        (["embed", "--dataset", "two\nlines", "--encoder", "pixels"], ["No dataset named 'two\\nlines'"]),
+    ],
+    ids=["unknown-encoder", "unknown-dataset", "bias-unknown-folder", "export-not-embedded", "multi-line-message"],
+)
 def test_user_errors_are_one_line_without_traceback(ws: Workspace, args: list[str], fragments: list[str]) -> None:
     assert_one_line_error(ws.run(*args), *fragments)
 
@@ -200,8 +243,9 @@ def test_filesystem_problems_are_one_line_errors(ws: Workspace, cli, tmp_path: P
     a_file = tmp_path / "plain.txt"
     a_file.write_text("x")
     # --out inside something that is a file, not a folder
-    assert_one_line_error(ws.run("export", "--dataset", "d", "--encoder", "pixels", "--out", str(a_file / "o.parquet")),
-                          str(a_file))
+    assert_one_line_error(
+        ws.run("export", "--dataset", "d", "--encoder", "pixels", "--out", str(a_file / "o.parquet")), str(a_file)
+    )
     # REPLENS_DB pointing at a file that is not a DuckDB database
     assert_one_line_error(cli(["datasets"], {"REPLENS_DB": str(a_file)}), "not a valid DuckDB database")
 
@@ -254,10 +298,10 @@ def test_import_embeddings_round_trips(ws: Workspace, tmp_path: Path, fmt: str) 
     vectors = np.random.default_rng(len(fmt)).standard_normal((len(rels), dim)).astype(np.float32)
     path = tmp_path / f"vectors.{fmt}"
     extra = _write_import(fmt, path, rels, vectors)
-    report = one_json(ws.run("import-embeddings", str(path), "--dataset", "d", "--encoder-name", f"rt-{fmt}",
-                             "--json", *extra))
-    assert report == {"dataset": "d", "encoder": f"import:rt-{fmt}", "imported": len(rels), "unmatched": [],
-                      "dim": dim}
+    report = one_json(
+        ws.run("import-embeddings", str(path), "--dataset", "d", "--encoder-name", f"rt-{fmt}", "--json", *extra)
+    )
+    assert report == {"dataset": "d", "encoder": f"import:rt-{fmt}", "imported": len(rels), "unmatched": [], "dim": dim}
     with open_store(ws.db) as store:
         imgs, matrix = store.load_embeddings("d", f"import:rt-{fmt}")
     got = dict(zip(imgs["rel_path"], matrix))
@@ -269,8 +313,28 @@ def test_import_embeddings_round_trips(ws: Workspace, tmp_path: Path, fmt: str) 
 
 
 def test_bias_matches_association_test_on_the_same_vectors(ws: Workspace) -> None:
-    payload = one_json(ws.run("bias", "--dataset", "d", "--encoder", "pixels", "--x", "cats", "--y", "dogs",
-                              "--a", "birds", "--b", "fish", "--seed", "0", "--n-samples", "500", "--json"))
+    payload = one_json(
+        ws.run(
+            "bias",
+            "--dataset",
+            "d",
+            "--encoder",
+            "pixels",
+            "--x",
+            "cats",
+            "--y",
+            "dogs",
+            "--a",
+            "birds",
+            "--b",
+            "fish",
+            "--seed",
+            "0",
+            "--n-samples",
+            "500",
+            "--json",
+        )
+    )
     with open_store(ws.db) as store:
         imgs, matrix = store.load_embeddings("d", PIXELS_KEY)
     folder = imgs["rel_path"].str.split("/").str[0].to_numpy()

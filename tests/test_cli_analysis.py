@@ -2,6 +2,7 @@
 
 Most run ``core.cli.main`` in-process (fast); one goes through ``python -m core`` for real.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,16 +35,23 @@ def run_json(capsys: pytest.CaptureFixture, *argv: str) -> dict:
 
 
 def test_cluster_prints_the_documented_json_and_stores_the_run(env_store: str, capsys) -> None:
-    out = run_json(capsys, "cluster", "--dataset", "d", "--encoder", "pixels", "--method", "kmeans", "--k", "3",
-                   "--seed", "1")
+    out = run_json(
+        capsys, "cluster", "--dataset", "d", "--encoder", "pixels", "--method", "kmeans", "--k", "3", "--seed", "1"
+    )
     assert {"run_id", "n_clusters", "noise_fraction", "metrics", "assignments"} <= set(out)
     assert out["n_clusters"] == 3 and out["noise_fraction"] == 0.0 and out["encoder"] == env_store
     assert out["params"]["n_clusters"] == 3 and out["params"]["random_state"] == 1
     assert {"silhouette", "ari", "nmi", "hungarian_accuracy", "sizes"} <= set(out["metrics"])
     paths = [a["path"] for a in out["assignments"]]
-    assert sorted(paths) == sorted(f"{label}/{stem}.png" for label, stems in
-                                   {"cats": ("cat_0", "cat_1", "cat_2"), "dogs": ("dog_0", "dog_1", "dog_2"),
-                                    "birds": ("bird_0", "bird_1")}.items() for stem in stems)
+    assert sorted(paths) == sorted(
+        f"{label}/{stem}.png"
+        for label, stems in {
+            "cats": ("cat_0", "cat_1", "cat_2"),
+            "dogs": ("dog_0", "dog_1", "dog_2"),
+            "birds": ("bird_0", "bird_1"),
+        }.items()
+        for stem in stems
+    )
     store = Store(config.db_path(), config.cache_dir())
     try:
         run = load_run(store, out["run_id"])
@@ -56,11 +64,14 @@ def test_cluster_prints_the_documented_json_and_stores_the_run(env_store: str, c
     assert [r["run_id"] for r in runs] == [out["run_id"]] and runs[0]["metrics"]["n_clusters"] == 3
 
 
-@pytest.mark.parametrize("argv", [
-    ("--method", "hdbscan", "--reduce", "none", "--min-cluster-size", "2"),
-    ("--method", "leiden", "--resolution", "1.0"),
-    ("--method", "agglomerative", "--k-selection", "eigengap", "--reduce", "none"),
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--method", "hdbscan", "--reduce", "none", "--min-cluster-size", "2"),
+        ("--method", "leiden", "--resolution", "1.0"),
+        ("--method", "agglomerative", "--k-selection", "eigengap", "--reduce", "none"),
+    ],
+)
 def test_every_method_runs_from_the_cli(env_store: str, capsys, argv: tuple[str, ...]) -> None:
     out = run_json(capsys, "cluster", "--dataset", "d", "--encoder", env_store, *argv)
     assert len(out["assignments"]) == 8
@@ -151,8 +162,20 @@ def _decoded(data: object) -> list:
 def test_project_options_and_errors(env_store: str, capsys) -> None:
     pca = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--method", "pca")
     assert pca["params"] == {"random_state": 0} and pca["cached"] is False
-    umap = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--n-neighbors", "4",
-                    "--min-dist", "0.0", "--seed", "7")
+    umap = run_json(
+        capsys,
+        "project",
+        "--dataset",
+        "d",
+        "--encoder",
+        "pixels",
+        "--n-neighbors",
+        "4",
+        "--min-dist",
+        "0.0",
+        "--seed",
+        "7",
+    )
     assert umap["params"] == {"n_neighbors": 4, "min_dist": 0.0, "metric": "cosine", "random_state": 7}
     assert main(["project", "--dataset", "d", "--encoder", "pixels", "--method", "pca", "--n-neighbors", "5"]) == 2
     assert "--n-neighbors applies to umap, not pca" in capsys.readouterr().err

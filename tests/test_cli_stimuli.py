@@ -1,5 +1,6 @@
 """`replens stimuli`: four local folders become one iEAT dataset from the command line, and
 `replens bias` then tests exactly those sets (sizes checked against the folders themselves)."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import png_bytes
 
+from conftest import png_bytes
 from core import bias, config
 from core.cli import main
 from core.encoders import load_encoder
@@ -46,8 +47,15 @@ def test_stimuli_then_bias_on_exactly_those_sets(tmp_path: Path, capsys: pytest.
     assert out["role_counts"] == {role: n for role, (_, n) in SETS.items()}
     assert out["skipped"] == 1 and out["encoders"] == ["pixels@v1/pixels/none"]
 
-    result = run_json(capsys, "bias", "--dataset", "flowers", "--encoder", "pixels",
-                      *[f"--{role}={name}" for role, (name, _) in SETS.items()])
+    result = run_json(
+        capsys,
+        "bias",
+        "--dataset",
+        "flowers",
+        "--encoder",
+        "pixels",
+        *[f"--{role}={name}" for role, (name, _) in SETS.items()],
+    )
     assert {role: s["n"] for role, s in result["sets"].items()} == {role: n for role, (_, n) in SETS.items()}
     # The effect size, recomputed here from the images on disk through the same encoder.
     encoder = load_encoder("pixels", "cpu")
@@ -63,16 +71,16 @@ def test_stimuli_then_bias_on_exactly_those_sets(tmp_path: Path, capsys: pytest.
     assert result["effect_size"] == pytest.approx(expected.effect_size, rel=1e-5)
 
 
-def test_stimuli_refuses_mixing_into_a_dataset_of_other_images(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_stimuli_refuses_mixing_into_a_dataset_of_other_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other" / "misc"
     other.mkdir(parents=True)
     (other / "x.png").write_bytes(png_bytes(1, 16))
     assert main(["ingest", str(tmp_path / "other"), "--dataset", "flowers"]) == 0
     folders = make_folders(tmp_path / "picked")
     capsys.readouterr()
-    code = main(["stimuli", "--dataset", "flowers", *[f"--{r}={f}" for r, f in folders.items()],
-                 "--encoder", "pixels"])
+    code = main(["stimuli", "--dataset", "flowers", *[f"--{r}={f}" for r, f in folders.items()], "--encoder", "pixels"])
     assert code == 2
     assert "already holds other images" in capsys.readouterr().err
     store = Store(config.db_path(), config.cache_dir())

@@ -1,5 +1,6 @@
 """Tests for core.concepts: TAC-style CLIP labels, log-odds text labels, visual descriptors,
 and label persistence (user edits win)."""
+
 from __future__ import annotations
 
 import io
@@ -51,8 +52,10 @@ def test_tac_scores_are_a_softmax_over_clusters() -> None:
         for c in range(3):
             cos = vectors[w] @ centres[c] / (np.linalg.norm(vectors[w]) * np.linalg.norm(centres[c]))
             assert S[w, c] == pytest.approx(cos)
-            denom = sum(math.exp(vectors[w] @ centres[k] / (np.linalg.norm(vectors[w]) * np.linalg.norm(centres[k]))
-                                 / 0.1) for k in range(3))
+            denom = sum(
+                math.exp(vectors[w] @ centres[k] / (np.linalg.norm(vectors[w]) * np.linalg.norm(centres[k])) / 0.1)
+                for k in range(3)
+            )
             assert P[w, c] == pytest.approx(math.exp(cos / 0.1) / denom)
     np.testing.assert_allclose(P.sum(axis=1), 1.0)
     with pytest.raises(InvalidInputError, match="temperature=0"):
@@ -145,8 +148,13 @@ def test_text_labels_rank_cluster_words_against_the_rest() -> None:
 
 
 def test_image_tokens_use_folders_file_names_and_captions() -> None:
-    frame = pd.DataFrame({"labels": [["Wild Animals", "big_cats"]], "rel_path": ["Wild Animals/big_cats/lion_01.png"],
-                          "caption": ["A lion resting"]})
+    frame = pd.DataFrame(
+        {
+            "labels": [["Wild Animals", "big_cats"]],
+            "rel_path": ["Wild Animals/big_cats/lion_01.png"],
+            "caption": ["A lion resting"],
+        }
+    )
     assert concepts.image_tokens(frame)[0] == {"wild", "animals", "big", "cats", "lion", "resting"}
     assert concepts.image_tokens(frame, sources=("caption",))[0] == {"lion", "resting"}
 
@@ -171,10 +179,21 @@ def solid(rgb: tuple[int, int, int], size: tuple[int, int] = (16, 16)) -> np.nda
     return np.broadcast_to(np.array(rgb, np.uint8), (*size[::-1], 3))
 
 
-@pytest.mark.parametrize("rgb,name", [((0, 0, 255), "blue"), ((255, 0, 0), "red"), ((10, 10, 10), "black"),
-                                      ((250, 250, 250), "white"), ((128, 128, 128), "grey"),
-                                      ((120, 60, 20), "brown"), ((0, 200, 0), "green"), ((255, 220, 0), "yellow"),
-                                      ((255, 120, 200), "pink"), ((255, 140, 0), "orange")])
+@pytest.mark.parametrize(
+    "rgb,name",
+    [
+        ((0, 0, 255), "blue"),
+        ((255, 0, 0), "red"),
+        ((10, 10, 10), "black"),
+        ((250, 250, 250), "white"),
+        ((128, 128, 128), "grey"),
+        ((120, 60, 20), "brown"),
+        ((0, 200, 0), "green"),
+        ((255, 220, 0), "yellow"),
+        ((255, 120, 200), "pink"),
+        ((255, 140, 0), "orange"),
+    ],
+)
 def test_colour_names(rgb: tuple[int, int, int], name: str) -> None:
     fractions = concepts.colour_fractions(solid(rgb))
     assert fractions[name] == 1.0 and sum(fractions.values()) == pytest.approx(1.0)
@@ -193,9 +212,13 @@ def test_visual_descriptors_measure_what_they_say() -> None:
 
 def test_descriptor_labels_are_welch_z_scores_turned_into_words() -> None:
     rng = np.random.default_rng(0)
-    table = pd.DataFrame({"brightness": np.r_[rng.uniform(0.0, 0.2, 10), rng.uniform(0.6, 0.9, 10)],
-                          "colour_blue": np.r_[rng.uniform(0.0, 0.1, 10), rng.uniform(0.5, 0.9, 10)],
-                          "contrast": rng.uniform(0.2, 0.3, 20)})
+    table = pd.DataFrame(
+        {
+            "brightness": np.r_[rng.uniform(0.0, 0.2, 10), rng.uniform(0.6, 0.9, 10)],
+            "colour_blue": np.r_[rng.uniform(0.0, 0.1, 10), rng.uniform(0.5, 0.9, 10)],
+            "contrast": rng.uniform(0.2, 0.3, 20),
+        }
+    )
     labels = np.repeat([0, 1], 10)
     out = concepts.descriptor_labels(table, labels, min_z=2.0)
     dark, bright = out
@@ -225,8 +248,18 @@ def test_visual_labeller_on_real_files_uses_thumbnails_and_cache(store: Store, t
     scan = images.scan(root, cache_dir=store.cache_dir)
     store.ingest("v", scan.root, scan.records, scan.skipped)
     frame = store.dataset_images("v")
-    store.save_cluster_run("rv", "v", "k", "manual", {}, frame["content_hash"].tolist(),
-                           (frame["label"] == "b").astype(int).to_numpy(), {}, 2, 0.0)
+    store.save_cluster_run(
+        "rv",
+        "v",
+        "k",
+        "manual",
+        {},
+        frame["content_hash"].tolist(),
+        (frame["label"] == "b").astype(int).to_numpy(),
+        {},
+        2,
+        0.0,
+    )
     concepts._DESCRIPTOR_CACHE.clear()
     out = {c.cluster: c for c in concepts.label_run(store, "rv", "visual")}
     assert {"dark", "black"} & set(out[0].label.split())
@@ -245,8 +278,9 @@ def test_visual_labeller_on_real_files_uses_thumbnails_and_cache(store: Store, t
 def test_clip_labels_need_clip_embeddings(ingested) -> None:
     store, _, _ = ingested
     frame = store.dataset_images("d")
-    store.save_cluster_run("r", "d", "k", "manual", {}, frame["content_hash"].tolist(), np.zeros(len(frame), int),
-                           {}, 1, 0.0)
+    store.save_cluster_run(
+        "r", "d", "k", "manual", {}, frame["content_hash"].tolist(), np.zeros(len(frame), int), {}, 1, 0.0
+    )
     with pytest.raises(EmbeddingsNotFoundError, match="--encoder clip-vitb32"):
         concepts.label_run(store, "r", "clip")
     with pytest.raises(InvalidInputError, match="Unknown labelling method 'llm'"):
@@ -270,8 +304,16 @@ def test_clip_labeller_with_random_weights_loaded_from_a_file(ingested, tmp_path
     embed_dataset(store, "d", enc, workers=1)
     run = run_clustering(store, "d", enc.key, "kmeans", {"n_clusters": 3, "reduce": None})
     words = ["cat", "dog", "bird", "car", "tree", "house", "boat", "cloud"]
-    out = concepts.label_run(store, run.run_id, "clip", encoder=enc, vocabulary=words[:6], extra_words=words[6:],
-                             templates=("a photo of a {}.",), top=3)
+    out = concepts.label_run(
+        store,
+        run.run_id,
+        "clip",
+        encoder=enc,
+        vocabulary=words[:6],
+        extra_words=words[6:],
+        templates=("a photo of a {}.",),
+        top=3,
+    )
     assert [c.cluster for c in out] == [0, 1, 2]
     assert len({c.label for c in out}) == 3  # distinctive
     for c in out:

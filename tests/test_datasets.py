@@ -1,4 +1,5 @@
 """The shared ingest path: incremental rescans re-read only what changed."""
+
 from __future__ import annotations
 
 import io
@@ -66,8 +67,11 @@ def test_zip_of_a_folder_does_not_label_everything_with_the_folder_name(tmp_path
 
     archive = tmp_path / "photos.zip"
     with zipfile.ZipFile(archive, "w") as zf:
-        for rel, colour in (("photos/cats/a.png", (1, 2, 3)), ("photos/dogs/b.png", (4, 5, 6)),
-                            ("photos/c.png", (7, 8, 9))):
+        for rel, colour in (
+            ("photos/cats/a.png", (1, 2, 3)),
+            ("photos/dogs/b.png", (4, 5, 6)),
+            ("photos/c.png", (7, 8, 9)),
+        ):
             buf = io.BytesIO()
             Image.new("RGB", (8, 8), colour).save(buf, format="PNG")
             zf.writestr(rel, buf.getvalue())

@@ -1,4 +1,5 @@
 """Tests for core.diagnostics: every metric against an independent computation."""
+
 from __future__ import annotations
 
 import math
@@ -111,7 +112,7 @@ def knn_accuracy_by_loop(X: np.ndarray, y: np.ndarray, k: int, T: float) -> floa
     classes = sorted(set(y.tolist()))
     correct = 0
     for i, neigh in enumerate(neighbours_by_loop(X, k)):
-        votes = {c: 0.0 for c in classes}
+        votes = dict.fromkeys(classes, 0.0)
         for j in neigh:
             votes[y[j]] += math.exp(float(U[i] @ U[j]) / T)
         best = max(classes, key=lambda c: (votes[c], -classes.index(c)))
@@ -149,8 +150,12 @@ def test_linear_probe_is_stratified_cross_validation() -> None:
     X = rng.normal(size=(60, 5)) + 0.8 * np.eye(5)[y]
     out = dg.linear_probe(X, y, n_splits=4, random_state=0)
     seed = np.random.RandomState(0).randint(2**31 - 1)
-    ref = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)), X, y,
-                          cv=StratifiedKFold(4, shuffle=True, random_state=seed))
+    ref = cross_val_score(
+        make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)),
+        X,
+        y,
+        cv=StratifiedKFold(4, shuffle=True, random_state=seed),
+    )
     np.testing.assert_allclose(out["scores"], ref)
     assert out["mean"] == pytest.approx(ref.mean()) and out["sd"] == pytest.approx(ref.std(ddof=1))
     # A class with one image cannot be stratified: left out, with a warning.
@@ -179,7 +184,7 @@ def hsic_cka(X: np.ndarray, Y: np.ndarray) -> float:
 @pytest.mark.parametrize("n,dx,dy", [(40, 5, 7), (10, 30, 20)])  # feature-space and Gram-space paths
 def test_linear_cka_matches_hsic_with_centering_matrices(n: int, dx: int, dy: int) -> None:
     X = sample(n, dx, 1)
-    Y = X[:, :min(dx, dy)] @ np.random.default_rng(2).normal(size=(min(dx, dy), dy)) + 0.5 * sample(n, dy, 3)
+    Y = X[:, : min(dx, dy)] @ np.random.default_rng(2).normal(size=(min(dx, dy), dy)) + 0.5 * sample(n, dy, 3)
     assert dg.linear_cka(X, Y) == pytest.approx(hsic_cka(X, Y))
     Q, _ = np.linalg.qr(np.random.default_rng(4).normal(size=(dx, dx)))
     assert dg.linear_cka(X, 3 * X @ Q) == pytest.approx(1.0)  # invariant to rotation and scale
@@ -199,8 +204,20 @@ def test_compare_encoders_aligns_rows_by_image_hash(store: Store) -> None:
     rng = np.random.default_rng(7)
     X = rng.normal(size=(30, 6)).astype(np.float32)
     Y = (X @ rng.normal(size=(6, 4))).astype(np.float32)
-    records = [ImageRecord(content_hash=f"{i:032x}", rel_path=f"f{i % 2}/{i:03d}.png", labels=(f"f{i % 2}",), width=4,
-                           height=4, n_bytes=10, format="PNG", mtime=0.0, caption=None) for i in range(30)]
+    records = [
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"f{i % 2}/{i:03d}.png",
+            labels=(f"f{i % 2}",),
+            width=4,
+            height=4,
+            n_bytes=10,
+            format="PNG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i in range(30)
+    ]
     store.ingest("d", "/s", records, [])
     for key, M, order in (("a@1/l/p", X, np.arange(30)), ("b@1/l/p", Y, np.arange(30)[::-1])):
         store.register_encoder(key, key[0], "1", "l", "p", M.shape[1], {"id": key[0]})

@@ -9,6 +9,7 @@ The folder goes in through the real ``webkitdirectory`` input: Playwright's
 ``set_input_files(<directory>)`` fills it the way a user's folder pick does, so the relative
 paths (and thus the sub-folder labels) arrive as in a browser.
 """
+
 from __future__ import annotations
 
 import os
@@ -84,8 +85,9 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     settle(page)
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').first.set_input_files(str(folder))
     add = page.get_by_role("button", name="Add folder")
-    page.wait_for_function("() => [...document.querySelectorAll('button')].some("
-                           "b => b.innerText.trim() === 'Add folder' && !b.disabled)")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('button')].some(b => b.innerText.trim() === 'Add folder' && !b.disabled)"
+    )
     settle(page)
     page.get_by_role("textbox", name="Dataset name").first.fill("e2e")
     page.keyboard.press("Enter")
@@ -111,7 +113,8 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     settle(page)
     n_drawn = page.evaluate(
         # _fullData: Plotly's decoded traces (the x arrays arrive as base64 typed arrays).
-        "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)")
+        "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)"
+    )
     assert n_drawn == 2 * PER_CLASS
     webgl = page.evaluate("() => document.querySelectorAll('.js-plotly-plot canvas').length")
     assert webgl > 0, "Scattergl did not create a WebGL canvas"

@@ -5,6 +5,7 @@ random-init model of the same architecture is saved to a file and handed to
 ``load_encoder(..., weights=FILE)``, which passes it to timm (pretrained_cfg_overlay file),
 torch.hub.load_state_dict_from_url (file:// URL) or open_clip (pretrained path).
 """
+
 from __future__ import annotations
 
 import re
@@ -93,7 +94,9 @@ def test_encoder_contract(encoder_id: str, weights_dir: Path) -> None:
     # Different images give different vectors (a constant output would pass every check above).
     assert not np.allclose(first[0], first[1])
     version = f"{spec.version}+file-" if weights else spec.version
-    assert enc.key.startswith(f"{spec.id}@{version}") and enc.key.endswith(f"/{spec.default_layer}/{spec.default_pooling}")
+    assert enc.key.startswith(f"{spec.id}@{version}") and enc.key.endswith(
+        f"/{spec.default_layer}/{spec.default_pooling}"
+    )
     if spec.has_text_tower:
         text = enc.embed_text(["a photo of a dog", "a photo of a cat"])
         assert text.shape == (2, spec.dim) and np.isfinite(text).all()
@@ -142,8 +145,12 @@ def test_vit_layer_and_pooling_options(weights_dir: Path) -> None:
         for blk in model.blocks[:6]:
             h = blk(h)
         tokens_b5 = model.norm(h)
-    cases = {("last", "cls"): tokens_last[:, 0], ("last", "mean"): tokens_last[:, 1:].mean(1),
-             ("block5", "cls"): tokens_b5[:, 0], ("block5", "mean"): tokens_b5[:, 1:].mean(1)}
+    cases = {
+        ("last", "cls"): tokens_last[:, 0],
+        ("last", "mean"): tokens_last[:, 1:].mean(1),
+        ("block5", "cls"): tokens_b5[:, 0],
+        ("block5", "mean"): tokens_b5[:, 1:].mean(1),
+    }
     for (layer, pooling), expected in cases.items():
         enc = load_encoder("dino-vits16", "cpu", layer=layer, pooling=pooling, weights=path)
         np.testing.assert_allclose(enc.embed_batch(batch), expected.numpy(), rtol=1e-4, atol=1e-4)
@@ -207,7 +214,7 @@ def test_letterbox_keeps_whole_image() -> None:
     white = (1.0 - spec.mean[0]) / spec.std[0]
     black = (0.0 - spec.mean[0]) / spec.std[0]
     assert out[0, 112, 112] == pytest.approx(white, abs=1e-4)  # image band in the middle
-    assert out[0, 10, 112] == pytest.approx(black, abs=1e-4)   # padding above it
+    assert out[0, 10, 112] == pytest.approx(black, abs=1e-4)  # padding above it
 
 
 def test_unknown_encoder_and_bad_options() -> None:
@@ -245,17 +252,26 @@ def test_timm_file_encoder(tmp_path: Path) -> None:
     # .pth loaded with weights_only=True works too.
     pth = tmp_path / "mine.pth"
     torch.save(model.state_dict(), pth)
-    np.testing.assert_allclose(load_encoder(f"timm-file:resnet18:{pth}", "cpu").embed_batch(batch), expected,
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        load_encoder(f"timm-file:resnet18:{pth}", "cpu").embed_batch(batch), expected, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_onnx_file_encoder_matches_torch(tmp_path: Path) -> None:
     torch.manual_seed(9)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(),
-                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    ).eval()
     path = tmp_path / "tiny.onnx"
-    torch.onnx.export(net, torch.zeros(1, 3, 64, 64), str(path), input_names=["x"], output_names=["feat"],
-                      dynamic_axes={"x": {0: "n"}, "feat": {0: "n"}}, dynamo=False)
+    torch.onnx.export(
+        net,
+        torch.zeros(1, 3, 64, 64),
+        str(path),
+        input_names=["x"],
+        output_names=["feat"],
+        dynamic_axes={"x": {0: "n"}, "feat": {0: "n"}},
+        dynamo=False,
+    )
     enc = load_encoder(f"onnx-file:{path}#feat", "cpu")
     assert enc.dim == 8 and enc.spec.input_size == 64
     batch = np.stack([enc.preprocess(img) for img in _images(2)])

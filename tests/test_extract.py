@@ -1,4 +1,5 @@
 """Tests for core.extract: caching, resumability, failures, progress, OOM back-off, equivalence."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,12 @@ class OrtLikeError(Exception):
 class SmallGpuEncoder(BaseEncoder):
     """Pixels features, but any forward pass over ``limit`` images runs out of memory."""
 
-    def __init__(self, limit: int = 4, error: type[Exception] = RuntimeError,
-                 message: str = "CUDA out of memory. Tried to allocate 2.00 GiB") -> None:
+    def __init__(
+        self,
+        limit: int = 4,
+        error: type[Exception] = RuntimeError,
+        message: str = "CUDA out of memory. Tried to allocate 2.00 GiB",
+    ) -> None:
         super().__init__(dataclasses.replace(get_spec("pixels"), id="small-gpu"), "cpu", "pixels", "none")
         self.limit, self.error, self.message = limit, error, message
         self.ok_sizes: list[int] = []
@@ -118,8 +123,9 @@ def test_batch_size_must_be_positive(ingested) -> None:
 # --------------------------------------------------------------------------- resumability
 
 
-def test_crash_after_first_chunk_resumes_with_only_the_remainder(ingested, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_after_first_chunk_resumes_with_only_the_remainder(
+    ingested, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store, folder, _ = ingested
     monkeypatch.setattr(extract, "CHUNK_SIZE", 2)
     crashing = CountingPixels(fail_on_call=3)
@@ -200,8 +206,7 @@ def test_file_broken_after_ingest_is_reported_and_the_rest_embedded(ingested) ->
     assert store.skipped_files("d").empty
 
 
-def test_decode_failures_are_recorded_even_when_the_model_crashes(ingested,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_decode_failures_are_recorded_even_when_the_model_crashes(ingested, monkeypatch: pytest.MonkeyPatch) -> None:
     store, folder, _ = ingested
     write_file(folder.root, "birds/bird_0.png", b"broken")
     monkeypatch.setattr(extract, "CHUNK_SIZE", 100)
@@ -218,8 +223,14 @@ def test_decode_failures_are_recorded_even_when_the_model_crashes(ingested,
 def test_progress_is_monotonic_and_reaches_total(ingested) -> None:
     store, _, _ = ingested
     calls: list[tuple[int, int]] = []
-    embed_dataset(store, "d", CountingPixels(), batch_size=3, should_stop=lambda: len(calls) >= 2,
-                  progress=lambda done, total: calls.append((done, total)))
+    embed_dataset(
+        store,
+        "d",
+        CountingPixels(),
+        batch_size=3,
+        should_stop=lambda: len(calls) >= 2,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls[0] == (0, 8) and calls[-1] == (3, 8)
 
     calls.clear()
@@ -245,16 +256,18 @@ def test_empty_dataset_reports_nothing_to_do(store: Store) -> None:
 @pytest.fixture
 def twenty_images(store: Store, tmp_path: Path):
     root = tmp_path / "twenty"
-    files = build_folder(root, {"a": [f"x{i:02d}" for i in range(10)], "b": [f"y{i:02d}" for i in range(10)]},
-                         size=16)
+    files = build_folder(root, {"a": [f"x{i:02d}" for i in range(10)], "b": [f"y{i:02d}" for i in range(10)]}, size=16)
     ingest(store, "many", root)
     return store, root, files
 
 
-@pytest.mark.parametrize("error, message", [
-    (RuntimeError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
-    (OrtLikeError, "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
-])
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (RuntimeError, "CUDA out of memory. Tried to allocate 2.00 GiB"),
+        (OrtLikeError, "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
+    ],
+)
 def test_out_of_memory_halves_the_batch_and_keeps_it_small(twenty_images, error, message) -> None:
     store, root, files = twenty_images
     encoder = SmallGpuEncoder(limit=4, error=error, message=message)
@@ -338,4 +351,3 @@ def test_embed_images_pixels_is_exact_and_batch_independent(ingested, pixels_enc
     assert embed_images(pixels_encoder, []).shape == (0, pixels_encoder.dim)
     with pytest.raises(InvalidInputError):
         embed_images(pixels_encoder, ["not an image"])
-

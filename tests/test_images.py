@@ -1,4 +1,5 @@
 """Tests for core.images: scanning folders and zips, decoding edge cases, thumbnails."""
+
 from __future__ import annotations
 
 import io
@@ -114,9 +115,7 @@ def dataset(tmp_path: Path) -> Path:
 
 
 def test_constants_match_the_interface() -> None:
-    assert SUPPORTED_EXTENSIONS == frozenset(
-        {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-    )
+    assert SUPPORTED_EXTENSIONS == frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
     assert THUMBNAIL_SIZE == 128
 
 
@@ -254,16 +253,13 @@ def test_linked_folders_are_followed_but_loops_are_not(tmp_path: Path) -> None:
 
 
 def test_zip_scan_matches_folder_scan(dataset: Path, tmp_path: Path) -> None:
-    archive = zip_folder(
-        dataset, tmp_path / "data.zip", extra=[("__MACOSX/animals/cats/._red.PNG", b"fork")]
-    )
+    archive = zip_folder(dataset, tmp_path / "data.zip", extra=[("__MACOSX/animals/cats/._red.PNG", b"fork")])
     folder = scan(dataset)
     zipped = scan(archive)
 
     def essence(result: ScanResult) -> list[tuple[object, ...]]:
         return [
-            (r.rel_path, r.content_hash, r.labels, r.caption)
-            + (r.width, r.height, r.format, r.n_bytes)
+            (r.rel_path, r.content_hash, r.labels, r.caption) + (r.width, r.height, r.format, r.n_bytes)
             for r in result.records
         ]
 
@@ -489,9 +485,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped() -> None:
         ("L", (0, 7, 255), (0, 7, 255)),
     ],
 )
-def test_other_modes_convert_to_rgb(
-    mode: str, values: tuple[float, ...], expected: tuple[int, ...]
-) -> None:
+def test_other_modes_convert_to_rgb(mode: str, values: tuple[float, ...], expected: tuple[int, ...]) -> None:
     img = Image.new(mode, (3, 1))
     for x, value in enumerate(values):
         img.putpixel((x, 0), value)
@@ -533,9 +527,7 @@ def test_decompression_bomb_is_skipped(tmp_path: Path, monkeypatch: pytest.Monke
         decode_rgb((tmp_path / "bomb.png").read_bytes())
 
 
-def test_bomb_warning_level_is_not_fatal_even_as_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_bomb_warning_level_is_not_fatal_even_as_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write(tmp_path, "big.png", solid(RED, (100, 100), "PNG"))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 6000)  # warns above 6000, refuses above 12000
     with warnings.catch_warnings():

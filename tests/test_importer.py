@@ -1,4 +1,5 @@
 """Tests for core.importer: matching ids to images, rejecting bad files, format details."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,15 +38,21 @@ def write_csv(path: Path, ids: list[str], vectors: np.ndarray, id_column: str = 
 def test_ids_match_by_path_name_stem_and_hash(ingested, tmp_path: Path) -> None:
     store, folder, _ = ingested
     ids = [
-        "cats/cat_0.png",            # relative path
-        "./cats/cat_1.png",          # relative path written with ./
-        "dogs\\dog_0.png",           # Windows separators
-        "cat_2.png",                 # file name
-        "dog_1",                     # stem
+        "cats/cat_0.png",  # relative path
+        "./cats/cat_1.png",  # relative path written with ./
+        "dogs\\dog_0.png",  # Windows separators
+        "cat_2.png",  # file name
+        "dog_1",  # stem
         hash_of(folder, "dogs/dog_2.png"),  # content hash
     ]
-    targets = ["cats/cat_0.png", "cats/cat_1.png", "dogs/dog_0.png", "cats/cat_2.png", "dogs/dog_1.png",
-               "dogs/dog_2.png"]
+    targets = [
+        "cats/cat_0.png",
+        "cats/cat_1.png",
+        "dogs/dog_0.png",
+        "cats/cat_2.png",
+        "dogs/dog_1.png",
+        "dogs/dog_2.png",
+    ]
     vectors = vectors_for(len(ids))
     report = import_embeddings(store, write_csv(tmp_path / "v.csv", ids, vectors), "d", "mine")
     assert (report.encoder, report.imported, report.unmatched, report.dim) == ("import:mine", 6, [], 3)
@@ -78,9 +85,9 @@ def test_no_matching_id_is_an_error_naming_an_id(ingested, tmp_path: Path) -> No
 
 def test_ambiguous_names_do_not_match_but_same_bytes_do(ingested, tmp_path: Path) -> None:
     store, folder, _ = ingested
-    write_file(folder.root, "birds/cat_0.png", png_bytes(777))   # a second, different cat_0.png
+    write_file(folder.root, "birds/cat_0.png", png_bytes(777))  # a second, different cat_0.png
     shared = png_bytes(888)
-    write_file(folder.root, "cats/twin.png", shared)              # one image at two paths
+    write_file(folder.root, "cats/twin.png", shared)  # one image at two paths
     write_file(folder.root, "dogs/twin.png", shared)
     scan = images.scan(folder.root)
     store.ingest("d", scan.root, scan.records, scan.skipped)
@@ -177,24 +184,33 @@ def test_ragged_list_column_is_a_format_error(ingested, tmp_path: Path) -> None:
 def test_json_list_column_in_csv(ingested, tmp_path: Path) -> None:
     store, folder, _ = ingested
     path = tmp_path / "v.csv"
-    pd.DataFrame({"path": ["cats/cat_0.png", "birds/bird_0.png"],
-                  "embedding": ["[0.5, -1.25]", "[2.0, 3.0]"]}).to_csv(path, index=False)
+    pd.DataFrame({"path": ["cats/cat_0.png", "birds/bird_0.png"], "embedding": ["[0.5, -1.25]", "[2.0, 3.0]"]}).to_csv(
+        path, index=False
+    )
     report = import_embeddings(store, path, "d", "json")
     assert report.dim == 2
     got = stored(store, "import:json")
     assert got[hash_of(folder, "birds/bird_0.png")].tolist() == [2.0, 3.0]
 
 
-@pytest.mark.parametrize("setup, message", [
-    (lambda p: p.with_suffix(".txt").write_text("x"), "unsupported format"),
-    (lambda p: pd.DataFrame({"name": ["cat_0"], "f0": [1.0]}).to_csv(p.with_suffix(".csv"), index=False),
-     "--id-column"),
-    (lambda p: pd.DataFrame({"id": ["cat_0"], "label": ["x"]}).to_csv(p.with_suffix(".csv"), index=False),
-     "no numeric columns"),
-    (lambda p: np.save(p.with_suffix(".npy"), vectors_for(3)), "has 3 rows but 'd' has 8 paths"),
-    (lambda p: np.savez(p.with_suffix(".npz"), vectors=vectors_for(3)), "needs arrays 'ids' and 'vectors'"),
-    (lambda p: p.with_suffix(".parquet").write_bytes(b"not parquet"), "Could not read"),
-], ids=["txt", "no-id-column", "no-numbers", "npy-row-count", "npz-arrays", "broken-parquet"])
+@pytest.mark.parametrize(
+    "setup, message",
+    [
+        (lambda p: p.with_suffix(".txt").write_text("x"), "unsupported format"),
+        (
+            lambda p: pd.DataFrame({"name": ["cat_0"], "f0": [1.0]}).to_csv(p.with_suffix(".csv"), index=False),
+            "--id-column",
+        ),
+        (
+            lambda p: pd.DataFrame({"id": ["cat_0"], "label": ["x"]}).to_csv(p.with_suffix(".csv"), index=False),
+            "no numeric columns",
+        ),
+        (lambda p: np.save(p.with_suffix(".npy"), vectors_for(3)), "has 3 rows but 'd' has 8 paths"),
+        (lambda p: np.savez(p.with_suffix(".npz"), vectors=vectors_for(3)), "needs arrays 'ids' and 'vectors'"),
+        (lambda p: p.with_suffix(".parquet").write_bytes(b"not parquet"), "Could not read"),
+    ],
+    ids=["txt", "no-id-column", "no-numbers", "npy-row-count", "npz-arrays", "broken-parquet"],
+)
 def test_unusable_files_give_format_errors(ingested, tmp_path: Path, setup, message: str) -> None:
     store, _, _ = ingested
     base = tmp_path / "bad" / "file"

@@ -1,4 +1,5 @@
 """core.neighbors: exact search against an independent numpy computation, ANN recall, overlap."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -61,7 +62,9 @@ def test_ann_recall_and_disk_cache(tmp_path: Path) -> None:
     n, dim, k = 20_000, 384, 10
     x = _random(n, dim, 7)
     hashes = [f"h{i}" for i in range(n)]
-    index = neighbors.NeighborIndex(x, encoder_key="rand@v1/x/y", hashes=hashes, cache_dir=tmp_path, ann_threshold=1_000)
+    index = neighbors.NeighborIndex(
+        x, encoder_key="rand@v1/x/y", hashes=hashes, cache_dir=tmp_path, ann_threshold=1_000
+    )
     assert index.uses_ann and index.index_file is not None and index.index_file.exists()
     assert index.index_file.parent == tmp_path / "indexes"
     exact = neighbors.NeighborIndex(x)
@@ -78,7 +81,9 @@ def test_ann_recall_and_disk_cache(tmp_path: Path) -> None:
     assert np.mean(recalls) >= 0.95, np.mean(recalls)
     # Reopening loads the saved file instead of rebuilding (same file, same answers).
     mtime = index.index_file.stat().st_mtime_ns
-    again = neighbors.NeighborIndex(x, encoder_key="rand@v1/x/y", hashes=hashes, cache_dir=tmp_path, ann_threshold=1_000)
+    again = neighbors.NeighborIndex(
+        x, encoder_key="rand@v1/x/y", hashes=hashes, cache_dir=tmp_path, ann_threshold=1_000
+    )
     assert again.index_file == index.index_file and again.index_file.stat().st_mtime_ns == mtime
     np.testing.assert_array_equal(again.search(queries[0], k)[0].indices, index.search(queries[0], k)[0].indices)
 

@@ -1,4 +1,5 @@
 """The Bias page: AppTest for its logic, and a real browser running a two-encoder battery."""
+
 from __future__ import annotations
 
 import json
@@ -93,8 +94,7 @@ def test_browser_runs_a_battery_across_two_encoders(prepared: dict[str, Path], t
     # The AppTest above ran in this process and its cached Store still holds the file's lock.
     db = tmp_path / "db.duckdb"
     shutil.copy(prepared["db"], db)
-    with streamlit_server(db, prepared["cache"], tmp_path / "server.log") as url, \
-            browser_page() as page:
+    with streamlit_server(db, prepared["cache"], tmp_path / "server.log") as url, browser_page() as page:
         page.goto(f"{url}/bias")
         settle(page)
         try:
@@ -118,8 +118,9 @@ def test_browser_runs_a_battery_across_two_encoders(prepared: dict[str, Path], t
         page.screenshot(path=str(shots / "bias.png"), full_page=True)
 
 
-def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(prepared: dict[str, Path],
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(
+    prepared: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     from core.cluster import run_clustering
 
     db = tmp_path / "db.duckdb"

@@ -1,4 +1,5 @@
 """The Clusters page driven headlessly with AppTest, checked against what core stored."""
+
 from __future__ import annotations
 
 import sys
@@ -37,9 +38,13 @@ def make_images(root: Path, per_class: int = 6) -> Path:
             img = Image.new("RGB", (48, 48), (235, 235, 235))
             draw = ImageDraw.Draw(img)
             box = (6 + i, 6, 42 - i // 2, 42)
-            [draw.rectangle, draw.ellipse, lambda b, fill: draw.polygon([(b[0], b[3]), (b[2], b[3]),
-                                                                         ((b[0] + b[2]) // 2, b[1])], fill=fill)
-             ][shape](box, fill=colour)
+            [
+                draw.rectangle,
+                draw.ellipse,
+                lambda b, fill, draw=draw: draw.polygon(
+                    [(b[0], b[3]), (b[2], b[3]), ((b[0] + b[2]) // 2, b[1])], fill=fill
+                ),
+            ][shape](box, fill=colour)
             img.save(root / folder / f"{folder}_{i:02d}.png")
     return root
 
@@ -228,9 +233,8 @@ def test_text_labels_name_the_reds_cluster(store: Store) -> None:
 
 
 def test_snapshot_saves_and_loads(store: Store) -> None:
-    from core.snapshots import load_snapshot
-
     from core.reduce import project
+    from core.snapshots import load_snapshot
 
     run = kmeans_run(store)
     at = open_page(run.run_id)  # draws (and stores) the PCA map with the default seed 0
@@ -260,10 +264,15 @@ def test_snapshot_link_opens_the_snapshots_page_when_routed(store: Store, tmp_pa
     (tmp_path / "router.py").write_text(
         "import streamlit as st\n"
         "st.navigation([st.Page('pages/clusters.py', title='Clusters', url_path='clusters', default=True),\n"
-        "               st.Page('pages/snapshots.py', title='Snapshots', url_path='snapshots')]).run()\n")
+        "               st.Page('pages/snapshots.py', title='Snapshots', url_path='snapshots')]).run()\n"
+    )
     at = AppTest.from_file(str(tmp_path / "router.py"), default_timeout=TIMEOUT)
-    for key, value in {"rl_dataset": DATASET, "rl_encoder_key": PIXELS_KEY, "cl_layout": "PCA",
-                       "rl_cluster_run": run.run_id}.items():
+    for key, value in {
+        "rl_dataset": DATASET,
+        "rl_encoder_key": PIXELS_KEY,
+        "cl_layout": "PCA",
+        "rl_cluster_run": run.run_id,
+    }.items():
         at.session_state[key] = value
     at.run()
     assert_clean(at)

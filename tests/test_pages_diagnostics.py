@@ -1,4 +1,5 @@
 """The Diagnostics page driven headlessly with AppTest, checked against core.diagnostics."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,11 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from test_pages_clusters import DATASET, PIXELS_KEY, build_store  # noqa: E402
+
 from core import diagnostics  # noqa: E402
 from core.cluster import folder_truth  # noqa: E402
 from core.store import Store  # noqa: E402
-from test_pages_clusters import DATASET, PIXELS_KEY, build_store  # noqa: E402
 
 PAGE = str(ROOT / "pages" / "diagnostics.py")
 OTHER_KEY = "import:shuffled"
@@ -31,8 +33,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     store = Store(env["db"], env["cache"])
     frame, vectors = store.load_embeddings(DATASET, PIXELS_KEY)
     store.register_encoder(OTHER_KEY, OTHER_KEY, "imported", "imported", "none", vectors.shape[1], {"id": OTHER_KEY})
-    store.write_embeddings(OTHER_KEY, frame["content_hash"].tolist(),
-                           vectors[np.random.default_rng(1).permutation(len(vectors))])
+    store.write_embeddings(
+        OTHER_KEY, frame["content_hash"].tolist(), vectors[np.random.default_rng(1).permutation(len(vectors))]
+    )
     store.close()
     return env
 
@@ -61,7 +64,7 @@ def test_diagnostics_table_matches_core_and_is_cached(store: Store, monkeypatch:
     calls: list[str] = []
     original = diagnostics.dataset_diagnostics
 
-    def counting(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def counting(*args, **kwargs):
         calls.extend(kwargs.get("keys") or ["all"])
         return original(*args, **kwargs)
 

@@ -1,6 +1,7 @@
 """The Snapshots page with Streamlit's AppTest: list and search, the read-only ``?snapshot=``
 link (through a router), import of a hostile and of a valid ``.replens`` file, delete with
 confirmation, and the diff's ARI checked against scikit-learn."""
+
 from __future__ import annotations
 
 import io
@@ -25,6 +26,7 @@ APP = ROOT / "app.py"
 PAGE = str(ROOT / "pages" / "snapshots.py")
 PIXELS_KEY = "pixels@v1/pixels/none"
 TIMEOUT = 60
+
 
 # The routing proposed for app.py, verbatim: a shared link (?snapshot=<id>) on the home page
 # (or any other page) switches to the Snapshots page and keeps the parameter.
@@ -204,8 +206,9 @@ def test_diff_shows_ari_and_the_confusion_matrix(env: dict[str, object]) -> None
     assert metrics["Shared images"] == str(len(shared))
     heatmap = figure(at)["data"][0]
     assert heatmap["type"] == "heatmap"
-    assert int(np.sum([values(row) for row in heatmap["z"]] if isinstance(heatmap["z"], list)
-                      else values(heatmap["z"]))) == len(shared)
+    assert int(
+        np.sum([values(row) for row in heatmap["z"]] if isinstance(heatmap["z"], list) else values(heatmap["z"]))
+    ) == len(shared)
     # The same snapshot twice is not a comparison.
     at.selectbox(key="snap_diff_b").set_value(a.id).run()
     assert "Pick two different" in at.info[0].value

@@ -1,6 +1,7 @@
 """Third-party plug-ins: a real distribution, installed with pip into a temporary site, is found
 through its entry points by the same registries the built-ins use — in the CLI, the `replens`
 console script, an embedding run and the Data page."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ def load(spec, device, layer, pooling, weights):
     return MeanColourEncoder(spec, "cpu", layer, pooling)
 '''.replace("{id}", PLUGIN_ID)
 
-PYPROJECT = f'''
+PYPROJECT = f"""
 [build-system]
 requires = ["setuptools>=61"]
 build-backend = "setuptools.build_meta"
@@ -55,7 +56,7 @@ version = "1.0"
 
 [tool.setuptools]
 py-modules = ["replens_mean_colour"]
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +67,26 @@ def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     src.mkdir()
     (src / "pyproject.toml").write_text(textwrap.dedent(PYPROJECT))
     (src / "replens_mean_colour.py").write_text(PLUGIN_MODULE)
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--disable-pip-version-check", "--target", str(site), str(src)],
-                   check=True, capture_output=True, text=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(src),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert list(site.glob("replens_mean_colour-1.0.dist-info/entry_points.txt"))
     return site
 
@@ -92,8 +110,9 @@ def test_the_cli_lists_the_plugin_encoder(plugin_site: Path) -> None:
 
 
 def test_without_the_plugin_it_is_not_listed() -> None:
-    listed = subprocess.run([sys.executable, "-m", "core", "encoders", "--json"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    listed = subprocess.run(
+        [sys.executable, "-m", "core", "encoders", "--json"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert listed.returncode == 0, listed.stderr
     assert PLUGIN_ID not in listed.stdout
 
@@ -129,8 +148,9 @@ def test_the_console_script_sees_it_and_embeds_with_it(plugin_site: Path, tmp_pa
     np.testing.assert_allclose(vectors[:, 3:], 0, atol=1e-5)
 
 
-def test_the_data_page_offers_and_runs_the_plugin_encoder(plugin_site: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_data_page_offers_and_runs_the_plugin_encoder(
+    plugin_site: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from PIL import Image
 
     from core import config, encoders, images, registry

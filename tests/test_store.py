@@ -1,4 +1,5 @@
 """Tests for core.store: migrations, ingest bookkeeping, embeddings I/O, transactions, locking."""
+
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +15,6 @@ import pytest
 from conftest import PYTHON, REPO_ROOT, png_bytes, write_file
 from core import images
 from core.errors import (
-    DatabaseLockedError,
     DatasetNotFoundError,
     EmbeddingsNotFoundError,
     InvalidInputError,
@@ -30,8 +30,17 @@ from core.store import migrations as migrations_module
 def fake_records(n: int, prefix: str = "a", start: int = 0) -> list[ImageRecord]:
     """Records without files behind them: enough for everything but extraction."""
     return [
-        ImageRecord(content_hash=f"{i:032x}", rel_path=f"{prefix}/{i:06d}.png", labels=(prefix,), width=8, height=8,
-                    n_bytes=100 + i, format="PNG", mtime=float(i), caption=f"caption {i}" if i % 2 else None)
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"{prefix}/{i:06d}.png",
+            labels=(prefix,),
+            width=8,
+            height=8,
+            n_bytes=100 + i,
+            format="PNG",
+            mtime=float(i),
+            caption=f"caption {i}" if i % 2 else None,
+        )
         for i in range(start, start + n)
     ]
 
@@ -54,14 +63,16 @@ def path_table(store: Store, dataset: str) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- migrations
 
 
-def test_migrations_are_applied_once_and_recorded(db_file: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_migrations_are_applied_once_and_recorded(
+    db_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls: list[str] = []
 
     def counting(migration):
         def run(cur):
             calls.append(migration.__name__)
             migration(cur)
+
         run.__name__ = migration.__name__
         return run
 
@@ -156,7 +167,12 @@ def test_dataset_images_columns_come_from_the_scan(store: Store, image_folder) -
         assert row["content_hash"] == rec.content_hash
         assert list(row["labels"]) == list(rec.labels)
         assert row["label"] == rec.labels[0]
-        assert (row["width"], row["height"], row["n_bytes"], row["format"]) == (64, 64, len(image_folder.files[rec.rel_path]), "PNG")
+        assert (row["width"], row["height"], row["n_bytes"], row["format"]) == (
+            64,
+            64,
+            len(image_folder.files[rec.rel_path]),
+            "PNG",
+        )
     assert imgs.loc["cats/cat_0.png", "caption"] == "a grey cat"
     assert imgs.loc["dogs/dog_1.png", "caption"] == "a happy dog"
     assert imgs["caption"].isna().sum() == 6
@@ -203,7 +219,10 @@ def test_two_sources_in_one_dataset_do_not_remove_each_other(store: Store) -> No
     assert (stats.unchanged, stats.removed) == (1, 2)
     paths = store.dataset_paths("d")
     assert list(zip(paths["source"], paths["rel_path"])) == [
-        ("/src/one", a[0].rel_path), ("/src/two", b[0].rel_path), ("/src/two", b[1].rel_path)]
+        ("/src/one", a[0].rel_path),
+        ("/src/two", b[0].rel_path),
+        ("/src/two", b[1].rel_path),
+    ]
 
 
 @pytest.mark.parametrize("name", ["", "   ", "bad\nname", "x" * 201])
@@ -365,8 +384,9 @@ def test_vectors_of_the_wrong_width_are_rejected_and_nothing_is_written(store: S
     assert store.write_embeddings(key, hashes[1:], np.zeros((2, 4))) == 2
 
 
-def test_failure_mid_ingest_leaves_the_database_unchanged(store: Store, image_folder,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_mid_ingest_leaves_the_database_unchanged(
+    store: Store, image_folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = image_folder.root
     write_file(root, "cats/broken.png", b"junk")
     ingest_folder(store, "d", root)
@@ -447,15 +467,15 @@ def test_threads_sharing_one_store_read_and_write_correctly(store: Store) -> Non
     def writer(t: int) -> None:
         try:
             barrier.wait()
-            mine = hashes[t * per_thread:(t + 1) * per_thread]
+            mine = hashes[t * per_thread : (t + 1) * per_thread]
             for start in range(0, per_thread, 10):
-                part = mine[start:start + 10]
+                part = mine[start : start + 10]
                 vec = np.array([[t, start + j, 7] for j in range(len(part))], np.float32)
                 assert store.write_embeddings(key, part, vec) == len(part)
                 assert len(store.dataset_images("d")) == len(records)
             # Every thread also writes the same shared rows: exactly one write per row wins.
             new_counts.append(store.write_embeddings(shared_key, hashes[:20], np.full((20, 3), t, np.float32)))
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     def ingester(t: int) -> None:
@@ -465,7 +485,7 @@ def test_threads_sharing_one_store_read_and_write_correctly(store: Store) -> Non
                 # Same dataset name from several threads, and one dataset per thread.
                 store.ingest("same", f"/other/{t}", fake_records(5, f"o{t}"), [])
                 store.ingest(f"mine{t}", "/src", fake_records(5), [])
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=writer, args=(t,)) for t in range(n_threads)]
@@ -502,17 +522,28 @@ def test_second_process_gets_a_clear_lock_error(store: Store, db_file: Path) -> 
         "    print(exc)\n"
         "    sys.exit(3)\n"
     )
-    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [PYTHON, "-c", code],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 3, proc.stderr
     message = proc.stdout.strip()
     assert str(db_file) in message
     assert "another process" in message and "REPLENS_DB" in message
     # After this Store closes, the other process can open the file.
     store.close()
-    proc = subprocess.run([PYTHON, "-c", code.replace("s.dataset_names()", "print(s.dataset_names())")],
-                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
-                          env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [PYTHON, "-c", code.replace("s.dataset_names()", "print(s.dataset_names())")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['d']"
 
@@ -532,7 +563,9 @@ def test_export_embeddings_writes_parquet_with_the_stored_vectors(store: Store, 
     assert not out.with_name(out.name + ".tmp").exists()
     table = pq.read_table(out)
     assert table.num_rows == 5
-    assert {"rel_path", "source", "content_hash", "labels", "caption", "encoder_key", "vector"} <= set(table.column_names)
+    assert {"rel_path", "source", "content_hash", "labels", "caption", "encoder_key", "vector"} <= set(
+        table.column_names
+    )
     frame = table.to_pandas()
     by_hash = {r.content_hash: v for r, v in zip(records, vectors)}
     for _, row in frame.iterrows():
@@ -575,8 +608,9 @@ def test_runs_are_recorded_with_status(store: Store) -> None:
     assert store.runs("projection").empty
 
 
-@pytest.mark.parametrize("chunk_sizes, order", [((5,), "same"), ((5,), "shuffled"), ((2, 0, 3), "shuffled"),
-                                                 ((3, 2), "subset")])
+@pytest.mark.parametrize(
+    "chunk_sizes, order", [((5,), "same"), ((5,), "shuffled"), ((2, 0, 3), "shuffled"), ((3, 2), "subset")]
+)
 def test_gather_rows_matches_plain_indexing(chunk_sizes: tuple[int, ...], order: str) -> None:
     """Vectors arrive from DuckDB in chunks and in any order; each output row must be the
     vector of the table row it was matched to (checked against numpy fancy indexing)."""
@@ -588,12 +622,13 @@ def test_gather_rows_matches_plain_indexing(chunk_sizes: tuple[int, ...], order:
     vectors = rng.normal(size=(sum(chunk_sizes), 4)).astype(np.float32)
     chunks, start = [], 0
     for n in chunk_sizes:
-        flat = pa.array(vectors[start:start + n].ravel())
+        flat = pa.array(vectors[start : start + n].ravel())
         chunks.append(pa.FixedSizeListArray.from_arrays(flat, 4))
         start += n
     column = pa.chunked_array(chunks, type=pa.list_(pa.float32(), 4))
-    rows = {"same": np.arange(len(vectors)), "shuffled": rng.permutation(len(vectors)),
-            "subset": np.array([4, 0, 2])}[order]
+    rows = {"same": np.arange(len(vectors)), "shuffled": rng.permutation(len(vectors)), "subset": np.array([4, 0, 2])}[
+        order
+    ]
     got = _gather_rows(column, rows, 4)
     np.testing.assert_array_equal(got, vectors[rows])
     assert got.dtype == np.float32 and got.shape == (len(rows), 4)

@@ -1,5 +1,6 @@
 """core.uploads: browser-supplied names are made safe and nothing is written outside the upload folder;
 core.exports: a selection's paths as CSV and its files as a zip."""
+
 from __future__ import annotations
 
 import io
@@ -9,26 +10,26 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import png_bytes
 
+from conftest import png_bytes
 from core import uploads
 from core.errors import InvalidInputError
 from core.exports import files_zip, paths_csv
 from core.store import Store
 
 REFUSED = [
-    "/etc/passwd",              # absolute
+    "/etc/passwd",  # absolute
     "\\\\server\\share\\x.png",  # UNC path, absolute once slashes are unified
-    "C:/Windows/x.png",         # drive letter
-    "c:x.png",                  # drive-relative
-    "../x.png",                 # parent
-    "a/../../x.png",            # parent in the middle
-    "a\\..\\..\\x.png",         # parent with Windows separators
-    ".hidden.png",              # hidden file
-    "a/.git/config",            # hidden folder
-    "__MACOSX/a/._x.png",       # macOS resource forks
-    "",                         # nothing
-    "./",                       # nothing but dots
+    "C:/Windows/x.png",  # drive letter
+    "c:x.png",  # drive-relative
+    "../x.png",  # parent
+    "a/../../x.png",  # parent in the middle
+    "a\\..\\..\\x.png",  # parent with Windows separators
+    ".hidden.png",  # hidden file
+    "a/.git/config",  # hidden folder
+    "__MACOSX/a/._x.png",  # macOS resource forks
+    "",  # nothing
+    "./",  # nothing but dots
 ]
 
 
@@ -112,8 +113,15 @@ def test_upload_types_are_images_and_captions() -> None:
 def test_exports_of_a_selection(tmp_path: Path) -> None:
     (tmp_path / "cats").mkdir()
     (tmp_path / "cats" / "a.png").write_bytes(png := png_bytes(1, 8))
-    rows = pd.DataFrame({"source": [str(tmp_path)] * 2, "rel_path": ["cats/a.png", "cats/gone.png"],
-                         "label": ["cats", "cats"], "content_hash": ["h1", "h2"], "width": [8, 8]})
+    rows = pd.DataFrame(
+        {
+            "source": [str(tmp_path)] * 2,
+            "rel_path": ["cats/a.png", "cats/gone.png"],
+            "label": ["cats", "cats"],
+            "content_hash": ["h1", "h2"],
+            "width": [8, 8],
+        }
+    )
     table = pd.read_csv(io.BytesIO(paths_csv(rows)))
     assert list(table.columns) == ["source", "rel_path", "label", "content_hash"]  # no caption column to copy
     assert table["rel_path"].tolist() == ["cats/a.png", "cats/gone.png"]

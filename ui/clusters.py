@@ -1,4 +1,5 @@
 """Stored cluster runs as pages show them: cluster names and one-line run descriptions."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -16,8 +17,9 @@ if TYPE_CHECKING:  # core.cluster imports scikit-learn (~0.9 s): only pages that
 def run_cluster_names(store: Store, run: ClusterRun) -> dict[int, str]:
     """Names of every cluster of a stored run, with its stored (or edited) labels."""
     stored = store.load_cluster_labels(run.run_id)
-    return cluster_names(np.unique(run.labels).tolist(),
-                         {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])})
+    return cluster_names(
+        np.unique(run.labels).tolist(), {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])}
+    )
 
 
 def run_description(row: pd.Series) -> str:

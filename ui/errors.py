@@ -1,4 +1,5 @@
 """Errors a user can fix, shown as messages instead of tracebacks."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator

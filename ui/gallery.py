@@ -1,4 +1,5 @@
 """Thumbnail grids: cached thumbnails made on demand, shown as one paginated HTML block."""
+
 from __future__ import annotations
 
 import base64
@@ -27,8 +28,7 @@ def thumbnail(store: Store, content_hash: str, source: str, rel_path: str) -> st
         return None
 
 
-def gallery(store: Store, rows: pd.DataFrame, captions: list[str], key: str,
-            per_page: int = GALLERY_PAGE_SIZE) -> None:
+def gallery(store: Store, rows: pd.DataFrame, captions: list[str], key: str, per_page: int = GALLERY_PAGE_SIZE) -> None:
     """Paginated thumbnail grid of ``rows`` (content_hash, source, rel_path)."""
     n = len(rows)
     pages = max(1, -(-n // per_page))
@@ -36,9 +36,9 @@ def gallery(store: Store, rows: pd.DataFrame, captions: list[str], key: str,
     if pages > 1:
         page = int(st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"{key}_page"))
     start = (page - 1) * per_page
-    chunk = rows.iloc[start:start + per_page]
+    chunk = rows.iloc[start : start + per_page]
     tiles = []
-    for (_, row), caption in zip(chunk.iterrows(), captions[start:start + per_page]):
+    for (_, row), caption in zip(chunk.iterrows(), captions[start : start + per_page]):
         path = thumbnail(store, row["content_hash"], row["source"], row["rel_path"])
         if path is not None:
             tiles.append((path, caption))
@@ -70,6 +70,8 @@ def gallery_html(tiles: list[tuple[str, str]]) -> str:
     for path, caption in tiles:
         data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
         text = html.escape(caption)
-        figures.append(f'<figure><img src="data:image/webp;base64,{data}" alt="{text}" loading="eager">'
-                       f"<figcaption>{text}</figcaption></figure>")
+        figures.append(
+            f'<figure><img src="data:image/webp;base64,{data}" alt="{text}" loading="eager">'
+            f"<figcaption>{text}</figcaption></figure>"
+        )
     return f'{_GALLERY_CSS}<div class="rl-gallery">{"".join(figures)}</div>'

@@ -1,4 +1,5 @@
 """Progress bars with a rate and an ETA for long engine calls (embedding)."""
+
 from __future__ import annotations
 
 import time

@@ -6,6 +6,7 @@ on every rerun. They are treated as read-only. Cache keys include a cheap *versi
 dataset (its update time and embedding counts), so new images or vectors are never hidden
 by a stale cache.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,7 @@ def _neighbor_index(db: str, cache: str, dataset: str, key: str, version: str) -
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _projection(db: str, cache: str, dataset: str, key: str, method: str, params_json: str,
-                version: str) -> Projection:
+def _projection(db: str, cache: str, dataset: str, key: str, method: str, params_json: str, version: str) -> Projection:
     frame, vectors = _embeddings(db, cache, dataset, key, version)
     return project(_store_at(db, cache), dataset, key, method, json.loads(params_json), images=frame, vectors=vectors)
 

@@ -1,4 +1,5 @@
 """Session-state keys and page paths every page shares, and the routing guard."""
+
 from __future__ import annotations
 
 import streamlit as st
@@ -12,8 +13,8 @@ PAGE_SNAPSHOTS = "pages/snapshots.py"
 DATASET_KEY = "rl_dataset"
 ENCODER_KEY = "rl_encoder_key"
 QUERY_KEY = "rl_query_hash"
-SELECTION_KEY = "rl_selection_hashes"           # content hashes of the last Map selection
-CLUSTER_RUN_KEY = "rl_cluster_run"              # the cluster run picked on the Clusters page
+SELECTION_KEY = "rl_selection_hashes"  # content hashes of the last Map selection
+CLUSTER_RUN_KEY = "rl_cluster_run"  # the cluster run picked on the Clusters page
 SELECTION_DATASET_KEY = "rl_selection_dataset"  # the dataset that selection belongs to
 
 

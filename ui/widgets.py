@@ -1,5 +1,6 @@
 """Sidebar pickers and small displays every page shares: dataset/encoder pickers, encoder keys
 and spec cards, and the rows of a Plotly selection."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -37,8 +38,9 @@ def describe_spec(spec: EncoderSpec) -> str:
     return "\n".join(lines)
 
 
-def remembered_select(label: str, options: list[str], shared_key: str, widget_key: str,
-                      format_func: Any = str, container: Any = None) -> str:
+def remembered_select(
+    label: str, options: list[str], shared_key: str, widget_key: str, format_func: Any = str, container: Any = None
+) -> str:
     """A selectbox whose choice is also kept under ``shared_key`` so other pages start from it."""
     where = container if container is not None else st.sidebar
     if st.session_state.get(widget_key) not in options:

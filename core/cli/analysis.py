@@ -40,6 +40,8 @@ LABEL_METHODS = ("clip", "text", "visual")
 
 def _methods_help(builtins: tuple[str, ...], extra: str = "") -> str:
     return f"{', '.join(builtins)}, or a plug-in's name{extra}"
+
+
 BIAS_ROLES = (("x", "target X"), ("y", "target Y"), ("a", "attribute A"), ("b", "attribute B"))
 
 
@@ -62,7 +64,9 @@ def _add_project(sub: SubParsers) -> None:
         "compute and cache a 2-D map layout (the Map page then opens instantly)",
         [dataset_option(), encoder_options(), seed],
     )
-    p.add_argument("--method", default="umap", help=_methods_help(PROJECTION_METHODS, " (default umap, as the Map page)"))
+    p.add_argument(
+        "--method", default="umap", help=_methods_help(PROJECTION_METHODS, " (default umap, as the Map page)")
+    )
     p.add_argument("--n-neighbors", type=int, help="umap (default 15, as the Map page)")
     p.add_argument("--min-dist", type=float, help="umap (default 0.1)")
     p.add_argument("--metric", help="umap: cosine (default), euclidean, correlation, manhattan")

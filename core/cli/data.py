@@ -62,8 +62,9 @@ def add_commands(sub: SubParsers) -> None:
     )
     for role, meaning in (("x", "target X"), ("y", "target Y"), ("a", "attribute A"), ("b", "attribute B")):
         p.add_argument(f"--{role}", required=True, metavar="DIR", help=f"{meaning}: a local folder of images")
-    p.add_argument("--encoder", required=True, action="append", metavar="ID",
-                   help="encoder id to embed with (repeat for several)")
+    p.add_argument(
+        "--encoder", required=True, action="append", metavar="ID", help="encoder id to embed with (repeat for several)"
+    )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
 
     p = add_command(
@@ -194,8 +195,12 @@ def cmd_stimuli(args: argparse.Namespace) -> int:
     progress, close = _stage_bars()
     try:
         result = ingest_stimulus_folders(
-            store, args.dataset, {role: getattr(args, role) for role in ROLE_NAMES}, args.encoder,
-            progress=progress, loader=lambda encoder_id: load_encoder(encoder_id, args.device),
+            store,
+            args.dataset,
+            {role: getattr(args, role) for role in ROLE_NAMES},
+            args.encoder,
+            progress=progress,
+            loader=lambda encoder_id: load_encoder(encoder_id, args.device),
         )
     finally:
         close()
@@ -212,8 +217,10 @@ def cmd_stimuli(args: argparse.Namespace) -> int:
     def human() -> None:
         sets = ", ".join(f"{ROLE_NAMES[r]} = {result.folders[r]} ({result.role_counts[r]})" for r in ROLE_NAMES)
         print(f"{result.dataset}: {sets}; embedded with {', '.join(result.encoder_keys)}")
-        print(f"test it: replens bias --dataset {result.dataset} --encoder {args.encoder[0]} "
-              + " ".join(f"--{r} {result.folders[r]}" for r in ROLE_NAMES))
+        print(
+            f"test it: replens bias --dataset {result.dataset} --encoder {args.encoder[0]} "
+            + " ".join(f"--{r} {result.folders[r]}" for r in ROLE_NAMES)
+        )
 
     emit(args, payload, human)
     return 0

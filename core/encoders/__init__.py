@@ -18,6 +18,7 @@ Modules: ``spec`` (EncoderSpec, the Encoder protocol), ``preprocess``, ``base`` 
 plug-ins from entry-point group ``replens.encoders``), ``builtins`` (the shipped encoders),
 ``files`` (``timm-file:``/``onnx-file:`` ids), ``deps`` (lazy heavy imports, hub reachability).
 """
+
 from __future__ import annotations
 
 from core.encoders.adapters import (

@@ -1,4 +1,5 @@
 """Adapters: run a timm ViT or CNN, an open_clip model, an ONNX graph or raw pixels behind ``BaseEncoder``."""
+
 from __future__ import annotations
 
 import threading
@@ -43,7 +44,7 @@ class TimmViTEncoder(TorchEncoder):
             tokens = self.model.forward_features(x)
         else:
             index = int(self.layer.removeprefix("block"))
-            (spatial, prefix), = self.model.forward_intermediates(
+            ((spatial, prefix),) = self.model.forward_intermediates(
                 x, indices=[index], return_prefix_tokens=True, norm=True, output_fmt="NLC", intermediates_only=True
             )
             tokens = import_torch().cat([prefix, spatial], dim=1)
@@ -78,8 +79,11 @@ class OpenClipEncoder(TorchEncoder):
         """CLIP text-tower vectors (same space as the image vectors), float32 (n, dim)."""
         torch = import_torch()
         tokens = self.tokenizer(list(texts)).to(self.device)
-        with self._lock, torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16,
-                                                               enabled=self.device.startswith("cuda")):
+        with (
+            self._lock,
+            torch.inference_mode(),
+            torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.startswith("cuda")),
+        ):
             out = self.model.encode_text(tokens)
         return out.float().cpu().numpy()
 
@@ -87,8 +91,18 @@ class OpenClipEncoder(TorchEncoder):
 class OnnxEncoder(BaseEncoder):
     """An ONNX model run by onnxruntime, reading one named output."""
 
-    def __init__(self, spec: EncoderSpec, device: str, layer: str, pooling: str, model_bytes: bytes,
-                 output_name: str, *, nhwc: bool = False, token_output: bool = False) -> None:
+    def __init__(
+        self,
+        spec: EncoderSpec,
+        device: str,
+        layer: str,
+        pooling: str,
+        model_bytes: bytes,
+        output_name: str,
+        *,
+        nhwc: bool = False,
+        token_output: bool = False,
+    ) -> None:
         super().__init__(spec, device, layer, pooling)
         import onnxruntime as ort
 

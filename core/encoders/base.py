@@ -1,4 +1,5 @@
 """The plumbing every encoder shares: its cache key, preprocessing and batch checks."""
+
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -3,6 +3,7 @@
 Importing ``core.encoders`` stays cheap: torch, timm, open_clip and onnxruntime load only when
 an encoder that needs them is built.
 """
+
 from __future__ import annotations
 
 import functools

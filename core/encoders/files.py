@@ -1,5 +1,6 @@
 """User files as encoders: any timm architecture + local weights (``timm-file:ARCH:PATH``), any ONNX
 model + output node (``onnx-file:PATH#OUTPUT``). Their spec is read from the file when loaded."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,8 @@ def load_timm_file(encoder_id: str, device: str, layer: str | None, pooling: str
     match = re.fullmatch(r"timm-file:([^:]+):(.+)", encoder_id)
     if not match:
         raise InvalidInputError(
-            f"{encoder_id!r}: write timm-file:ARCHITECTURE:PATH, e.g. timm-file:resnet50:/w/r50.safetensors")
+            f"{encoder_id!r}: write timm-file:ARCHITECTURE:PATH, e.g. timm-file:resnet50:/w/r50.safetensors"
+        )
     arch, path = match.group(1), Path(match.group(2)).expanduser()
     if not path.is_file():
         raise EncoderUnavailableError(f"Weights file {path} does not exist.")
@@ -50,13 +52,24 @@ def load_timm_file(encoder_id: str, device: str, layer: str | None, pooling: str
     data_cfg = timm.data.resolve_model_data_config(model)
     depth = len(getattr(model, "blocks", ())) if is_vit else 0
     spec = EncoderSpec(
-        id=encoder_id, version=file_version(path), name=f"{arch} ({path.name})", family="user checkpoint",
-        source=f"file:{path}", dim=int(model.num_features), input_size=int(data_cfg["input_size"][-1]),
-        mean=tuple(data_cfg["mean"]), std=tuple(data_cfg["std"]), licence="as the checkpoint's owner says",
-        needs_network=False, architecture=arch, description="Local timm checkpoint.",
+        id=encoder_id,
+        version=file_version(path),
+        name=f"{arch} ({path.name})",
+        family="user checkpoint",
+        source=f"file:{path}",
+        dim=int(model.num_features),
+        input_size=int(data_cfg["input_size"][-1]),
+        mean=tuple(data_cfg["mean"]),
+        std=tuple(data_cfg["std"]),
+        licence="as the checkpoint's owner says",
+        needs_network=False,
+        architecture=arch,
+        description="Local timm checkpoint.",
         layers=("last",) + tuple(f"block{i}" for i in range(depth)) if is_vit else ("last",),
-        poolings=("cls", "mean") if is_vit else ("avg", "gem"), default_pooling="cls" if is_vit else "avg",
-        crop_pct=float(data_cfg.get("crop_pct", 0.875)), interpolation=str(data_cfg.get("interpolation", "bicubic")),
+        poolings=("cls", "mean") if is_vit else ("avg", "gem"),
+        default_pooling="cls" if is_vit else "avg",
+        crop_pct=float(data_cfg.get("crop_pct", 0.875)),
+        interpolation=str(data_cfg.get("interpolation", "bicubic")),
     )
     layer, pooling = layer or spec.default_layer, pooling or spec.default_pooling
     check_option("layer", layer, spec.layers, arch)
@@ -69,7 +82,8 @@ def load_onnx_file(encoder_id: str, device: str, layer: str | None, pooling: str
     match = re.fullmatch(r"onnx-file:(.+)#([^#]+)", encoder_id)
     if not match:
         raise InvalidInputError(
-            f"{encoder_id!r}: write onnx-file:PATH#OUTPUT_NAME, e.g. onnx-file:/m/model.onnx#features")
+            f"{encoder_id!r}: write onnx-file:PATH#OUTPUT_NAME, e.g. onnx-file:/m/model.onnx#features"
+        )
     path, output = Path(match.group(1)).expanduser(), match.group(2)
     if not path.is_file():
         raise EncoderUnavailableError(f"ONNX file {path} does not exist.")
@@ -86,11 +100,21 @@ def load_onnx_file(encoder_id: str, device: str, layer: str | None, pooling: str
     probe = session.run([output], {session.get_inputs()[0].name: np.zeros(probe_shape, np.float32)})[0]
     dim = int(probe.shape[-1] if token_output else np.prod(probe.shape[1:]))
     spec = EncoderSpec(
-        id=encoder_id, version=file_version(path), name=f"{path.name} → {output}", family="user ONNX model",
-        source=f"file:{path}", dim=dim, input_size=int(size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-        licence="as the model's owner says", needs_network=False, architecture="onnx",
+        id=encoder_id,
+        version=file_version(path),
+        name=f"{path.name} → {output}",
+        family="user ONNX model",
+        source=f"file:{path}",
+        dim=dim,
+        input_size=int(size),
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        licence="as the model's owner says",
+        needs_network=False,
+        architecture="onnx",
         description="Local ONNX model; ImageNet normalisation assumed.",
-        layers=("output",), default_layer="output",
+        layers=("output",),
+        default_layer="output",
         poolings=("cls", "mean") if token_output else ("flatten",),
         default_pooling="cls" if token_output else "flatten",
     )

@@ -1,4 +1,5 @@
 """Preprocessing shared by every adapter: built from the spec, never re-typed by callers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +7,12 @@ from PIL import Image
 
 from core.encoders.spec import EncoderSpec
 
-_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-             "area": Image.Resampling.BOX, "nearest": Image.Resampling.NEAREST}
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "area": Image.Resampling.BOX,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def preprocess_image(image: Image.Image, spec: EncoderSpec) -> np.ndarray:

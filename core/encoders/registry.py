@@ -4,6 +4,7 @@ Built-ins and third-party packages register the same way, with ``@register_encod
 that declare an entry point in group ``replens.encoders`` are imported the first time the
 registry is read (see core/registry.py), so their encoders are listed and loaded like ours.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -97,8 +98,14 @@ def resolve_device(device: str | None = "auto") -> str:
     return "cpu"
 
 
-def load_encoder(encoder_id: str, device: str | None = "auto", *, layer: str | None = None,
-                 pooling: str | None = None, weights: str | os.PathLike[str] | None = None) -> BaseEncoder:
+def load_encoder(
+    encoder_id: str,
+    device: str | None = "auto",
+    *,
+    layer: str | None = None,
+    pooling: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+) -> BaseEncoder:
     """Build the encoder ``encoder_id`` on ``device``.
 
     Args:
@@ -129,8 +136,7 @@ def load_encoder(encoder_id: str, device: str | None = "auto", *, layer: str | N
         raise EncoderUnavailableError(f"Weights file {weights} does not exist; pass the path of a local checkpoint.")
     if weights:
         # Other weights, other vectors: the file's identity goes into the cache key.
-        spec = dataclasses.replace(spec, version=f"{spec.version}+{file_version(Path(weights))}",
-                                   needs_network=False)
+        spec = dataclasses.replace(spec, version=f"{spec.version}+{file_version(Path(weights))}", needs_network=False)
     try:
         return entry.loader(spec, resolve_device(device), layer, pooling, weights)
     except (EncoderUnavailableError, InvalidInputError):
@@ -141,8 +147,10 @@ def load_encoder(encoder_id: str, device: str | None = "auto", *, layer: str | N
 
 def _unknown_message(encoder_id: str) -> str:
     ids = ", ".join(s.id for s in list_encoders())
-    return (f"Unknown encoder {encoder_id!r}. Registered: {ids}. Local files: timm-file:ARCH:PATH or "
-            "onnx-file:PATH#OUTPUT. List them with: python -m core encoders")
+    return (
+        f"Unknown encoder {encoder_id!r}. Registered: {ids}. Local files: timm-file:ARCH:PATH or "
+        "onnx-file:PATH#OUTPUT. List them with: python -m core encoders"
+    )
 
 
 def _unavailable(spec: EncoderSpec, exc: Exception) -> EncoderUnavailableError:

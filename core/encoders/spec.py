@@ -1,4 +1,5 @@
 """What an encoder is: its spec (the facts a user and the cache need) and the interface it offers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,28 +28,28 @@ class EncoderSpec:
     """Everything a user (and the cache) needs to know about an encoder."""
 
     id: str
-    version: str                       # changes whenever the weights change
-    name: str                          # what the UI shows
-    family: str                        # training method: DINOv2, DINO, MAE, SwAV, CLIP, baseline…
-    source: str                        # where weights come from, e.g. "timm:vit_small_patch14_dinov2.lvd142m"
+    version: str  # changes whenever the weights change
+    name: str  # what the UI shows
+    family: str  # training method: DINOv2, DINO, MAE, SwAV, CLIP, baseline…
+    source: str  # where weights come from, e.g. "timm:vit_small_patch14_dinov2.lvd142m"
     dim: int
     input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     licence: str
-    needs_network: bool                # True: weights come from a hub on first use
+    needs_network: bool  # True: weights come from a hub on first use
     has_text_tower: bool = False
     architecture: str = ""
-    fine_tuned: str | None = None      # honest note when weights were fine-tuned away from the SSL objective
+    fine_tuned: str | None = None  # honest note when weights were fine-tuned away from the SSL objective
     description: str = ""
     layers: tuple[str, ...] = ("last",)
     default_layer: str = "last"
     poolings: tuple[str, ...] = ("cls", "mean")
     default_pooling: str = "cls"
-    resize: str = "center_crop"        # center_crop | letterbox | squash_crop
+    resize: str = "center_crop"  # center_crop | letterbox | squash_crop
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    bgr_0_255: bool = False            # Caffe-style input: BGR channel order, 0-255 scale
+    bgr_0_255: bool = False  # Caffe-style input: BGR channel order, 0-255 scale
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -9,6 +9,7 @@ Modules: ``records`` (ImageRecord, SkippedFile, ScanResult), ``hashing``, ``deco
 ``thumbnails``, ``features``, ``listing`` (what folder and zip sources share), ``folder``,
 ``archive`` (zip), ``sources`` (open a root, read one image), ``scan``.
 """
+
 from __future__ import annotations
 
 # ``_decode`` and ``_to_rgb`` are private names from when images was one module, kept because

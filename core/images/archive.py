@@ -2,6 +2,7 @@
 
 Member names are untrusted: absolute, drive-letter and ``..`` names are reported and never read.
 """
+
 from __future__ import annotations
 
 import threading
@@ -109,8 +110,7 @@ def _build_zip_index(path: Path) -> ZipIndex:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
         raise UnsupportedSourceError(
-            f"{path} is not a readable zip archive ({exc}). Re-create the archive, or extract "
-            "it and pass the folder."
+            f"{path} is not a readable zip archive ({exc}). Re-create the archive, or extract it and pass the folder."
         ) from exc
     members: dict[str, zipfile.ZipInfo] = {}
     skipped: list[SkippedFile] = []

@@ -1,4 +1,5 @@
 """Decode image file bytes into an oriented RGB picture; every failure becomes one ``ImageDecodeError``."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """Cheap, encoder-free image descriptors for colouring plots and sanity checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,9 +50,7 @@ def _colorfulness(rgb: np.ndarray) -> float:
 def _laplacian_variance(luma: np.ndarray) -> float:
     if luma.shape[0] < 3 or luma.shape[1] < 3:
         return 0.0
-    lap = (
-        luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
-    )
+    lap = luma[:-2, 1:-1] + luma[2:, 1:-1] + luma[1:-1, :-2] + luma[1:-1, 2:] - 4 * luma[1:-1, 1:-1]
     return float(lap.var() / 255.0**2)
 
 

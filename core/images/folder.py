@@ -1,4 +1,5 @@
 """A folder of images as a dataset source: walked once, read file by file."""
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,7 @@ class FolderSource:
         # Linked folders are followed (datasets are often assembled from symlinks), except a
         # link back to an ancestor, which would loop forever.
         for dirpath, dirnames, filenames in os.walk(self.root, onerror=report, followlinks=True):
-            dirnames[:] = [
-                d for d in sorted(dirnames) if not is_ignored_name(d) and not _is_loop(dirpath, d)
-            ]
+            dirnames[:] = [d for d in sorted(dirnames) if not is_ignored_name(d) and not _is_loop(dirpath, d)]
             for name in filenames:
                 if is_ignored_name(name) or not is_relevant_suffix(name):
                     continue

@@ -1,4 +1,5 @@
 """An image's identity: the hash of its file bytes."""
+
 from __future__ import annotations
 
 import xxhash

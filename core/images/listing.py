@@ -1,5 +1,6 @@
 """What every image source (a folder, a zip archive) shares: which files count, how captions pair
 with images, what reading one file may raise, and the interface a scan reads through."""
+
 from __future__ import annotations
 
 import zipfile

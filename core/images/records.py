@@ -1,11 +1,10 @@
 """What a scan produces: one record per image, one entry per file it could not use."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 THUMBNAIL_SIZE: int = 128
 
 

@@ -1,5 +1,6 @@
 """Scan a dataset: hash and decode every image once, so a file that would break extraction
 later is reported up front as a ``SkippedFile`` instead of failing a long job halfway through."""
+
 from __future__ import annotations
 
 import os
@@ -112,7 +113,7 @@ def _scan_one(
     record = ImageRecord(
         content_hash=digest,
         rel_path=rel_path,
-        labels=tuple(rel_path.split("/")[src.label_skip:-1]),
+        labels=tuple(rel_path.split("/")[src.label_skip : -1]),
         width=decoded.width,
         height=decoded.height,
         n_bytes=len(data),

@@ -1,4 +1,5 @@
 """Open a dataset root (a folder or a .zip archive) and read one image from it."""
+
 from __future__ import annotations
 
 import os
@@ -13,17 +14,14 @@ from core.images.listing import READ_ERRORS, ImageSource, read_reason
 def open_source(source: str | os.PathLike[str]) -> ImageSource:
     root = Path(source).expanduser()
     if not root.exists():
-        raise UnsupportedSourceError(
-            f"{root} does not exist. Pass an existing folder of images or a .zip archive."
-        )
+        raise UnsupportedSourceError(f"{root} does not exist. Pass an existing folder of images or a .zip archive.")
     root = root.resolve()
     if root.is_dir():
         return FolderSource(root)
     if root.is_file() and root.suffix.lower() == ".zip":
         return ZipSource(root, zip_index(root))
     raise UnsupportedSourceError(
-        f"{root} is not a folder or a .zip archive. Pass the folder that contains the images, "
-        "or a .zip of it."
+        f"{root} is not a folder or a .zip archive. Pass the folder that contains the images, or a .zip of it."
     )
 
 

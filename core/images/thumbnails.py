@@ -1,4 +1,5 @@
 """WebP thumbnails in the cache, one per content hash, written atomically."""
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,7 @@ def thumbnail_path(cache_dir: str | os.PathLike[str], content_hash: str) -> Path
     """``<cache_dir>/thumbs/<hash[:2]>/<hash>.webp``; fanned out so no folder gets huge."""
     if not _SAFE_HASH.match(content_hash):
         # The hash becomes a file name, so anything with separators or dots is refused.
-        raise InvalidInputError(
-            f"{content_hash!r} is not a content hash; pass the hex digest from content_hash()."
-        )
+        raise InvalidInputError(f"{content_hash!r} is not a content hash; pass the hex digest from content_hash().")
     return Path(cache_dir) / "thumbs" / content_hash[:2] / f"{content_hash}.webp"
 
 
@@ -45,9 +44,7 @@ def ensure_thumbnail(
         raise InvalidInputError(f"Thumbnail size must be a positive number of pixels, got {size}.")
     if image is None:
         if data is None:
-            raise InvalidInputError(
-                f"No thumbnail cached for {content_hash}; pass the image bytes or a decoded image."
-            )
+            raise InvalidInputError(f"No thumbnail cached for {content_hash}; pass the image bytes or a decoded image.")
         image = decode_rgb(data, draft_size=(size, size))
     _write_atomically(_resize_longest_side(to_rgb(image), size), path)
     return path

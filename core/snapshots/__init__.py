@@ -27,6 +27,7 @@ limits), ``records`` (save/list/load/delete), ``export``, ``importing`` + ``vali
 may replace ``core.snapshots.LIMITS``. ``_BoundedReader``, ``_content_id`` and
 ``_header_from_manifest`` stay importable from here for the tests that build hostile archives.
 """
+
 from __future__ import annotations
 
 from core.palette import cluster_colours

@@ -1,4 +1,5 @@
 """Agreement between two snapshots of the same images: ARI, NMI, confusion, matched clusters, moved images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from core.snapshots.model import SnapshotError
 from core.snapshots.records import load_snapshot
 from core.store import Store
 
-_UNMATCHED = -2   # the "partner" of a cluster of A that the matching left without one
+_UNMATCHED = -2  # the "partner" of a cluster of A that the matching left without one
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,9 +31,9 @@ class SnapshotDiff:
     only_b: int
     ari: float
     nmi: float
-    confusion: pd.DataFrame = field(repr=False)     # rows: clusters of A, columns: clusters of B
+    confusion: pd.DataFrame = field(repr=False)  # rows: clusters of A, columns: clusters of B
     matching: list[tuple[int, int, int]] = field(repr=False)  # (cluster A, cluster B, shared images)
-    moved: pd.DataFrame = field(repr=False)         # content_hash, rel_path, cluster_a, cluster_b, matched_b, moved
+    moved: pd.DataFrame = field(repr=False)  # content_hash, rel_path, cluster_a, cluster_b, matched_b, moved
 
     @property
     def n_moved(self) -> int:
@@ -40,10 +41,19 @@ class SnapshotDiff:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "id_a": self.id_a, "id_b": self.id_b, "n_shared": self.n_shared, "only_a": self.only_a,
-            "only_b": self.only_b, "ari": self.ari, "nmi": self.nmi, "n_moved": self.n_moved,
-            "confusion": {"a": [int(v) for v in self.confusion.index], "b": [int(v) for v in self.confusion.columns],
-                          "counts": self.confusion.to_numpy().astype(int).tolist()},
+            "id_a": self.id_a,
+            "id_b": self.id_b,
+            "n_shared": self.n_shared,
+            "only_a": self.only_a,
+            "only_b": self.only_b,
+            "ari": self.ari,
+            "nmi": self.nmi,
+            "n_moved": self.n_moved,
+            "confusion": {
+                "a": [int(v) for v in self.confusion.index],
+                "b": [int(v) for v in self.confusion.columns],
+                "counts": self.confusion.to_numpy().astype(int).tolist(),
+            },
             "matching": [{"a": a, "b": b, "shared": n} for a, b, n in self.matching],
             "moved": self.moved[self.moved["moved"]].drop(columns="moved").to_dict(orient="records"),
         }
@@ -76,13 +86,25 @@ def diff_snapshots(store: Store, id_a: str, id_b: str) -> SnapshotDiff:
     partner = {int(confusion.index[r]): int(confusion.columns[c]) for r, c in zip(rows, cols)}
     matching = [(int(confusion.index[r]), int(confusion.columns[c]), int(counts[r, c])) for r, c in zip(rows, cols)]
     matched = np.array([partner.get(int(c), _UNMATCHED) for c in ca])
-    moved = pd.DataFrame({
-        "content_hash": shared, "rel_path": points_a.loc[shared, "rel_path"].tolist(),
-        "cluster_a": ca, "cluster_b": cb,
-        "matched_b": [p if p != _UNMATCHED else None for p in matched.tolist()], "moved": matched != cb,
-    })
+    moved = pd.DataFrame(
+        {
+            "content_hash": shared,
+            "rel_path": points_a.loc[shared, "rel_path"].tolist(),
+            "cluster_a": ca,
+            "cluster_b": cb,
+            "matched_b": [p if p != _UNMATCHED else None for p in matched.tolist()],
+            "moved": matched != cb,
+        }
+    )
     return SnapshotDiff(
-        id_a=a.id, id_b=b.id, n_shared=len(shared), only_a=len(points_a) - len(shared),
-        only_b=len(points_b) - len(shared), ari=float(adjusted_rand_score(ca, cb)),
-        nmi=float(normalized_mutual_info_score(ca, cb)), confusion=confusion, matching=matching, moved=moved,
+        id_a=a.id,
+        id_b=b.id,
+        n_shared=len(shared),
+        only_a=len(points_a) - len(shared),
+        only_b=len(points_b) - len(shared),
+        ari=float(adjusted_rand_score(ca, cb)),
+        nmi=float(normalized_mutual_info_score(ca, cb)),
+        confusion=confusion,
+        matching=matching,
+        moved=moved,
     )

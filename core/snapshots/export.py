@@ -1,4 +1,5 @@
 """Writing a ``.replens`` file: one zip with the manifest, two Parquet tables and WebP thumbnails."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,9 +31,16 @@ def export_snapshot(store: Store, snapshot_id: str, out_path: str | os.PathLike[
     snap = load_snapshot(store, snapshot_id)
     pts = snap.points
     members: dict[str, bytes] = {
-        POINTS: _parquet_bytes(points_table(
-            pts["content_hash"].tolist(), pts["rel_path"].tolist(), pts["labels"].tolist(),
-            pts["x"].to_numpy(), pts["y"].to_numpy(), pts["cluster"].to_numpy())),
+        POINTS: _parquet_bytes(
+            points_table(
+                pts["content_hash"].tolist(),
+                pts["rel_path"].tolist(),
+                pts["labels"].tolist(),
+                pts["x"].to_numpy(),
+                pts["y"].to_numpy(),
+                pts["cluster"].to_numpy(),
+            )
+        ),
         CLUSTERS: _parquet_bytes(clusters_table(snap.clusters)),
     }
     missing = 0
@@ -45,8 +53,9 @@ def export_snapshot(store: Store, snapshot_id: str, out_path: str | os.PathLike[
     n_thumbs = len(members) - 2
     manifest = snap.manifest()
     manifest["counts"]["thumbnails"] = n_thumbs
-    manifest["files"] = {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-                         for name, data in members.items()}
+    manifest["files"] = {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)} for name, data in members.items()
+    }
     with atomic_path(out_path) as tmp, zipfile.ZipFile(tmp, "w") as zf:  # the zip closes before the rename
         _write_member(zf, MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False).encode(), compress=True)
         for name, data in members.items():

@@ -6,6 +6,7 @@ The page itself is ``templates/snapshot.html.j2`` (autoescaped) and its script
 ``templates/snapshot.js``; the map's traces come from the one figure builder,
 ``core.mapfigure.build_map_figure``, coloured by cluster id through ``core.palette``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,8 +32,8 @@ from core.snapshots.model import EXPORT_THUMB_SIZE, Snapshot
 from core.snapshots.records import load_snapshot
 from core.store import Store
 
-GALLERY_TILES = 200          # per cluster in the page; the rest are counted, not shown
-SVG_MAX_POINTS = 5_000       # up to here the map is SVG (crisp, no WebGL needed); above, WebGL
+GALLERY_TILES = 200  # per cluster in the page; the rest are counted, not shown
+SVG_MAX_POINTS = 5_000  # up to here the map is SVG (crisp, no WebGL needed); above, WebGL
 LEGEND_LABEL_CHARS = 60
 
 
@@ -48,10 +49,19 @@ def snapshot_html(store: Store, snapshot_id: str, out_path: str | os.PathLike[st
 
     snap = load_snapshot(store, snapshot_id)
     plotly_js, app_js = get_plotlyjs(), _template_text("snapshot.js")
-    page = _environment().get_template("snapshot.html.j2").render(
-        csp=_content_security_policy(plotly_js, app_js), title=snap.title, notes=snap.notes, meta=_meta(snap),
-        clusters=_cluster_items(snap), data_json=Markup(script_safe_json(_payload(store, snap))),
-        plotly_js=Markup(plotly_js), app_js=Markup(app_js),
+    page = (
+        _environment()
+        .get_template("snapshot.html.j2")
+        .render(
+            csp=_content_security_policy(plotly_js, app_js),
+            title=snap.title,
+            notes=snap.notes,
+            meta=_meta(snap),
+            clusters=_cluster_items(snap),
+            data_json=Markup(script_safe_json(_payload(store, snap))),
+            plotly_js=Markup(plotly_js),
+            app_js=Markup(app_js),
+        )
     )
     return atomic_write_text(out_path, page)
 
@@ -69,17 +79,25 @@ def csp_hash(script: str) -> str:
 
 
 def _content_security_policy(*scripts: str) -> str:
-    return ("default-src 'none'; "
-            f"script-src {' '.join(csp_hash(s) for s in scripts)}; "
-            "style-src 'unsafe-inline'; img-src data:; font-src data:; connect-src 'none'; "
-            "base-uri 'none'; form-action 'none'")
+    return (
+        "default-src 'none'; "
+        f"script-src {' '.join(csp_hash(s) for s in scripts)}; "
+        "style-src 'unsafe-inline'; img-src data:; font-src data:; connect-src 'none'; "
+        "base-uri 'none'; form-action 'none'"
+    )
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("core.snapshots", "templates"), autoescape=True,
-                              finalize=_as_text, undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              trim_blocks=True, lstrip_blocks=True)
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("core.snapshots", "templates"),
+        autoescape=True,
+        finalize=_as_text,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
 
 
 def _as_text(value: Any) -> Any:
@@ -93,18 +111,37 @@ def _template_text(name: str) -> str:
 
 
 def _meta(snap: Snapshot) -> dict[str, Any]:
-    return {"dataset": snap.dataset["name"], "n_points": snap.n_points, "encoder": snap.encoder["key"],
-            "clustering": snap.clustering["method"], "n_clusters": len(snap.clusters),
-            "projection": snap.projection["method"], "created": snap.created, "version": snap.replens_version,
-            "id": snap.id[:12]}
+    return {
+        "dataset": snap.dataset["name"],
+        "n_points": snap.n_points,
+        "encoder": snap.encoder["key"],
+        "clustering": snap.clustering["method"],
+        "n_clusters": len(snap.clusters),
+        "projection": snap.projection["method"],
+        "created": snap.created,
+        "version": snap.replens_version,
+        "id": snap.id[:12],
+    }
 
 
 def _cluster_items(snap: Snapshot) -> list[dict[str, Any]]:
     cls = snap.clusters
-    return [{"id": c, "colour": cluster_colour(c), "label": label, "size": size,
-             "provenance": f"{method}{', edited' if edited else ''}"}
-            for c, label, size, method, edited in zip(cls["cluster"].astype(int).tolist(), cls["label"],
-                                                      cls["size"].astype(int).tolist(), cls["method"], cls["edited"])]
+    return [
+        {
+            "id": c,
+            "colour": cluster_colour(c),
+            "label": label,
+            "size": size,
+            "provenance": f"{method}{', edited' if edited else ''}",
+        }
+        for c, label, size, method, edited in zip(
+            cls["cluster"].astype(int).tolist(),
+            cls["label"],
+            cls["size"].astype(int).tolist(),
+            cls["method"],
+            cls["edited"],
+        )
+    ]
 
 
 def _payload(store: Store, snap: Snapshot) -> dict[str, Any]:
@@ -115,10 +152,15 @@ def _payload(store: Store, snap: Snapshot) -> dict[str, Any]:
     members = {int(c): np.flatnonzero(cluster_col == c).tolist() for c in cls["cluster"]}
     figure = _map_figure(snap)
     return {
-        "traces": figure["data"], "layout": figure["layout"], "thumbs": _thumbnail_uris(store, pts["content_hash"]),
-        "hashes": pts["content_hash"].tolist(), "paths": pts["rel_path"].tolist(),
-        "folders": ["/".join(v) for v in pts["labels"]], "cluster": cluster_col.astype(int).tolist(),
-        "labels": {str(c): label_of[c] for c in label_of}, "members": {str(c): m for c, m in members.items()},
+        "traces": figure["data"],
+        "layout": figure["layout"],
+        "thumbs": _thumbnail_uris(store, pts["content_hash"]),
+        "hashes": pts["content_hash"].tolist(),
+        "paths": pts["rel_path"].tolist(),
+        "folders": ["/".join(v) for v in pts["labels"]],
+        "cluster": cluster_col.astype(int).tolist(),
+        "labels": {str(c): label_of[c] for c in label_of},
+        "members": {str(c): m for c, m in members.items()},
         "galleryTiles": GALLERY_TILES,
     }
 
@@ -156,8 +198,11 @@ def _cluster_colouring(pts: pd.DataFrame, cls: pd.DataFrame) -> Colouring:
     text shows as typed. Default labels ("cluster 3") are left to ``cluster_names``.
     """
     ids = cls["cluster"].astype(int).tolist()
-    labels = {int(c): _short(str(label), LEGEND_LABEL_CHARS)
-              for c, label, method in zip(cls["cluster"], cls["label"], cls["method"]) if method != "default"}
+    labels = {
+        int(c): _short(str(label), LEGEND_LABEL_CHARS)
+        for c, label, method in zip(cls["cluster"], cls["label"], cls["method"])
+        if method != "default"
+    }
     names = {c: html.escape(name) for c, name in cluster_names(ids, labels).items()}
     categories = np.array([names[int(c)] for c in pts["cluster"]], dtype=object)
     return Colouring("Cluster", categories=categories, colours={names[c]: cluster_colour(c) for c in ids})

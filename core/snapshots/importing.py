@@ -6,6 +6,7 @@ sha256 match against the manifest, then the content checks in ``validate`` and t
 id. Thumbnails are re-encoded into a staging folder and moved into the cache only after the
 database transaction commits.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -57,9 +58,11 @@ def import_snapshot(store: Store, path: str | os.PathLike[str]) -> str:
             manifest = validate.parse_manifest(reader.read(infos[MANIFEST], limits.max_manifest_bytes), limits)
             validate.check_file_list(manifest, infos)
             points = validate.parse_points(
-                reader.read_checked(infos[POINTS], manifest, limits.max_table_bytes), manifest, limits)
+                reader.read_checked(infos[POINTS], manifest, limits.max_table_bytes), manifest, limits
+            )
             clusters = validate.parse_clusters(
-                reader.read_checked(infos[CLUSTERS], manifest, limits.max_table_bytes), manifest, points, limits)
+                reader.read_checked(infos[CLUSTERS], manifest, limits.max_table_bytes), manifest, points, limits
+            )
             header = header_from_manifest(manifest)
             snapshot_id = content_id(header, points, clusters)
             if snapshot_id != manifest["id"]:
@@ -68,9 +71,21 @@ def import_snapshot(store: Store, path: str | os.PathLike[str]) -> str:
                     f"computed {snapshot_id[:12]}…): the file was altered or damaged. Ask for a fresh export."
                 )
             _stage_thumbnails(staging, infos, reader, manifest, points, limits)
-        insert_snapshot(store, build_manifest(snapshot_id, manifest["created"], manifest["replens_version"], header,
-                                              points.num_rows, clusters.num_rows),
-                        points, clusters, origin="imported", run_id=None)
+        insert_snapshot(
+            store,
+            build_manifest(
+                snapshot_id,
+                manifest["created"],
+                manifest["replens_version"],
+                header,
+                points.num_rows,
+                clusters.num_rows,
+            ),
+            points,
+            clusters,
+            origin="imported",
+            run_id=None,
+        )
         _move_staged_thumbnails(store, staging.folder)
     return snapshot_id
 
@@ -114,7 +129,7 @@ def _declared_entries(path: Path) -> int | None:
         if entries != 0xFFFF:
             return int(entries)
         locator = at - 20
-        if locator < 0 or tail[locator:locator + 4] != b"PK\x06\x07":
+        if locator < 0 or tail[locator : locator + 4] != b"PK\x06\x07":
             return None
         fh.seek(struct.unpack_from("<Q", tail, locator + 8)[0])
         record = fh.read(56)
@@ -200,12 +215,14 @@ def _check_member_kind(info: zipfile.ZipInfo) -> None:
     kind = stat.S_IFMT(info.external_attr >> 16)
     if kind not in (0, stat.S_IFREG) or info.is_dir():
         raise SnapshotFormatError(
-            f"Member {name!r} is a link, folder or device, not a plain file; the file was not imported.")
+            f"Member {name!r} is a link, folder or device, not a plain file; the file was not imported."
+        )
     if info.flag_bits & 0x1:
         raise SnapshotFormatError(f"Member {name!r} is encrypted; RepLens snapshots never are.")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
-        raise SnapshotFormatError(f"Member {name!r} uses compression method {info.compress_type}; "
-                                  "only stored and deflated are accepted.")
+        raise SnapshotFormatError(
+            f"Member {name!r} uses compression method {info.compress_type}; only stored and deflated are accepted."
+        )
 
 
 def _member_cap(name: str, limits: ArchiveLimits) -> int:
@@ -255,8 +272,14 @@ def _thumbnail_staging(thumbs_dir: Path) -> Iterator[_Staging]:
                     pass
 
 
-def _stage_thumbnails(staging: _Staging, infos: Mapping[str, zipfile.ZipInfo], reader: BoundedReader,
-                      manifest: Mapping[str, Any], points: pa.Table, limits: ArchiveLimits) -> None:
+def _stage_thumbnails(
+    staging: _Staging,
+    infos: Mapping[str, zipfile.ZipInfo],
+    reader: BoundedReader,
+    manifest: Mapping[str, Any],
+    points: pa.Table,
+    limits: ArchiveLimits,
+) -> None:
     """Every thumbnail member, checked and re-encoded through Pillow, written into the staging folder."""
     point_hashes = set(points.column("content_hash").to_pylist())
     for name, info in infos.items():

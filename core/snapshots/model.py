@@ -1,4 +1,5 @@
 """The snapshot's types: errors, archive limits, the ``Snapshot`` record and an export's result."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ import pandas as pd
 from core.errors import ImportFormatError, RepLensError
 from core.snapshots.content import build_manifest, header_from_manifest
 
-EXPORT_THUMB_SIZE = 128       # thumbnails written into a .replens file
+EXPORT_THUMB_SIZE = 128  # thumbnails written into a .replens file
 MAX_IMPORTED_THUMB_SIDE = 512  # larger thumbnails in an imported file are refused
 MAX_TITLE_CHARS = 500
 MAX_NOTES_CHARS = 100_000
@@ -43,7 +44,7 @@ class ArchiveLimits:
     max_manifest_bytes: int = 64 << 20
     max_table_bytes: int = 512 << 20
     max_thumb_bytes: int = 1 << 20
-    max_json_field_bytes: int = 1 << 20   # one free-form dict (params, metrics, encoder spec)
+    max_json_field_bytes: int = 1 << 20  # one free-form dict (params, metrics, encoder spec)
     max_candidates_bytes: int = 64 << 10  # one cluster's candidate labels
     max_label_chars: int = 1_000
     max_path_chars: int = 4_096
@@ -68,11 +69,11 @@ class Snapshot:
     created: str
     replens_version: str
     format_version: int
-    origin: str                     # 'local' or 'imported'
-    dataset: dict[str, Any]         # {"name": …}
-    encoder: dict[str, Any]         # {"key": …, "spec": {…} | None}
-    projection: dict[str, Any]      # {"key": … | None, "method": …, "params": {…}}
-    clustering: dict[str, Any]      # {"run_id", "method", "params", "metrics", "n_clusters", "noise_fraction"}
+    origin: str  # 'local' or 'imported'
+    dataset: dict[str, Any]  # {"name": …}
+    encoder: dict[str, Any]  # {"key": …, "spec": {…} | None}
+    projection: dict[str, Any]  # {"key": … | None, "method": …, "params": {…}}
+    clustering: dict[str, Any]  # {"run_id", "method", "params", "metrics", "n_clusters", "noise_fraction"}
     points: pd.DataFrame = field(repr=False)
     clusters: pd.DataFrame = field(repr=False)
 
@@ -91,15 +92,22 @@ class Snapshot:
 
     def header(self) -> dict[str, Any]:
         """The hashed part of the description (see ``content.content_id``)."""
-        return header_from_manifest({
-            "title": self.title, "notes": self.notes, "dataset": self.dataset, "encoder": self.encoder,
-            "projection": self.projection, "clustering": self.clustering,
-        })
+        return header_from_manifest(
+            {
+                "title": self.title,
+                "notes": self.notes,
+                "dataset": self.dataset,
+                "encoder": self.encoder,
+                "projection": self.projection,
+                "clustering": self.clustering,
+            }
+        )
 
     def manifest(self) -> dict[str, Any]:
         """The JSON description (no tables) as stored and exported."""
-        return build_manifest(self.id, self.created, self.replens_version, self.header(), self.n_points,
-                              len(self.clusters))
+        return build_manifest(
+            self.id, self.created, self.replens_version, self.header(), self.n_points, len(self.clusters)
+        )
 
 
 @dataclass(frozen=True)
@@ -108,8 +116,13 @@ class ExportResult:
     snapshot_id: str
     n_points: int
     n_thumbnails: int
-    missing_thumbnails: int   # images with no cached thumbnail: blank tiles after import
+    missing_thumbnails: int  # images with no cached thumbnail: blank tiles after import
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "snapshot_id": self.snapshot_id, "n_points": self.n_points,
-                "n_thumbnails": self.n_thumbnails, "missing_thumbnails": self.missing_thumbnails}
+        return {
+            "path": str(self.path),
+            "snapshot_id": self.snapshot_id,
+            "n_points": self.n_points,
+            "n_thumbnails": self.n_thumbnails,
+            "missing_thumbnails": self.missing_thumbnails,
+        }

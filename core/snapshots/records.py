@@ -1,4 +1,5 @@
 """Snapshots in the store: save (freeze a cluster run), list, resolve an id, load, delete."""
+
 from __future__ import annotations
 
 import json
@@ -113,15 +114,24 @@ def load_snapshot(store: Store, snapshot_id: str) -> Snapshot:
     found = store.snapshot_rows(snapshot_id)
     if found is None:  # deleted between resolving and reading
         raise SnapshotNotFoundError(
-            f"Snapshot {snapshot_id} was deleted; list them with `python -m core snapshot list`.")
+            f"Snapshot {snapshot_id} was deleted; list them with `python -m core snapshot list`."
+        )
     row, points, clusters = found
     manifest = json.loads(row["manifest"])
     return Snapshot(
-        id=row["snapshot_id"], title=row["title"], notes=row["notes"], created=manifest["created"],
-        replens_version=manifest["replens_version"], format_version=int(manifest["format_version"]),
-        origin=row["origin"], dataset=manifest["dataset"], encoder=manifest["encoder"],
-        projection=manifest["projection"], clustering=manifest["clustering"],
-        points=_point_frame(points), clusters=_cluster_frame(clusters),
+        id=row["snapshot_id"],
+        title=row["title"],
+        notes=row["notes"],
+        created=manifest["created"],
+        replens_version=manifest["replens_version"],
+        format_version=int(manifest["format_version"]),
+        origin=row["origin"],
+        dataset=manifest["dataset"],
+        encoder=manifest["encoder"],
+        projection=manifest["projection"],
+        clustering=manifest["clustering"],
+        points=_point_frame(points),
+        clusters=_cluster_frame(clusters),
     )
 
 
@@ -131,38 +141,48 @@ def delete_snapshot(store: Store, snapshot_id: str) -> None:
         raise SnapshotNotFoundError(f"Snapshot {snapshot_id!r} was already deleted.")
 
 
-def insert_snapshot(store: Store, manifest: dict[str, Any], points: pa.Table, clusters: pa.Table, *, origin: str,
-                    run_id: str | None) -> bool:
+def insert_snapshot(
+    store: Store, manifest: dict[str, Any], points: pa.Table, clusters: pa.Table, *, origin: str, run_id: str | None
+) -> bool:
     """Store a checked snapshot (a no-op when its id is already stored); True when it was new."""
     row = {
-        "snapshot_id": manifest["id"], "title": manifest["title"], "notes": manifest["notes"],
-        "dataset": manifest["dataset"]["name"], "encoder_key": manifest["encoder"]["key"], "cluster_run_id": run_id,
-        "manifest": json.dumps(manifest, ensure_ascii=False, sort_keys=True), "origin": origin,
+        "snapshot_id": manifest["id"],
+        "title": manifest["title"],
+        "notes": manifest["notes"],
+        "dataset": manifest["dataset"]["name"],
+        "encoder_key": manifest["encoder"]["key"],
+        "cluster_run_id": run_id,
+        "manifest": json.dumps(manifest, ensure_ascii=False, sort_keys=True),
+        "origin": origin,
         "created_at": _utc(manifest["created"]),
     }
     return store.insert_snapshot(row, points, clusters)
 
 
 def _point_frame(points: pa.Table) -> pd.DataFrame:
-    return pd.DataFrame({
-        "content_hash": points.column("content_hash").to_pylist(),
-        "rel_path": points.column("rel_path").to_pylist(),
-        "labels": [list(v) for v in points.column("labels").to_pylist()],
-        "x": points.column("x").to_numpy().astype(np.float32),
-        "y": points.column("y").to_numpy().astype(np.float32),
-        "cluster": points.column("cluster").to_numpy().astype(np.int32),
-    })
+    return pd.DataFrame(
+        {
+            "content_hash": points.column("content_hash").to_pylist(),
+            "rel_path": points.column("rel_path").to_pylist(),
+            "labels": [list(v) for v in points.column("labels").to_pylist()],
+            "x": points.column("x").to_numpy().astype(np.float32),
+            "y": points.column("y").to_numpy().astype(np.float32),
+            "cluster": points.column("cluster").to_numpy().astype(np.int32),
+        }
+    )
 
 
 def _cluster_frame(clusters: pa.Table) -> pd.DataFrame:
-    return pd.DataFrame({
-        "cluster": clusters.column("cluster").to_numpy().astype(np.int32),
-        "label": clusters.column("label").to_pylist(),
-        "method": clusters.column("method").to_pylist(),
-        "candidates": [json.loads(v) for v in clusters.column("candidates").to_pylist()],
-        "edited": clusters.column("edited").to_numpy(zero_copy_only=False).astype(bool),
-        "size": clusters.column("size").to_numpy().astype(np.int64),
-    })
+    return pd.DataFrame(
+        {
+            "cluster": clusters.column("cluster").to_numpy().astype(np.int32),
+            "label": clusters.column("label").to_pylist(),
+            "method": clusters.column("method").to_pylist(),
+            "candidates": [json.loads(v) for v in clusters.column("candidates").to_pylist()],
+            "edited": clusters.column("edited").to_numpy(zero_copy_only=False).astype(bool),
+            "size": clusters.column("size").to_numpy().astype(np.int64),
+        }
+    )
 
 
 def _utc(iso: str) -> datetime:
@@ -178,28 +198,49 @@ def _clusters_for_run(cluster_ids: np.ndarray, labels: pa.Table) -> pa.Table:
     for c, size in zip(numbers.tolist(), sizes.tolist()):
         r = stored.get(c)
         if r is None:
-            rows.append({"cluster": c, "label": "noise" if c < 0 else f"cluster {c}", "method": "default",
-                         "candidates": [], "edited": False, "size": size})
+            rows.append(
+                {
+                    "cluster": c,
+                    "label": "noise" if c < 0 else f"cluster {c}",
+                    "method": "default",
+                    "candidates": [],
+                    "edited": False,
+                    "size": size,
+                }
+            )
         else:
-            rows.append({"cluster": c, "label": r["label"], "method": r["method"],
-                         "candidates": loads_or_empty(r["candidates"]), "edited": bool(r["edited"]), "size": size})
+            rows.append(
+                {
+                    "cluster": c,
+                    "label": r["label"],
+                    "method": r["method"],
+                    "candidates": loads_or_empty(r["candidates"]),
+                    "edited": bool(r["edited"]),
+                    "size": size,
+                }
+            )
     return clusters_table(pd.DataFrame(rows, columns=["cluster", "label", "method", "candidates", "edited", "size"]))
 
 
-def _coordinates(store: Store, dataset: str, encoder_key: str, hashes: list[str],
-                 projection_key: str | None) -> tuple[np.ndarray, dict[str, Any]]:
+def _coordinates(
+    store: Store, dataset: str, encoder_key: str, hashes: list[str], projection_key: str | None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """The map of the clustered images: the named projection, the newest covering one, or a PCA."""
     projections = store.list_projections(dataset)
     if projection_key is not None:
         rows = projections[projections["projection_key"] == projection_key]
         loaded = store.load_projection(projection_key) if len(rows) else None
         if loaded is None:
-            raise SnapshotError(f"No projection {projection_key!r} for dataset {dataset!r}; compute the map first "
-                                "or leave the projection out to use the newest one.")
+            raise SnapshotError(
+                f"No projection {projection_key!r} for dataset {dataset!r}; compute the map first "
+                "or leave the projection out to use the newest one."
+            )
         coords = _align(loaded, hashes)
         if coords is None:
-            raise SnapshotError(f"Projection {projection_key!r} does not place every clustered image; recompute the "
-                                "map on the current images or leave the projection out.")
+            raise SnapshotError(
+                f"Projection {projection_key!r} does not place every clustered image; recompute the "
+                "map on the current images or leave the projection out."
+            )
         return coords, _projection_meta(rows.iloc[0])
     for _, row in projections[projections["encoder_key"] == encoder_key].iterrows():  # newest first
         loaded = store.load_projection(row["projection_key"])
@@ -207,12 +248,18 @@ def _coordinates(store: Store, dataset: str, encoder_key: str, hashes: list[str]
         if coords is not None:
             return coords, _projection_meta(row)
     return _pca_coordinates(store, dataset, encoder_key, hashes), {
-        "key": None, "method": "pca", "params": {"n_components": 2, "svd_solver": "full", "computed_for": "snapshot"}}
+        "key": None,
+        "method": "pca",
+        "params": {"n_components": 2, "svd_solver": "full", "computed_for": "snapshot"},
+    }
 
 
 def _projection_meta(row: pd.Series) -> dict[str, Any]:
-    return {"key": str(row["projection_key"]), "method": str(row["method"]),
-            "params": jsonable(loads_or_empty(row["params"]))}
+    return {
+        "key": str(row["projection_key"]),
+        "method": str(row["method"]),
+        "params": jsonable(loads_or_empty(row["params"])),
+    }
 
 
 def _align(loaded: tuple[list[str], np.ndarray], hashes: list[str]) -> np.ndarray | None:
@@ -233,8 +280,10 @@ def _pca_coordinates(store: Store, dataset: str, encoder_key: str, hashes: list[
     position = {h: i for i, h in enumerate(frame["content_hash"])}
     missing = [h for h in hashes if h not in position]
     if missing:
-        raise SnapshotError(f"{len(missing)} clustered images have no stored {encoder_key} embedding, so no map can "
-                            "be computed; compute a projection for the run's images first.")
+        raise SnapshotError(
+            f"{len(missing)} clustered images have no stored {encoder_key} embedding, so no map can "
+            "be computed; compute a projection for the run's images first."
+        )
     x = matrix[[position[h] for h in hashes]].astype(np.float64)
     out = np.zeros((len(hashes), 2), dtype=np.float32)
     k = min(2, x.shape[0], x.shape[1])

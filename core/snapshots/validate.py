@@ -3,6 +3,7 @@
 Written by hand (required keys, types, sizes, depths) rather than with a schema library, so
 every refusal says which field is wrong and the caps come from one ``ArchiveLimits``.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,14 +40,26 @@ from core.snapshots.model import (
     SnapshotFormatError,
 )
 
-HASH_RE = re.compile(r"^[0-9A-Za-z]{2,128}$")   # what core.images.thumbnail_path accepts
+HASH_RE = re.compile(r"^[0-9A-Za-z]{2,128}$")  # what core.images.thumbnail_path accepts
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-MAX_DEPTH = 32                                   # of free-form JSON (params, metrics, candidates)
+MAX_DEPTH = 32  # of free-form JSON (params, metrics, candidates)
 
-_POINT_TYPES = {"content_hash": "string", "rel_path": "string", "labels": "list<string>", "x": "float32",
-                "y": "float32", "cluster": "integer"}
-_CLUSTER_TYPES = {"cluster": "integer", "label": "string", "method": "string", "candidates": "string",
-                  "edited": "bool", "size": "integer"}
+_POINT_TYPES = {
+    "content_hash": "string",
+    "rel_path": "string",
+    "labels": "list<string>",
+    "x": "float32",
+    "y": "float32",
+    "cluster": "integer",
+}
+_CLUSTER_TYPES = {
+    "cluster": "integer",
+    "label": "string",
+    "method": "string",
+    "candidates": "string",
+    "edited": "bool",
+    "size": "integer",
+}
 
 
 # -- manifest ---------------------------------------------------------------------------
@@ -56,8 +69,10 @@ def parse_manifest(data: bytes, limits: ArchiveLimits) -> dict[str, Any]:
     """The manifest as a dict, after checking its format version and every field it must hold."""
     manifest = _strict_json_object(data)
     if manifest.get("format") != FORMAT:
-        raise SnapshotFormatError("manifest.json does not describe a RepLens snapshot (format is not "
-                                  f"{FORMAT!r}); export one with `python -m core snapshot export`.")
+        raise SnapshotFormatError(
+            "manifest.json does not describe a RepLens snapshot (format is not "
+            f"{FORMAT!r}); export one with `python -m core snapshot export`."
+        )
     _check_version(manifest)
     v = _Validator(limits)
     v.string(manifest, "id", "manifest", pattern=SHA256_RE)
@@ -94,6 +109,7 @@ def parse_manifest(data: bytes, limits: ArchiveLimits) -> dict[str, Any]:
 
 def _strict_json_object(data: bytes) -> dict[str, Any]:
     """A JSON object with no duplicate keys and no NaN/Infinity (both are ambiguous to hash)."""
+
     def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         keys = [k for k, _ in pairs]
         if len(keys) != len(set(keys)):
@@ -116,8 +132,11 @@ def _check_version(manifest: Mapping[str, Any]) -> None:
     if version != FORMAT_VERSION:
         by = manifest.get("replens_version")
         by_text = f" by RepLens {by}" if isinstance(by, str) and len(by) <= 64 else ""
-        advice = ("upgrade RepLens to import it" if version > FORMAT_VERSION
-                  else "no RepLens release wrote that version; the file is damaged")
+        advice = (
+            "upgrade RepLens to import it"
+            if version > FORMAT_VERSION
+            else "no RepLens release wrote that version; the file is damaged"
+        )
         raise SnapshotFormatError(
             f"This snapshot uses format version {version}{by_text}; RepLens {core.__version__} reads version "
             f"{FORMAT_VERSION}: {advice}."
@@ -146,8 +165,16 @@ class _Validator:
             raise SnapshotFormatError(f"{where}.{key} is missing; the file is damaged or not a snapshot export.")
         return obj[key]
 
-    def string(self, obj: Mapping[str, Any], key: str, where: str, *, max_len: int | None = None,
-               pattern: re.Pattern[str] | None = None, nullable: bool = False) -> Any:
+    def string(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        where: str,
+        *,
+        max_len: int | None = None,
+        pattern: re.Pattern[str] | None = None,
+        nullable: bool = False,
+    ) -> Any:
         value = self._get(obj, key, where)
         if value is None and nullable:
             return None
@@ -165,8 +192,9 @@ class _Validator:
             raise SnapshotFormatError(f"{where}.{key} should be an integer in {lo}..{hi}, got {str(value)[:40]}.")
         return value
 
-    def number(self, obj: Mapping[str, Any], key: str, where: str, lo: float, hi: float,
-               nullable: bool = False) -> float | None:
+    def number(
+        self, obj: Mapping[str, Any], key: str, where: str, lo: float, hi: float, nullable: bool = False
+    ) -> float | None:
         value = self._get(obj, key, where)
         if value is None and nullable:
             return None
@@ -188,8 +216,9 @@ class _Validator:
             raise SnapshotFormatError(f"{where}.{key} should be an object, got {type(value).__name__}.")
         size = len(canonical_json(value))
         if size > self.limits.max_json_field_bytes:
-            raise SnapshotFormatError(f"{where}.{key} is {size} bytes of JSON, over the cap of "
-                                      f"{self.limits.max_json_field_bytes}.")
+            raise SnapshotFormatError(
+                f"{where}.{key} is {size} bytes of JSON, over the cap of {self.limits.max_json_field_bytes}."
+            )
         if _depth(value) > MAX_DEPTH:
             raise SnapshotFormatError(f"{where}.{key} is nested more than {MAX_DEPTH} levels deep.")
         return value
@@ -259,7 +288,8 @@ def _check_folder_labels(labels: pa.ChunkedArray, limits: ArchiveLimits) -> None
     flat = pc.list_flatten(labels)
     if len(flat) and (flat.null_count or pc.max(pc.utf8_length(flat)).as_py() > limits.max_label_chars):
         raise SnapshotFormatError(
-            f"{POINTS} has a missing folder label or one over {limits.max_label_chars} characters.")
+            f"{POINTS} has a missing folder label or one over {limits.max_label_chars} characters."
+        )
 
 
 def parse_clusters(data: bytes, manifest: Mapping[str, Any], points: pa.Table, limits: ArchiveLimits) -> pa.Table:
@@ -279,10 +309,20 @@ def parse_clusters(data: bytes, manifest: Mapping[str, Any], points: pa.Table, l
     labels = t.column("label").cast(pa.string()).to_pylist()
     methods = t.column("method").cast(pa.string()).to_pylist()
     texts = t.column("candidates").cast(pa.string()).to_pylist()
-    candidates = [_cluster_candidates(c, label, method, text, limits)
-                  for c, label, method, text in zip(numbers.tolist(), labels, methods, texts)]
-    frame = pd.DataFrame({"cluster": numbers, "label": labels, "method": methods, "candidates": candidates,
-                          "edited": t.column("edited").to_numpy(zero_copy_only=False).astype(bool), "size": sizes})
+    candidates = [
+        _cluster_candidates(c, label, method, text, limits)
+        for c, label, method, text in zip(numbers.tolist(), labels, methods, texts)
+    ]
+    frame = pd.DataFrame(
+        {
+            "cluster": numbers,
+            "label": labels,
+            "method": methods,
+            "candidates": candidates,
+            "edited": t.column("edited").to_numpy(zero_copy_only=False).astype(bool),
+            "size": sizes,
+        }
+    )
     return clusters_table(frame)
 
 
@@ -291,8 +331,9 @@ def _cluster_candidates(cluster: int, label: str, method: str, text: str, limits
     if len(label) > limits.max_label_chars or len(method) > 64:
         raise SnapshotFormatError(f"{CLUSTERS}: the label or method of cluster {cluster} is too long.")
     if len(text.encode()) > limits.max_candidates_bytes:
-        raise SnapshotFormatError(f"{CLUSTERS}: the candidates of cluster {cluster} exceed "
-                                  f"{limits.max_candidates_bytes} bytes.")
+        raise SnapshotFormatError(
+            f"{CLUSTERS}: the candidates of cluster {cluster} exceed {limits.max_candidates_bytes} bytes."
+        )
     try:
         parsed = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -314,7 +355,8 @@ def _read_parquet(data: bytes, name: str, types: Mapping[str, str], max_rows: in
                 raise SnapshotFormatError(f"{name} has no column {column!r}; the file is damaged.")
             if not _type_ok(schema.field(column).type, kind):
                 raise SnapshotFormatError(
-                    f"{name} column {column!r} has type {schema.field(column).type}, expected {kind}.")
+                    f"{name} column {column!r} has type {schema.field(column).type}, expected {kind}."
+                )
         table = pf.read(columns=list(types))
     except SnapshotFormatError:
         raise
@@ -350,8 +392,9 @@ def reencode_thumbnail(data: bytes, name: str) -> bytes:
         with Image.open(io.BytesIO(data), formats=["WEBP"]) as img:
             width, height = img.size
             if not (0 < width <= MAX_IMPORTED_THUMB_SIDE and 0 < height <= MAX_IMPORTED_THUMB_SIDE):
-                raise SnapshotFormatError(f"{name} is {width}x{height} px; thumbnails may be at most "
-                                          f"{MAX_IMPORTED_THUMB_SIDE} px a side.")
+                raise SnapshotFormatError(
+                    f"{name} is {width}x{height} px; thumbnails may be at most {MAX_IMPORTED_THUMB_SIDE} px a side."
+                )
             img.load()
             rgb = img.convert("RGB")
     except SnapshotFormatError:
