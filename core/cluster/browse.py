@@ -20,8 +20,8 @@ def centroids(vectors: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.n
     if len(ids) == 0:
         return ids, np.zeros((0, Xn.shape[1]), np.float32)
     C = np.stack([Xn[labels == c].mean(axis=0) for c in ids])
-    C /= np.linalg.norm(C, axis=1, keepdims=True).clip(min=1e-12)
-    return ids, C.astype(np.float32)
+    # Opposite members can cancel to a zero mean: that centroid stays zero (no direction).
+    return ids, l2_normalize(C, allow_zero=True)
 
 
 def cluster_table(vectors: np.ndarray, labels: np.ndarray) -> pd.DataFrame:

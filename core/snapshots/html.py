@@ -194,8 +194,8 @@ def _map_figure(snap: Snapshot) -> dict[str, Any]:
 def _cluster_colouring(pts: pd.DataFrame, cls: pd.DataFrame) -> Colouring:
     """One legend entry per cluster, named as on the Clusters page and coloured by its id.
 
-    Names are HTML-escaped: Plotly renders a pseudo-HTML subset in legend names, and escaped
-    text shows as typed. Default labels ("cluster 3") are left to ``cluster_names``.
+    The figure builder HTML-escapes legend names (Plotly renders a pseudo-HTML subset in them),
+    so they are passed as plain text here. Default labels ("cluster 3") are left to ``cluster_names``.
     """
     ids = cls["cluster"].astype(int).tolist()
     labels = {
@@ -203,7 +203,7 @@ def _cluster_colouring(pts: pd.DataFrame, cls: pd.DataFrame) -> Colouring:
         for c, label, method in zip(cls["cluster"], cls["label"], cls["method"])
         if method != "default"
     }
-    names = {c: html.escape(name) for c, name in cluster_names(ids, labels).items()}
+    names = cluster_names(ids, labels)
     categories = np.array([names[int(c)] for c in pts["cluster"]], dtype=object)
     return Colouring("Cluster", categories=categories, colours={names[c]: cluster_colour(c) for c in ids})
 
