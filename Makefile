@@ -60,7 +60,7 @@ screenshot: venv browser
 # else a generated set. Nothing is downloaded at run time.
 demo-data: venv
 	@if [ ! -d /usr/share/tuxpaint/stamps ] && command -v apt-get >/dev/null 2>&1; then \
-	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tuxpaint-stamps-default) \
+	  (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tuxpaint-stamps-default) \
 	  || echo "tuxpaint-stamps-default not installable; using a generated demo set"; fi
 	@if [ ! -d /usr/share/tuxpaint/stamps ] && [ ! -d $(DEMO_GENERATED) ]; then \
 	  $(PY) -m core demo-data $(DEMO_GENERATED); fi
