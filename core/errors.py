@@ -2,15 +2,27 @@
 
 Every message says what went wrong *and* what to do about it. Pages show them with
 ``st.error``; the CLI prints them on one line and exits non-zero.
+
+What to do differs by where the user is: the CLI names commands and flags, a page names what
+to click, and a page never shows server paths. An error whose advice is surface-specific
+carries both: ``str(err)`` is the CLI's message, ``err.for_page()`` the page's.
 """
 
 from __future__ import annotations
 
 
 class RepLensError(Exception):
-    """Base class: an error the user can fix. ``str(err)`` is the whole message."""
+    """Base class: an error the user can fix. ``str(err)`` is the whole message (CLI terms)."""
 
     exit_code: int = 2
+
+    def __init__(self, *args: object, page_message: str | None = None) -> None:
+        super().__init__(*args)
+        self.page_message = page_message
+
+    def for_page(self) -> str:
+        """The message in a page's terms: what to do on the page, no CLI commands or server paths."""
+        return self.page_message if self.page_message is not None else str(self)
 
 
 class InvalidInputError(RepLensError, ValueError):

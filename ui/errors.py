@@ -12,8 +12,8 @@ from core.errors import RepLensError
 
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Show a RepLensError as st.error (its message says what to do) instead of a traceback."""
+    """Show a RepLensError as st.error, in the page's terms (``for_page``), instead of a traceback."""
     try:
         yield
     except RepLensError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(exc.for_page(), icon=":material/error:")

@@ -205,14 +205,18 @@ def _text_tower_key(store: Store, dataset: str, preferred: str | None) -> str:
             return preferred
         raise EmbeddingsNotFoundError(
             f"Dataset {dataset!r} has no embeddings under {preferred!r}. Run: python -m core embed --dataset "
-            f"{dataset} --encoder {encoder_id_of(preferred)}"
+            f"{dataset} --encoder {encoder_id_of(preferred)}",
+            page_message=f"Dataset {dataset!r} has no embeddings under {preferred!r}. Extract them with "
+            f"{encoder_id_of(preferred)} on the Data page first.",
         )
     text_keys = [k for k in keys if (store.encoder_spec(k) or {}).get("has_text_tower")]
     if not text_keys:
         raise EmbeddingsNotFoundError(
             f"CLIP labels need {dataset!r} embedded with an encoder that has a text tower (stored: "
             f"{', '.join(keys) or 'none'}). Run: python -m core embed --dataset {dataset} --encoder clip-vitb32 "
-            "(or use --method text / --method visual, which need no model)."
+            "(or use --method text / --method visual, which need no model).",
+            page_message=f"CLIP labels need {dataset!r} embedded with an encoder that has a text tower (CLIP): "
+            "extract it with CLIP on the Data page, or pick the Text or Visual labels, which need no model.",
         )
     return sorted(text_keys)[0]
 

@@ -155,10 +155,19 @@ def _unknown_message(encoder_id: str) -> str:
 
 def _unavailable(spec: EncoderSpec, exc: Exception) -> EncoderUnavailableError:
     offline = ", ".join(offline_encoder_ids())
+    # The whole cause: a message cut mid-word ("…while trying to l") hides what went wrong.
+    cause = f"{type(exc).__name__}: {exc}"
     if spec.needs_network:
         return EncoderUnavailableError(
-            f"Could not load {spec.id} from {spec.source} ({type(exc).__name__}: {str(exc)[:200]}). "
+            f"Could not load {spec.id} from {spec.source} ({cause}). "
             f"Its weights download on first use, which needs network access (or a filled hub cache). "
-            f"Offline encoders: {offline}. Or pass a local weights file (--weights FILE)."
+            f"Offline encoders: {offline}. Or pass a local weights file (--weights FILE).",
+            page_message=f"Could not load {spec.name}: its weights download from {spec.source.split(':')[0]} on "
+            "first use, and this server could not fetch them. Pick an offline encoder "
+            f"({offline}), or give a local weights file for it.",
         )
-    return EncoderUnavailableError(f"Could not load {spec.id}: {type(exc).__name__}: {str(exc)[:300]}")
+    return EncoderUnavailableError(
+        f"Could not load {spec.id}: {cause}",
+        page_message=f"Could not load {spec.name}: {type(exc).__name__}. Pick another encoder, or ask whoever runs "
+        "this server to check its installation.",
+    )

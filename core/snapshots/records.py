@@ -38,7 +38,8 @@ def save_snapshot(store: Store, run_id: str, *, title: str, notes: str = "", pro
     if run is None:
         raise SnapshotError(
             f"No cluster run {run_id!r} in {store.path}. Run a clustering first (Clusters page or "
-            "`python -m core cluster …`) and pass its run id."
+            "`python -m core cluster …`) and pass its run id.",
+            page_message=f"No cluster run {run_id!r}: run a clustering on the Clusters page, then save it.",
         )
     assignments: pa.Table = run["assignments"]
     if assignments.num_rows == 0:
@@ -95,7 +96,8 @@ def resolve_snapshot_id(store: Store, id_or_prefix: str) -> str:
     if len(key) < 4 or not re.fullmatch(r"[0-9a-f]+", key):
         raise SnapshotNotFoundError(
             f"{id_or_prefix!r} is not a snapshot id; give the id or at least its first 4 hex characters "
-            "(see `python -m core snapshot list`)."
+            "(see `python -m core snapshot list`).",
+            page_message=f"{id_or_prefix!r} is not a snapshot id. Open a snapshot from the list on the Snapshots page.",
         )
     found = store.snapshot_ids_starting(key)
     if len(found) == 1:
@@ -103,7 +105,9 @@ def resolve_snapshot_id(store: Store, id_or_prefix: str) -> str:
     if not found:
         raise SnapshotNotFoundError(
             f"No snapshot {id_or_prefix!r} in {store.path}. List them with `python -m core snapshot list`, or "
-            "import a .replens file with `python -m core snapshot import FILE`."
+            "import a .replens file with `python -m core snapshot import FILE`.",
+            page_message=f"No snapshot {id_or_prefix!r} here. Pick one from the list on the Snapshots page, or "
+            "import the .replens file someone shared with you there.",
         )
     raise SnapshotNotFoundError(f"{id_or_prefix!r} matches {len(found)} snapshots; give more of the id.")
 
@@ -114,7 +118,8 @@ def load_snapshot(store: Store, snapshot_id: str) -> Snapshot:
     found = store.snapshot_rows(snapshot_id)
     if found is None:  # deleted between resolving and reading
         raise SnapshotNotFoundError(
-            f"Snapshot {snapshot_id} was deleted; list them with `python -m core snapshot list`."
+            f"Snapshot {snapshot_id} was deleted; list them with `python -m core snapshot list`.",
+            page_message=f"Snapshot {snapshot_id[:12]} was deleted; pick another from the list on the Snapshots page.",
         )
     row, points, clusters = found
     manifest = json.loads(row["manifest"])

@@ -112,7 +112,9 @@ class EmbeddingsMixin(StoreConnection):
         if not found.any():
             raise EmbeddingsNotFoundError(
                 f"Dataset {dataset!r} has no embeddings for encoder {encoder_key!r}. "
-                f"Run: {_how_to_embed(dataset, encoder_key)}"
+                f"Run: {_how_to_embed(dataset, encoder_key)}",
+                page_message=f"Dataset {dataset!r} has no embeddings for {encoder_key!r}: extract them on the "
+                "Data page first.",
             )
         return images[found].reset_index(drop=True), _gather_rows(table.column("vector"), positions[found], dim)
 
@@ -133,7 +135,8 @@ class EmbeddingsMixin(StoreConnection):
         if not rows:
             raise EmbeddingsNotFoundError(
                 f"No embeddings were ever stored for encoder key {encoder_key!r}. "
-                "Embed the dataset with that encoder first (python -m core embed …)."
+                "Embed the dataset with that encoder first (python -m core embed …).",
+                page_message=f"No embeddings were ever stored for {encoder_key!r}: extract them on the Data page.",
             )
         return int(rows[0][0])
 
