@@ -8,12 +8,14 @@ nothing is ever written outside the dataset's upload folder.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from core import images
 from core.errors import InvalidInputError
 from core.fsutil import atomic_write_bytes, is_within, safe_relative_path
+from core.names import check_dataset_name
 from core.store import Store
 
 # File types an upload may hold: images, and .txt captions beside them.
@@ -21,16 +23,75 @@ UPLOAD_TYPES = sorted({ext.lstrip(".") for ext in images.SUPPORTED_EXTENSIONS} |
 
 
 def dataset_slug(name: str) -> str:
-    """A folder name for a dataset's uploads (the dataset name itself may hold any text)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip(".-")
+    """A folder name for a dataset's uploads; the name is checked first (``check_dataset_name``)."""
+    slug = _slug(check_dataset_name(name))
     if not slug:
         raise InvalidInputError("Give the dataset a name with at least one letter or digit.")
-    return slug[:80]
+    return slug
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name.strip()).strip(".-")[:80]
 
 
 def upload_dir(store: Store, dataset: str) -> Path:
     """Where ``dataset``'s uploaded files are kept: ``<cache>/uploads/<slug>``."""
     return store.cache_dir / "uploads" / dataset_slug(dataset)
+
+
+def uploads_root(store: Store) -> Path:
+    return (store.cache_dir / "uploads").resolve()
+
+
+def existing_upload_dir(store: Store, dataset: str) -> Path | None:
+    """``dataset``'s upload folder if it has one (also for a name stored before names were checked)."""
+    slug = _slug(dataset)
+    folder = uploads_root(store) / slug if slug else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
+def upload_folders_of(store: Store, sources: Iterable[str]) -> set[Path]:
+    """The upload folders (``<cache>/uploads/<slug>``) that hold any of ``sources``."""
+    root = uploads_root(store)
+    folders = set()
+    for source in sources:
+        path = Path(source)
+        if root in path.parents:
+            folders.add(root / path.relative_to(root).parts[0])
+    return folders
+
+
+def datasets_using(store: Store, folder: Path, *, besides: str | None = None) -> list[str]:
+    """The datasets (other than ``besides``) with a source inside ``folder``."""
+    folder = folder.resolve()
+    users = []
+    for name in store.dataset_names():
+        if name != besides and any(folder == Path(s) or folder in Path(s).parents for s in store.dataset_sources(name)):
+            users.append(name)
+    return users
+
+
+def claim_upload_dir(store: Store, dataset: str) -> Path:
+    """``upload_dir(store, dataset)``, refused when another dataset's files are kept there
+    (two names can share a folder name: "my photos" and "my-photos")."""
+    dest = upload_dir(store, dataset)
+    others = datasets_using(store, dest, besides=dataset)
+    if others:
+        raise InvalidInputError(
+            f"The name {dataset!r} would keep its uploads with those of dataset {others[0]!r}; "
+            "pick a name that differs in its letters or digits."
+        )
+    return dest
+
+
+def remove_upload_folder(store: Store, folder: Path, *, besides: str | None = None) -> bool:
+    """Delete an upload folder (only one under ``<cache>/uploads``, and only when no dataset
+    other than ``besides`` reads from it); -> whether it was removed."""
+    folder = folder.resolve()
+    if folder.parent != uploads_root(store) or not folder.is_dir() or datasets_using(store, folder, besides=besides):
+        return False
+    shutil.rmtree(folder)
+    return True
 
 
 def strip_common_root(paths: list[str]) -> list[str]:
@@ -74,7 +135,7 @@ def save_upload(store: Store, dataset: str, files: Iterable[tuple[str, bytes]]) 
 
     Raises InvalidInputError when not one file could be saved.
     """
-    dest = upload_dir(store, dataset)
+    dest = claim_upload_dir(store, dataset)
     saved, refused = save_files(dest, files)
     if saved == 0:
         unsafe = f" Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}." if refused else ""

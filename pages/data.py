@@ -1,4 +1,4 @@
-"""Data: add image folders, see what RepLens holds, extract embeddings."""
+"""Data: add image folders, see what RepLens holds, rename or delete datasets, extract embeddings."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from core import encoders
-from core.datasets import ingest_path
-from core.errors import InvalidInputError
+from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_source, rename_dataset
+from core.errors import InvalidInputError, RepLensError
 from core.extract import embed_dataset
+from core.names import check_dataset_name
 from core.store import Store
-from core.uploads import UPLOAD_TYPES, save_archive, save_upload, upload_dir
+from core.uploads import UPLOAD_TYPES, claim_upload_dir, remove_upload_folder, save_archive, save_upload, upload_dir
 from ui import state
 from ui.errors import user_errors
 from ui.progress import embed_progress, scan_progress
@@ -82,22 +83,66 @@ def render_overview(store: Store) -> None:
 # Adding images
 
 
-def ingest_source(store: Store, dataset: str, source: Path | str) -> None:
-    """Scan ``source`` (folder or .zip) into ``dataset`` with a progress bar, then rerun."""
+def ingest_source(store: Store, dataset: str, source: Path | str, *, add: bool = False) -> None:
+    """Scan ``source`` (folder or .zip) into ``dataset`` with a progress bar, then rerun.
+
+    The bar lives in a placeholder that is cleared however the scan ends, so a failed scan
+    leaves only its error on the page.
+    """
     if not dataset.strip():
         raise InvalidInputError("Give the dataset a name first.")
-    bar = st.progress(0.0, text="Scanning…")
-    scan, stats = ingest_path(store, dataset, source, progress=scan_progress(bar))
-    bar.empty()
+    slot = st.empty()
+    try:
+        bar = slot.progress(0.0, text="Scanning…")
+        scan, stats = ingest_path(store, dataset, source, progress=scan_progress(bar), add=add)
+    finally:
+        slot.empty()
     message = (
-        f"**{dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
+        f"**{stats.dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
         f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped."
     )
     st.session_state[FLASH_KEY] = ("success", message)
     st.session_state[ROUND_KEY] = st.session_state.get(ROUND_KEY, 0) + 1
-    st.session_state[state.DATASET_KEY] = dataset
+    st.session_state[state.DATASET_KEY] = stats.dataset
     st.session_state.pop("w_data_dataset", None)
     st.rerun()
+
+
+def add_choice(store: Store, name: str, key: str, *, rescan: bool = False) -> bool:
+    """When ``name`` is taken: a checkbox to add to that dataset (unticked by default); a rescan
+    of one of its own sources needs none. -> whether adding was chosen."""
+    if not name or name not in store.dataset_names():
+        return False
+    if rescan:
+        st.caption(f"This is already a source of **{name}**: scanning it again picks up what changed.")
+        return False
+    return st.checkbox(
+        f"Add to the existing dataset **{name}**",
+        key=key,
+        help="Leave unticked to keep datasets apart: then give these images a name of their own.",
+    )
+
+
+def checked_new_name(store: Store, name: str, add: bool) -> tuple[str, bool]:
+    """The checked name and whether it is new; a taken name needs the "add" box ticked."""
+    name = check_dataset_name(name)
+    exists = name in store.dataset_names()
+    if exists and not add:
+        raise InvalidInputError(
+            f"A dataset named {name!r} already exists. Tick “Add to the existing dataset” to add these "
+            "images to it, or type another name."
+        )
+    return name, not exists
+
+
+def ingest_upload(store: Store, name: str, created: bool, source: Path) -> None:
+    """Scan an upload; when that fails for a new dataset, its saved files are removed again."""
+    try:
+        ingest_source(store, name, source, add=True)
+    except RepLensError:
+        if created:
+            remove_upload_folder(store, upload_dir(store, name))
+        raise
 
 
 def render_add(store: Store) -> None:
@@ -118,13 +163,14 @@ def render_add(store: Store) -> None:
             placeholder=suggested or "e.g. holiday-photos",
             help="Empty: the folder's name.",
         )
+        add = add_choice(store, name.strip() or suggested, "upload_folder_add")
         if st.button("Add folder", type="primary", disabled=not files, key="add_folder"):
-            name = name.strip() or suggested
             with user_errors():
+                name, created = checked_new_name(store, name.strip() or suggested, add)
                 dest, refused = save_upload(store, name, ((f.name, f.getvalue()) for f in files))
                 if refused:
                     st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
-                ingest_source(store, name, dest)
+                ingest_upload(store, name, created, dest)
     with zip_tab:
         archive = st.file_uploader(
             "A .zip of images", type=["zip"], key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}"
@@ -136,12 +182,13 @@ def render_add(store: Store) -> None:
             placeholder=suggested or "e.g. holiday-photos",
             help="Empty: the archive's name.",
         )
+        add = add_choice(store, name.strip() or suggested, "upload_zip_add")
         if st.button("Add archive", type="primary", disabled=archive is None, key="add_zip"):
-            name = name.strip() or suggested
             with user_errors():
+                name, created = checked_new_name(store, name.strip() or suggested, add)
                 # Read in place by core (a wrapper folder is not a label), never unpacked.
-                target = save_archive(upload_dir(store, name), archive.name, archive.getvalue())
-                ingest_source(store, name, target)
+                target = save_archive(claim_upload_dir(store, name), archive.name, archive.getvalue())
+                ingest_upload(store, name, created, target)
     with path_tab:
         st.caption("A folder or .zip on the machine that runs RepLens; files are read in place, not copied.")
         path = st.text_input("Path on the server", key="server_path", placeholder="/data/images")
@@ -152,10 +199,13 @@ def render_add(store: Store) -> None:
             placeholder=suggested or "e.g. holiday-photos",
             help="Empty: the folder's name.",
         )
+        wanted = name.strip() or suggested
+        rescan = bool(path.strip()) and not is_new_source(store, wanted, Path(path.strip()).expanduser())
+        add = add_choice(store, wanted, "server_path_add", rescan=rescan)
         if st.button("Scan path", type="primary", disabled=not path.strip(), key="add_path"):
-            name = name.strip() or suggested
             with user_errors():
-                ingest_source(store, name, Path(path.strip()).expanduser())
+                name, _ = checked_new_name(store, wanted, add or rescan)
+                ingest_source(store, name, Path(path.strip()).expanduser(), add=add)
 
 
 def _folder_name(names: list[str]) -> str:
@@ -203,7 +253,56 @@ def render_dataset(store: Store) -> str | None:
             st.caption("Every file was read.")
         else:
             st.dataframe(skipped[["rel_path", "reason", "stage", "source"]], hide_index=True, width="stretch")
+    render_manage(store, dataset)
     return dataset
+
+
+def render_manage(store: Store, dataset: str) -> None:
+    """Rename or delete the selected dataset, and reclaim what no dataset uses."""
+    with st.expander("Rename or delete", icon=":material/edit:"):
+        left, right = st.columns(2)
+        with left:
+            new = st.text_input("New name", key=f"rename_to_{dataset}", placeholder=dataset)
+            if st.button("Rename", key="rename_dataset", disabled=not new.strip()):
+                with user_errors():
+                    renamed = rename_dataset(store, dataset, new)
+                    st.session_state[FLASH_KEY] = ("success", f"Renamed **{dataset}** to **{renamed}**.")
+                    st.session_state[state.DATASET_KEY] = renamed
+                    st.session_state.pop("w_data_dataset", None)
+                    st.rerun()
+        with right:
+            sure = st.checkbox(
+                f"Yes, delete **{dataset}**",
+                key=f"confirm_delete_{dataset}",
+                help="Removes its uploaded files, cluster runs and maps. Snapshots of it are kept.",
+            )
+            if st.button("Delete dataset", key="delete_dataset", type="primary", disabled=not sure):
+                with user_errors():
+                    counts = delete_dataset(store, dataset)
+                    st.session_state[FLASH_KEY] = (
+                        "success",
+                        f"Deleted **{dataset}** ({counts['paths']} paths, {counts['cluster_runs']} cluster runs); "
+                        "snapshots are kept. “Reclaim space” frees embeddings no dataset uses.",
+                    )
+                    st.session_state.pop(state.DATASET_KEY, None)
+                    st.session_state.pop("w_data_dataset", None)
+                    st.rerun()
+
+
+def render_storage(store: Store) -> None:
+    """Reclaim the embeddings and thumbnails of images no dataset holds (after deletions)."""
+    with st.expander("Storage", icon=":material/cleaning_services:"):
+        st.caption("Deleting a dataset keeps embeddings another dataset may share; reclaim them here.")
+        if st.button("Reclaim space", key="gc", help="Remove embeddings and thumbnails of images no dataset holds."):
+            with user_errors():
+                report = collect_garbage(store)
+                st.session_state[FLASH_KEY] = (
+                    "success",
+                    f"Freed {report.n_vectors:,} embeddings ({report.vector_bytes / 1e6:.2f} MB of vectors), "
+                    f"{report.image_records:,} image records and {report.thumbnails:,} thumbnails "
+                    f"({report.thumbnail_bytes / 1e6:.2f} MB).",
+                )
+                st.rerun()
 
 
 def render_extract(store: Store, dataset: str) -> None:
@@ -281,6 +380,7 @@ def main() -> None:
         dataset = render_dataset(store)
         if dataset is not None:
             render_extract(store, dataset)
+        render_storage(store)
 
 
 main()

@@ -632,3 +632,62 @@ def test_gather_rows_matches_plain_indexing(chunk_sizes: tuple[int, ...], order:
     got = _gather_rows(column, rows, 4)
     np.testing.assert_array_equal(got, vectors[rows])
     assert got.dtype == np.float32 and got.shape == (len(rows), 4)
+
+
+# --------------------------------------------------------------------------- rename, delete, collect (issue 10)
+
+
+def _populate(store: Store, dataset: str, records: list[ImageRecord], source: str) -> str:
+    """A dataset with one run record, one projection, one cluster run and its labels; -> run id."""
+    store.ingest(dataset, source, records, [SkippedFile("bad.png", "broken")])
+    hashes = [r.content_hash for r in records]
+    store.start_run("embed", dataset, None, {})
+    store.save_projection(f"proj-{dataset}", dataset, "k", "pca", {}, hashes, np.zeros((len(hashes), 2)), 0.1)
+    run_id = f"run-{dataset}"
+    store.save_cluster_run(run_id, dataset, "k", "kmeans", {}, hashes, np.zeros(len(hashes), int), {}, 1, 0.0)
+    store.set_cluster_label(run_id, 0, "zero")
+    return run_id
+
+
+def test_rename_dataset_moves_every_reference_and_maps_sources(store: Store) -> None:
+    run_id = _populate(store, "old", fake_records(3), "/cache/uploads/old")
+    created = store.list_datasets().set_index("dataset").loc["old", "created_at"]
+    store.rename_dataset("old", "new", {"/cache/uploads/old": "/cache/uploads/new"})
+    assert store.dataset_names() == ["new"]
+    assert store.dataset_sources("new") == ["/cache/uploads/new"]
+    assert path_table(store, "new") == [(r.rel_path, r.content_hash) for r in fake_records(3)]
+    assert store.skipped_files("new")["rel_path"].tolist() == ["bad.png"]
+    assert store.list_datasets().set_index("dataset").loc["new", "created_at"] == created
+    assert store.list_cluster_runs("new")["run_id"].tolist() == [run_id]
+    assert store.list_projections("new")["projection_key"].tolist() == ["proj-old"]
+    assert store.runs("embed")["dataset"].tolist() == ["new"]
+    assert store.load_cluster_labels(run_id)["label"].tolist() == ["zero"]
+    with pytest.raises(InvalidInputError, match="path separator"):
+        store.rename_dataset("new", "a/b")
+    with pytest.raises(DatasetNotFoundError):
+        store.rename_dataset("old", "other")
+
+
+def test_delete_dataset_removes_its_rows_only(store: Store) -> None:
+    gone_run = _populate(store, "gone", fake_records(3), "/src/gone")
+    kept_run = _populate(store, "kept", fake_records(2, start=1), "/src/kept")  # two hashes shared
+    counts = store.delete_dataset("gone")
+    assert counts == {
+        "cluster_labels": 1,
+        "cluster_assignments": 3,
+        "cluster_runs": 1,
+        "projections": 1,
+        "runs": 1,
+        "skipped_files": 1,
+        "paths": 3,
+    }
+    assert store.dataset_names() == ["kept"] and store.load_cluster_run(gone_run) is None
+    assert store.load_cluster_run(kept_run) is not None and store.load_projection("proj-kept") is not None
+    assert store.load_projection("proj-gone") is None
+    key = register(store)
+    store.write_embeddings(key, [r.content_hash for r in fake_records(3)], np.ones((3, 4), np.float32))
+    freed, n_images = store.collect_unused(dry_run=True)
+    assert freed["n_vectors"].tolist() == [1] and freed["n_values"].tolist() == [4] and n_images == 1
+    assert store.count_embeddings() == 3
+    store.collect_unused()
+    assert store.count_embeddings() == 2 and store.collect_unused()[1] == 0

@@ -1,5 +1,5 @@
-"""Commands that bring images and vectors in and out: encoders, datasets, ingest, embed,
-import-embeddings, export, demo-data."""
+"""Commands that bring images and vectors in and out: encoders, datasets, dataset rename|delete,
+ingest, gc, embed, import-embeddings, export, demo-data."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from core.cli.common import (
     progress_bar,
     resolve_encoder_key,
 )
+from core.errors import InvalidInputError
 
 
 def add_commands(sub: SubParsers) -> None:
@@ -28,6 +29,26 @@ def add_commands(sub: SubParsers) -> None:
     p = add_command(sub, "ingest", cmd_ingest, "scan a folder or .zip of images into a dataset", [dataset_option()])
     p.add_argument("path")
     p.add_argument("--no-thumbnails", action="store_true", help="skip writing thumbnails during the scan")
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="add PATH to an existing dataset that holds other sources (rescanning one of its sources needs no flag)",
+    )
+
+    group = sub.add_parser("dataset", help="rename or delete a dataset")
+    dsub = group.add_subparsers(dest="dataset_command", required=True)
+    p = add_command(dsub, "rename", cmd_dataset_rename, "rename a dataset (runs, projections and uploads follow)")
+    p.add_argument("old")
+    p.add_argument("new")
+    add_command(
+        dsub,
+        "delete",
+        cmd_dataset_delete,
+        "delete a dataset with its uploads, cluster runs and projections (snapshots stay; then run gc)",
+    ).add_argument("name")
+
+    p = add_command(sub, "gc", cmd_gc, "reclaim embeddings and thumbnails of images no dataset holds any more")
+    p.add_argument("--dry-run", action="store_true", help="report what would be freed, delete nothing")
 
     p = add_command(
         sub,
@@ -101,16 +122,23 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from core.datasets import ingest_path
+    from core.datasets import DatasetExistsError, ingest_path
 
     store = open_store()
     update, close = progress_bar(f"scanning {Path(args.path).name}", "file")
     try:
-        scan, stats = ingest_path(store, args.dataset, args.path, progress=update, thumbnails=not args.no_thumbnails)
+        scan, stats = ingest_path(
+            store, args.dataset, args.path, progress=update, thumbnails=not args.no_thumbnails, add=args.add
+        )
+    except DatasetExistsError as exc:
+        raise InvalidInputError(
+            f"Dataset {exc.dataset!r} already holds images from {'; '.join(exc.sources[:3])}. "
+            f"Pass --add to add {exc.source} to it, or give another --dataset name."
+        ) from exc
     finally:
         close()
     payload = {
-        "dataset": args.dataset,
+        "dataset": stats.dataset,
         "added": stats.added,
         "duplicates": stats.duplicates,
         "unchanged": stats.unchanged,
@@ -122,13 +150,56 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     def human() -> None:
         print(
-            f"{args.dataset}: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
+            f"{stats.dataset}: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
             f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped"
         )
         for s in scan.skipped:
             print(f"  skipped {s.rel_path}: {s.reason}")
 
     emit(args, payload, human)
+    return 0
+
+
+def cmd_dataset_rename(args: argparse.Namespace) -> int:
+    from core.datasets import rename_dataset
+
+    new = rename_dataset(open_store(), args.old, args.new)
+    emit(args, {"old": args.old, "new": new}, lambda: print(f"renamed {args.old} to {new}"))
+    return 0
+
+
+def cmd_dataset_delete(args: argparse.Namespace) -> int:
+    from core.datasets import delete_dataset
+
+    counts = delete_dataset(open_store(), args.name)
+
+    def human() -> None:
+        print(
+            f"deleted {args.name}: {counts['paths']} paths, {counts['cluster_runs']} cluster runs, "
+            f"{counts['projections']} projections, {counts['upload_folders']} upload folder(s); "
+            "snapshots kept. Run gc to reclaim embeddings no dataset uses."
+        )
+
+    emit(args, {"dataset": args.name, "removed": counts}, human)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from core.datasets import collect_garbage
+
+    report = collect_garbage(open_store(), dry_run=args.dry_run)
+
+    def human() -> None:
+        verb = "would free" if report.dry_run else "freed"
+        print(
+            f"{verb} {report.n_vectors} embeddings ({report.vector_bytes / 1e6:.2f} MB of vectors), "
+            f"{report.image_records} image records, {report.thumbnails} thumbnails "
+            f"({report.thumbnail_bytes / 1e6:.2f} MB)"
+        )
+        for key, n in report.vectors.items():
+            print(f"  {key}: {n} embeddings")
+
+    emit(args, report.to_dict(), human)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,6 +10,7 @@ import duckdb
 import pandas as pd
 
 from core.errors import DatasetNotFoundError, InvalidInputError
+from core.names import check_dataset_name
 from core.store.connection import StoreConnection, _now, _unregister
 from core.store.records import IngestStats, PendingImage
 
@@ -22,7 +23,7 @@ class DatasetsMixin(StoreConnection):
 
         All-or-nothing: a failure leaves the database as it was.
         """
-        _check_dataset_name(dataset)
+        dataset = check_dataset_name(dataset)
         rows, skipped_df = _scan_frame(records), _skipped_frame(skipped)
         now = _now()
         with self._transaction() as cur:
@@ -139,6 +140,110 @@ class DatasetsMixin(StoreConnection):
                 [[dataset, f.source, f.rel_path, r, now] for f, r in zip(failures, reasons)],
             )
 
+    def dataset_sources(self, dataset: str) -> list[str]:
+        """The folders and archives ``dataset`` was scanned from (sorted)."""
+        self.require_dataset(dataset)
+        rows = (
+            self._cursor()
+            .execute(
+                "SELECT source FROM dataset_images WHERE dataset = ? UNION "
+                "SELECT source FROM skipped_files WHERE dataset = ? ORDER BY source",
+                [dataset, dataset],
+            )
+            .fetchall()
+        )
+        return [r[0] for r in rows]
+
+    def rename_dataset(self, old: str, new: str, sources: Mapping[str, str] | None = None) -> None:
+        """Give ``old`` the name ``new`` everywhere it is referenced (snapshots, which are frozen
+        copies, keep the name they were saved with). ``sources`` maps stored source paths to new
+        ones (an upload folder that moved with the name). All or nothing."""
+        self.require_dataset(old)
+        new = check_dataset_name(new)
+        if new == old:
+            return
+        if new in self.dataset_names():
+            raise InvalidInputError(
+                f"A dataset named {new!r} already exists; pick another name or delete that one first."
+            )
+        moved = list((sources or {}).items())
+        # The new source of each row, in the copy itself (key columns are copied then deleted
+        # rather than updated in place: DuckDB checks keys eagerly inside a transaction).
+        source_sql = "CASE source " + "WHEN ? THEN ? " * len(moved) + "ELSE source END" if moved else "source"
+        source_params = [text for pair in moved for text in pair]
+        with self._transaction() as cur:
+            cur.execute("INSERT INTO datasets SELECT ?, created_at, ? FROM datasets WHERE name = ?", [new, _now(), old])
+            for table, columns in (
+                ("dataset_images", "rel_path, content_hash, labels, caption, mtime, added_at"),
+                ("skipped_files", "rel_path, reason, stage, seen_at"),
+            ):
+                cur.execute(
+                    f"INSERT INTO {table} SELECT ?, {source_sql}, {columns} FROM {table} WHERE dataset = ?",
+                    [new, *source_params, old],
+                )
+                cur.execute(f"DELETE FROM {table} WHERE dataset = ?", [old])
+            for table in ("runs", "projections", "cluster_runs"):
+                cur.execute(f"UPDATE {table} SET dataset = ? WHERE dataset = ?", [new, old])
+            cur.execute("DELETE FROM datasets WHERE name = ?", [old])
+
+    def delete_dataset(self, dataset: str) -> dict[str, int]:
+        """Remove ``dataset``: its paths, skipped files, cluster runs (with their assignments and
+        labels), projections and run records. Images and embeddings stay until
+        :meth:`collect_unused` (another dataset may hold the same files); snapshots stay (they
+        are self-contained copies). -> rows removed per kind. All or nothing."""
+        self.require_dataset(dataset)
+        counts: dict[str, int] = {}
+        with self._transaction() as cur:
+
+            def delete(name: str, sql: str) -> None:
+                counts[name] = len(cur.execute(sql + " RETURNING 1", [dataset]).fetchall())
+
+            runs_of = "SELECT run_id FROM cluster_runs WHERE dataset = ?"
+            delete("cluster_labels", f"DELETE FROM cluster_labels WHERE run_id IN ({runs_of})")
+            delete("cluster_assignments", f"DELETE FROM cluster_assignments WHERE run_id IN ({runs_of})")
+            delete("cluster_runs", "DELETE FROM cluster_runs WHERE dataset = ?")
+            delete("projections", "DELETE FROM projections WHERE dataset = ?")
+            cur.execute(
+                "DELETE FROM projection_points pp WHERE NOT EXISTS "
+                "(SELECT 1 FROM projections p WHERE p.projection_key = pp.projection_key)"
+            )
+            delete("runs", "DELETE FROM runs WHERE dataset = ?")
+            delete("skipped_files", "DELETE FROM skipped_files WHERE dataset = ?")
+            delete("paths", "DELETE FROM dataset_images WHERE dataset = ?")
+            cur.execute("DELETE FROM datasets WHERE name = ?", [dataset])
+        return counts
+
+    def referenced_hashes(self) -> set[str]:
+        """Content hashes some dataset or snapshot still shows (their thumbnails are in use)."""
+        rows = (
+            self._cursor()
+            .execute("SELECT content_hash FROM dataset_images UNION SELECT content_hash FROM snapshot_points")
+            .fetchall()
+        )
+        return {r[0] for r in rows}
+
+    def collect_unused(self, *, dry_run: bool = False) -> tuple[pd.DataFrame, int]:
+        """Embeddings and image records of files no dataset holds any more.
+
+        -> (one row per encoder key: n_vectors, n_values (floats, 4 bytes each), image records
+        removed). With ``dry_run`` nothing is deleted. All or nothing.
+        """
+        unused = "NOT EXISTS (SELECT 1 FROM dataset_images di WHERE di.content_hash = {t}.content_hash)"
+        with self._transaction() as cur:
+            freed = cur.execute(
+                "SELECT encoder_key, count(*) AS n_vectors, coalesce(sum(len(vector)), 0) AS n_values "
+                f"FROM embeddings WHERE {unused.format(t='embeddings')} GROUP BY encoder_key ORDER BY encoder_key"
+            ).df()
+            n_images = int(
+                cur.execute(f"SELECT count(*) FROM images WHERE {unused.format(t='images')}").fetchall()[0][0]
+            )
+            if not dry_run:
+                cur.execute(f"DELETE FROM embeddings WHERE {unused.format(t='embeddings')}")
+                cur.execute(f"DELETE FROM images WHERE {unused.format(t='images')}")
+        if not dry_run:
+            self._cursor().execute("CHECKPOINT")
+        return freed.astype({"n_vectors": "int64", "n_values": "int64"}), n_images
+
 
 _DATASET_IMAGES_SQL = """
     SELECT di.content_hash,
@@ -222,8 +327,3 @@ def _ingest_rows(cur: duckdb.DuckDBPyConnection, dataset: str, source: str, now:
         [dataset, source, now],
     )
     return counts
-
-
-def _check_dataset_name(name: str) -> None:
-    if not name or not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
-        raise InvalidInputError(f"Dataset name {name!r} is not usable: give 1-200 printable characters.")
