@@ -3,12 +3,18 @@
 A *battery* is a list of tests, each naming four stimulus sets (X, Y, A, B) by image
 content hash. Sets come from dataset folders, clusters, map selections or uploads; the
 runner looks the vectors up per encoder, runs ``bias.association_test`` plus a bootstrap CI,
-and Holm-corrects the p-values across every row of the resulting table.
+and Holm-corrects the p-values across every row of the resulting table (the family is all
+tests x encoders of the battery).
+
+A folder set is one folder path from the dataset's top level ("military/vehicles"), with or
+without its sub-folders: never a folder of the same name elsewhere. The four sets of a test
+must not share an image (X = Y included); :class:`BatteryTest` refuses them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +25,7 @@ from core.errors import InvalidInputError
 from core.store import Store
 
 ROLES = ("x", "y", "a", "b")
+TOP_LEVEL = "(top level)"  # the images directly in the dataset's top folder, as the Map names them
 
 
 @dataclass(frozen=True)
@@ -31,6 +38,9 @@ class BatteryTest:
     a: tuple[str, ...]
     b: tuple[str, ...]
     roles: dict[str, str] = field(default_factory=dict)  # role -> what the user picked (folder, cluster…)
+
+    def __post_init__(self) -> None:
+        check_disjoint(self.name, self.sets(), self.roles)
 
     def sets(self) -> dict[str, tuple[str, ...]]:
         return {"x": self.x, "y": self.y, "a": self.a, "b": self.b}
@@ -51,29 +61,143 @@ class BatteryResult:
     outcomes: list[BatteryOutcome]
 
 
-def folder_hashes(images: pd.DataFrame, folder: str) -> tuple[str, ...]:
-    """Hashes of the images whose folder labels contain ``folder`` (any level, or a/b).
+def folder_parts(folder: str) -> tuple[str, ...]:
+    """A folder path from the dataset's top level as its parts ("military/vehicles" -> two parts);
+    :data:`TOP_LEVEL` (or "") is the top level itself."""
+    parts = tuple(p for p in folder.replace("\\", "/").strip().strip("/").split("/") if p)
+    if parts == (TOP_LEVEL,):
+        return ()
+    if any(p in (".", "..") for p in parts):
+        raise InvalidInputError(f"Folder {folder!r}: give a folder path from the dataset's top level, without . or ...")
+    return parts
 
-    Pass ``store.dataset_paths(dataset)`` so that every path of an image counts."""
-    parts = tuple(p for p in folder.strip("/").split("/") if p)
-    if not parts:
-        raise InvalidInputError("An empty folder name selects nothing; pick a sub-folder of the dataset.")
+
+def folder_hashes(images: pd.DataFrame, folder: str, *, subfolders: bool = True) -> tuple[str, ...]:
+    """Hashes of the images in exactly the folder path ``folder`` (from the dataset's top level,
+    e.g. "military/vehicles"), and with ``subfolders`` in every folder below it too.
+
+    A folder of the same name elsewhere ("vehicles" vs "military/vehicles") is another set.
+    :data:`TOP_LEVEL` selects the images directly at the top level (never its sub-folders:
+    that would be the whole dataset). Pass ``store.dataset_paths(dataset)`` so that every path
+    of an image counts: an image filed in two folders belongs to both sets, once.
+    """
+    parts = folder_parts(folder)
+    depth = len(parts)
+    below = subfolders and depth > 0
 
     def inside(labels: Sequence[str]) -> bool:
         labels = tuple(labels)
-        return any(labels[i : i + len(parts)] == parts for i in range(len(labels) - len(parts) + 1))
+        return labels[:depth] == parts and (len(labels) == depth or (below and len(labels) > depth))
 
-    # ``images`` may list every path: an image filed in two folders belongs to both sets, once.
     return tuple(dict.fromkeys(images.loc[images["labels"].map(inside), "content_hash"]))
 
 
-def folder_test(images: pd.DataFrame, name: str, x: str, y: str, a: str, b: str) -> BatteryTest:
+def folder_counts(images: pd.DataFrame, *, subfolders: bool = True) -> dict[str, int]:
+    """Distinct images per folder path of :func:`folder_options`: ``len(folder_hashes(images, f, subfolders=…))``.
+
+    With ``subfolders`` a top-level folder's count is what the Map's legend shows for it
+    ("By folder", the outermost folder), unless an image is stored at paths in two folders:
+    it counts in both here, under its first path on the Map."""
+    members: dict[str, set[str]] = {}
+    for labels, content_hash in zip(images["labels"], images["content_hash"]):
+        labels = tuple(labels)
+        if not labels:
+            members.setdefault(TOP_LEVEL, set()).add(content_hash)
+            continue
+        for depth in range(1 if subfolders else len(labels), len(labels) + 1):
+            members.setdefault("/".join(labels[:depth]), set()).add(content_hash)
+    return {folder: len(members.get(folder, ())) for folder in folder_options(images)}
+
+
+def describe_folder(folder: str, subfolders: bool = True) -> str:
+    """How a folder set reads in tables and messages: which folder, and whether its sub-folders count."""
+    if not folder_parts(folder):
+        return f"folder {TOP_LEVEL} (images at the top level only)"
+    path = "/".join(folder_parts(folder))
+    return f"folder {path} " + ("(with sub-folders)" if subfolders else "(this folder only, no sub-folders)")
+
+
+def folder_test(
+    images: pd.DataFrame,
+    name: str,
+    x: str,
+    y: str,
+    a: str,
+    b: str,
+    *,
+    subfolders: bool | Mapping[str, bool] = True,
+) -> BatteryTest:
+    """A test whose four sets are folder paths of ``images`` (see :func:`folder_hashes`).
+
+    ``subfolders``: one choice for all four sets, or one per role ("x", "y", "a", "b"; a role
+    left out includes its sub-folders). Empty or shared sets are refused (:class:`InvalidInputError`)."""
     picked = {"x": x, "y": y, "a": a, "b": b}
-    sets = {role: folder_hashes(images, folder) for role, folder in picked.items()}
+    below = {r: subfolders if isinstance(subfolders, bool) else bool(subfolders.get(r, True)) for r in ROLES}
+    sets = {role: folder_hashes(images, folder, subfolders=below[role]) for role, folder in picked.items()}
     for role, hashes in sets.items():
         if not hashes:
-            raise InvalidInputError(f"{name}: set {role.upper()} (folder {picked[role]!r}) has no images.")
-    return BatteryTest(name, **sets, roles={r: f"folder {f}" for r, f in picked.items()})
+            raise InvalidInputError(
+                f"{name}: set {role.upper()} (folder {picked[role]!r}) has no images."
+                + _folder_hint(images, picked[role], below[role])
+            )
+    roles = {r: describe_folder(f, below[r]) for r, f in picked.items()}
+    return make_test(name, sets, roles, images)
+
+
+def _folder_hint(images: pd.DataFrame, folder: str, subfolders: bool) -> str:
+    parts = folder_parts(folder)
+    if not parts:
+        return ""
+    if not subfolders and folder_hashes(images, folder, subfolders=True):
+        return " Its images are all in sub-folders: include sub-folders, or pick one of them."
+    options = folder_options(images)
+    deeper = [f for f in options if f.split("/")[-len(parts) :] == list(parts)]
+    if deeper:
+        return f" Folder paths start at the dataset's top level: did you mean {', '.join(deeper[:5])}?"
+    return ""
+
+
+def make_test(
+    name: str,
+    sets: Mapping[str, Sequence[str]],
+    roles: Mapping[str, str],
+    images: pd.DataFrame | None = None,
+) -> BatteryTest:
+    """A :class:`BatteryTest` from four hash lists; shared images are refused, named by path
+    when ``images`` (with content_hash and rel_path columns) is given."""
+    hashes = {role: tuple(dict.fromkeys(sets[role])) for role in ROLES}
+    check_disjoint(name, hashes, roles, images)
+    return BatteryTest(name, **hashes, roles=dict(roles))
+
+
+def check_disjoint(
+    name: str,
+    sets: Mapping[str, Sequence[str]],
+    roles: Mapping[str, str] | None = None,
+    images: pd.DataFrame | None = None,
+) -> None:
+    """Refuse a test whose sets share an image (X = Y included): an image in X and Y cancels out
+    of S, and one in a target and an attribute set adds cos(w, w) = 1 to its own association."""
+    roles = roles or {}
+    path_of: dict[str, str] = {}
+    if images is not None and "rel_path" in images.columns:
+        path_of = dict(zip(images["content_hash"][::-1], images["rel_path"][::-1]))  # first path wins
+    for first, second in itertools.combinations(ROLES, 2):
+        shared = [h for h in dict.fromkeys(sets[first]) if h in set(sets[second])]
+        if not shared:
+            continue
+        one, two = (f"{r.upper()} ({roles[r]})" if roles.get(r) else r.upper() for r in (first, second))
+        same = set(sets[first]) == set(sets[second])
+        examples = ", ".join(path_of.get(h, h[:12]) for h in shared[:3])
+        what = (
+            f"{one} and {two} are the same {len(shared)} image(s)"
+            if same
+            else f"{one} and {two} share {len(shared)} image(s), e.g. {examples}"
+        )
+        raise InvalidInputError(
+            f"{name}: {what}. Each image may belong to one set only: pick sets that do not overlap "
+            "(for nested folders, leave out the sub-folders or pick sibling folders)."
+        )
 
 
 def run_battery(
@@ -174,14 +298,15 @@ def _table(outcomes: Sequence[BatteryOutcome], tests: Sequence[BatteryTest]) -> 
 
 
 def folder_options(images: pd.DataFrame) -> list[str]:
-    """Every folder (and nested folder path) that holds images, with its image count, sorted."""
-    counts: dict[str, int] = {}
+    """Every folder path that holds images (directly or below it), sorted, as full paths from the
+    dataset's top level ("military/vehicles"); :data:`TOP_LEVEL` first when images sit there."""
+    paths: set[str] = set()
+    top = False
     for labels in images["labels"]:
         labels = tuple(labels)
-        for depth in range(1, len(labels) + 1):
-            path = "/".join(labels[:depth])
-            counts[path] = counts.get(path, 0) + 1
-    return sorted(counts)
+        top = top or not labels
+        paths.update("/".join(labels[:depth]) for depth in range(1, len(labels) + 1))
+    return [TOP_LEVEL] * top + sorted(paths)
 
 
 def cluster_sets(store: Store, run_id: str) -> dict[str, tuple[str, ...]]:

@@ -18,7 +18,18 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from core import bias
-from core.bias_runs import ROLES, BatteryTest, cluster_sets, folder_hashes, folder_options, run_battery
+from core.bias_runs import (
+    ROLES,
+    TOP_LEVEL,
+    BatteryTest,
+    cluster_sets,
+    describe_folder,
+    folder_counts,
+    folder_hashes,
+    folder_options,
+    make_test,
+    run_battery,
+)
 from core.encoders import DEFAULT_ENCODER, BaseEncoder, get_spec, list_encoders
 from core.errors import InvalidInputError
 from core.stimuli import ROLE_NAMES, SCAN_STAGE, StimulusProgress, ingest_stimulus_folders
@@ -78,6 +89,7 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
     if template is not None:
         st.caption(template.description)
     folders = folder_options(images)
+    counts = {True: folder_counts(images, subfolders=True), False: folder_counts(images, subfolders=False)}
     extra = _other_sets(store, dataset)
     options = folders + list(extra)
     if len(folders) < 2:
@@ -86,21 +98,45 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
             "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page."
         )
         return
+    st.caption(
+        "Folder sets are folder paths from the dataset's top level, as the Map names them: `vehicles` is not "
+        "`military/vehicles`. Tick **with sub-folders** to include the folders below the one picked."
+    )
     columns = st.columns(4)
-    picked = {}
+    picked: dict[str, str] = {}
+    below: dict[str, bool] = {}
     # Start from four different top-level folders: the usual layout is one folder per set.
-    top_level = [i for i, f in enumerate(folders) if "/" not in f] or list(range(len(folders)))
+    top_level = [i for i, f in enumerate(folders) if "/" not in f and f != TOP_LEVEL] or list(range(len(folders)))
     for column, role in zip(columns, ROLES):
         label = ROLE_NAMES[role] + (f": {template.roles()[role.upper()]}" if template is not None else "")
         default = top_level[min(ROLES.index(role), len(top_level) - 1)]
+        sub_key = f"w_bias_{role}_sub"
+        with_sub = bool(st.session_state.get(sub_key, True))
         # A role filled in by an upload is in session state already; passing an index too would warn.
         start = {} if st.session_state.get(f"w_bias_{role}") in options else {"index": default}
-        picked[role] = column.selectbox(label, options, key=f"w_bias_{role}", **start)
-        count = len(_hashes(images, extra, picked[role]))
-        column.caption(f"{count} image{'s' if count != 1 else ''}")
+        picked[role] = column.selectbox(
+            label,
+            options,
+            key=f"w_bias_{role}",
+            format_func=_option_label(counts[with_sub], extra),
+            help="A folder path from the dataset's top level (images in brackets), a cluster or the Map selection.",
+            **start,
+        )
+        is_folder = picked[role] not in extra and picked[role] != TOP_LEVEL
+        below[role] = bool(
+            column.checkbox(
+                "with sub-folders",
+                value=True,
+                key=sub_key,
+                disabled=not is_folder,
+                help="Include the images in folders below the one picked (default), or only those directly in it.",
+            )
+        )
+        count = len(_hashes(images, extra, picked[role], below[role]))
+        column.caption(f"{count} image{'s' if count != 1 else ''}: {_describe(extra, picked[role], below[role])}")
     test_name = st.text_input("Test name", value=name if template is not None else "Custom test", key="w_bias_name")
     if st.button("Add test to battery", icon=":material/add:", key="w_bias_add"):
-        st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, extra, test_name, picked))
+        st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, extra, test_name, picked, below))
     battery: list[BatteryTest] = st.session_state.get(BATTERY_KEY, [])
     if battery:
         st.dataframe(
@@ -214,19 +250,35 @@ def _other_sets(store: Store, dataset: str) -> dict[str, tuple[str, ...]]:
     return sets
 
 
-def _hashes(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], choice: str) -> tuple[str, ...]:
-    return extra[choice] if choice in extra else folder_hashes(images, choice)
+def _option_label(counts: dict[str, int], extra: dict[str, tuple[str, ...]]) -> Callable[[str], str]:
+    def label(option: str) -> str:
+        n = len(extra[option]) if option in extra else counts.get(option, 0)
+        return f"{option} ({n})"
+
+    return label
+
+
+def _describe(extra: dict[str, tuple[str, ...]], choice: str, subfolders: bool) -> str:
+    return choice if choice in extra else describe_folder(choice, subfolders)
+
+
+def _hashes(images: pd.DataFrame, extra: dict[str, tuple[str, ...]], choice: str, subfolders: bool) -> tuple[str, ...]:
+    return extra[choice] if choice in extra else folder_hashes(images, choice, subfolders=subfolders)
 
 
 def _make_test(
-    images: pd.DataFrame, extra: dict[str, tuple[str, ...]], name: str, picked: dict[str, str]
+    images: pd.DataFrame,
+    extra: dict[str, tuple[str, ...]],
+    name: str,
+    picked: dict[str, str],
+    below: dict[str, bool],
 ) -> BatteryTest:
-    sets = {role: _hashes(images, extra, choice) for role, choice in picked.items()}
+    sets = {role: _hashes(images, extra, choice, below[role]) for role, choice in picked.items()}
     for role, hashes in sets.items():
         if not hashes:
             raise InvalidInputError(f"{name}: set {role.upper()} ({picked[role]}) has no images.")
-    roles = {r: (c if c in extra else f"folder {c}") for r, c in picked.items()}
-    return BatteryTest(name, **sets, roles=roles)
+    roles = {r: _describe(extra, c, below[r]) for r, c in picked.items()}
+    return make_test(name, sets, roles, images)
 
 
 def _run_section(store: Store, dataset: str, keys: list[str]) -> None:
@@ -275,6 +327,7 @@ def _results(store: Store) -> None:
         return
     st.subheader("3 · Results")
     table = result.table.assign(encoder=result.table["encoder"].map(short_key))
+    holm_family = _holm_family(result.table)
     st.dataframe(
         table,
         hide_index=True,
@@ -282,13 +335,14 @@ def _results(store: Store) -> None:
         key="w_bias_table",
         column_config={
             "effect_size": st.column_config.NumberColumn("d", format="%.3f"),
-            "ci_low": st.column_config.NumberColumn("CI low", format="%.3f"),
-            "ci_high": st.column_config.NumberColumn("CI high", format="%.3f"),
+            "ci_low": st.column_config.NumberColumn("CI low", format="%.3f", help=bias.coverage_note()),
+            "ci_high": st.column_config.NumberColumn("CI high", format="%.3f", help=bias.coverage_note()),
             "p_value": st.column_config.NumberColumn("p", format="%.4g"),
-            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4g"),
+            "p_holm": st.column_config.NumberColumn("p (Holm)", format="%.4g", help=holm_family),
             "min_p_value": st.column_config.NumberColumn("min attainable p", format="%.3g"),
         },
     )
+    st.caption(f"**p (Holm):** {holm_family}  \n**CI:** {bias.coverage_note()}")
     unreachable = result.table[result.table["min_p_value"] > 0.05]
     if len(unreachable):
         st.warning(
@@ -313,6 +367,16 @@ def _results(store: Store) -> None:
         outcome.drivers,
         [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"], outcome.drivers["score"])],
         key="w_bias_drivers",
+    )
+
+
+def _holm_family(table: pd.DataFrame) -> str:
+    """Which p-values Holm's correction adjusted together: every row of the battery's table."""
+    n_tests, n_encoders = table["test"].nunique(), table["encoder"].nunique()
+    return (
+        f"Holm-adjusted over a family of {len(table)} p-value{'s' if len(table) != 1 else ''}: "
+        f"all {n_tests} test{'s' if n_tests != 1 else ''} × {n_encoders} encoder{'s' if n_encoders != 1 else ''} "
+        "of this battery. Significant at α = 0.05 when p (Holm) ≤ 0.05."
     )
 
 
@@ -342,7 +406,10 @@ def _conventions() -> None:
             "- p (one-sided, X→A): share of re-partitions of X∪Y with S_i ≥ S, ties count. Exact when "
             "C(|X|+|Y|, |X|) ≤ the permutation budget, else (1 + #extreme) / n over n − 1 random re-partitions.\n"
             "- Unequal |X| ≠ |Y| keeps both sizes when permuting (an extension of the reference).\n"
-            "- CI: percentile bootstrap within X and within Y. Holm: across every row of the table."
+            "- Sets: a folder set is one folder path from the dataset's top level (with or without its "
+            "sub-folders); the four sets of a test may not share an image.\n"
+            f"- {bias.coverage_note()}\n"
+            "- Holm: across every row of the table (all tests × encoders of the battery)."
         )
 
 

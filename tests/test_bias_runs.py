@@ -119,3 +119,17 @@ def test_cluster_sets_follow_the_stored_run(store_with_two_encoders: tuple[Store
     assert sum(len(v) for v in sets.values()) == int((labels >= 0).sum())
     with pytest.raises(InvalidInputError, match="Clusters page"):
         cluster_sets(store, "missing")
+
+
+def test_nested_folders_are_distinct_sets_and_overlap_is_refused(
+    store_with_two_encoders: tuple[Store, dict[str, np.ndarray]],
+) -> None:
+    store, _ = store_with_two_encoders
+    paths = store.dataset_paths("stim")
+    # "warm" is only pleasant/warm: a bare name matches no folder deeper down any more.
+    assert folder_hashes(paths, "warm") == ()
+    assert len(folder_hashes(paths, "pleasant", subfolders=False)) == 0
+    with pytest.raises(InvalidInputError, match="did you mean pleasant/warm"):
+        folder_test(paths, "t", "flowers", "insects", "warm", "unpleasant")
+    with pytest.raises(InvalidInputError, match=r"A \(folder pleasant \(with sub-folders\)\) and B .* are the same 4"):
+        folder_test(paths, "t", "flowers", "insects", "pleasant", "pleasant/warm")

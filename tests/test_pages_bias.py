@@ -84,6 +84,10 @@ def test_battery_across_two_encoders_in_apptest(prepared: dict[str, Path], monke
     np.testing.assert_allclose(table["p_holm"], bias.holm_correction(table["p_value"]))
     assert (table["exact"]).all() and (table["n_permutations"] == 252).all()  # C(10, 5) ≤ 300: exact
     assert len(at.get("plotly_chart")) >= 1  # the permutation null with the observed S
+    # The Holm family is stated next to the adjusted p: every test x encoder of the battery.
+    captions = " ".join(c.value for c in at.caption)
+    assert "family of 2 p-values: all 1 test × 2 encoders" in captions
+    assert "BCa bootstrap resampling all four sets" in captions
 
 
 def test_browser_runs_a_battery_across_two_encoders(prepared: dict[str, Path], tmp_path: Path) -> None:
@@ -121,23 +125,31 @@ def test_browser_runs_a_battery_across_two_encoders(prepared: dict[str, Path], t
 def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(
     prepared: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from core.cluster import run_clustering
-
     db = tmp_path / "db.duckdb"
     shutil.copy(prepared["db"], db)
     store = Store(db, prepared["cache"])
-    run = run_clustering(store, "stimuli", KEYS[0], "kmeans", {"n_clusters": 2})
-    _, hashes, labels = store.load_cluster_run(run.run_id)
+    images = store.dataset_images("stimuli")
+    # Two clusters of the flower and insect images (the attribute folders are noise, -1), so the
+    # clusters can be X and Y next to the pleasant and unpleasant folders without sharing an image.
+    targets = images["label"].isin(["flowers", "insects"]).to_numpy()
+    hashes = images["content_hash"].tolist()
+    labels = np.where(targets, np.arange(len(hashes)) % 2, -1)
+    store.save_cluster_run("run-t", "stimuli", KEYS[0], "kmeans", {}, hashes, labels, {}, 2, 0.5)
     store.close()
     monkeypatch.setenv("REPLENS_DB", str(db))
     monkeypatch.setenv("REPLENS_CACHE", str(prepared["cache"]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["rl_cluster_run"] = run.run_id
+    at.session_state["rl_cluster_run"] = "run-t"
     at.run()
     at.switch_page("pages/bias.py")
     at.run()
-    option = next(o for o in at.selectbox(key="w_bias_x").options if o.startswith("cluster 0"))
-    at.selectbox(key="w_bias_x").set_value(option)
+    # A cluster next to a folder it shares images with (here the default Y, insects) is refused.
+    at.selectbox(key="w_bias_x").set_value("cluster 0 · unnamed")
+    at.button(key="w_bias_add").click()
+    at.run()
+    assert any("share" in e.value for e in at.error), [e.value for e in at.error]
+    at.selectbox(key="w_bias_y").set_value("cluster 1 · unnamed")
+    at.run()
     at.number_input(key="w_bias_samples").set_value(300)
     at.multiselect(key="w_bias_encoders").set_value([KEYS[0]])
     at.button(key="w_bias_add").click()
@@ -147,3 +159,4 @@ def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(
     assert not at.exception, [e.message for e in at.exception]
     table = next(d.value for d in at.dataframe if "effect_size" in d.value.columns)
     assert int(table.loc[0, "n_x"]) == int((labels == 0).sum())
+    assert int(table.loc[0, "n_y"]) == int((labels == 1).sum())

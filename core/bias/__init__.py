@@ -85,10 +85,12 @@ Other tools
   ``(mean cos(w, A) - mean cos(w, B)) / std_{v in A ∪ B} cos(w, v)`` (``ddof=1``);
   statistic ``mean cos(w, A) - mean cos(w, B)``, permuted over re-partitions of A ∪ B that
   keep both sizes (null mean 0), with the same exact/sampled and tie rules.
-* :func:`bootstrap_effect_size_ci`: percentile bootstrap interval for d, resampling
-  within X and within Y (A and B fixed). The percentile method is used rather than BCa
-  because BCa's jackknife acceleration is unstable with the 4-10 stimuli per set typical
-  of iEAT batteries and scipy then returns NaN; percentile always yields an interval.
+* :func:`bootstrap_effect_size_ci`: BCa bootstrap interval for d, resampling within each of
+  X, Y, A and B, with the acceleration from a jackknife over every stimulus (Efron's
+  multi-sample formula; a = 0 where the jackknife is degenerate). Coverage measured by
+  ``bench/ci_coverage.py`` (4-10 stimuli per set, nominal 95%): 91.8-96.5% for the true d given
+  the attribute images, 86.3-96.5% counting the choice of attribute images; the earlier
+  targets-only percentile interval covered 77.8-92.8% (see :data:`MEASURED_COVERAGE`).
 * :func:`holm_correction`: Holm-Bonferroni step-down adjusted p-values for a battery of
   tests.
 * :func:`randomized_control`: shuffles all stimuli across X, Y, A and B (keeping the
@@ -106,7 +108,7 @@ engine), ``intervals`` (bootstrap CI, Holm), ``controls`` (randomised controls),
 from __future__ import annotations
 
 from core.bias.controls import randomized_control
-from core.bias.intervals import bootstrap_effect_size_ci, holm_correction
+from core.bias.intervals import MEASURED_COVERAGE, bootstrap_effect_size_ci, coverage_note, holm_correction
 from core.bias.permutation import MAX_NULL_STORED, TIE_RTOL
 from core.bias.results import (
     DEFAULT_N_SAMPLES,
@@ -126,6 +128,7 @@ __all__ = [
     "DEFAULT_N_SAMPLES",
     "IEAT_TEMPLATES",
     "MAX_NULL_STORED",
+    "MEASURED_COVERAGE",
     "ROLE_DESCRIPTIONS",
     "TIE_RTOL",
     "Alternative",
@@ -140,6 +143,7 @@ __all__ = [
     "association_scores",
     "association_test",
     "bootstrap_effect_size_ci",
+    "coverage_note",
     "effect_size",
     "holm_correction",
     "randomized_control",
