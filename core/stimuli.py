@@ -70,8 +70,8 @@ def role_folders(picked: Mapping[str, Sequence[str]], fallback: Mapping[str, str
 def flat_role_path(folder: str, name: str) -> str:
     """``folder/<file>`` for an uploaded file, its own sub-folders folded into the file name.
 
-    One level only: folder sets match a folder name at any depth, so a sub-folder inside
-    one role's upload must not be able to join another role's set."""
+    One level only: each role's set is exactly its top-level folder, and folding keeps a
+    role's own sub-folders from appearing as folders of their own in the dataset."""
     parts = [p for p in name.replace("\\", "/").split("/") if p]
     inner = parts[1:] if len(parts) > 1 else parts
     return f"{folder}/{'__'.join(inner)}"

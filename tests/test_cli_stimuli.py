@@ -96,3 +96,23 @@ def test_a_missing_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture
     code = main(["stimuli", "--dataset", "f2", *[f"--{r}={f}" for r, f in folders.items()], "--encoder", "pixels"])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_bias_cli_sets_are_exact_folder_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    layout = {"a": 2, "a/sub": 1, "b": 2, "c": 2, "d": 2, "other/a": 3}  # "other/a" shares a's name only
+    seed = 300
+    for folder, n in layout.items():
+        (tmp_path / "ds" / folder).mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / "ds" / folder / f"{i}.png").write_bytes(png_bytes(seed, 16))
+            seed += 1
+    assert main(["ingest", str(tmp_path / "ds"), "--dataset", "nested"]) == 0
+    assert main(["embed", "--dataset", "nested", "--encoder", "pixels"]) == 0
+    capsys.readouterr()
+    sets = ["--x=a", "--y=b", "--a=c", "--b=d"]
+    with_sub = run_json(capsys, "bias", "--dataset", "nested", "--encoder", "pixels", *sets)
+    only = run_json(capsys, "bias", "--dataset", "nested", "--encoder", "pixels", *sets, "--no-subfolders")
+    assert with_sub["sets"]["x"]["n"] == 3 and only["sets"]["x"]["n"] == 2  # never other/a's 3 images
+    assert [with_sub["sets"][r]["n"] for r in "yab"] == [2, 2, 2]
+    code = main(["bias", "--dataset", "nested", "--encoder", "pixels", "--x=a", "--y=a/sub", "--a=c", "--b=d"])
+    assert code == 2 and "share" in capsys.readouterr().err.lower()  # a contains a/sub: overlapping targets

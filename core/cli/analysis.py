@@ -124,7 +124,16 @@ def _add_bias(sub: SubParsers) -> None:
         [dataset_option(), encoder_options(), seed_option()],
     )
     for role, meaning in BIAS_ROLES:
-        p.add_argument(f"--{role}", required=True, metavar="FOLDER", help=f"{meaning}: a sub-folder label")
+        p.add_argument(
+            f"--{role}",
+            required=True,
+            metavar="FOLDER",
+            help=f"{meaning}: a folder path from the dataset's top level (e.g. military/vehicles); "
+            "its sub-folders count unless --no-subfolders",
+        )
+    p.add_argument(
+        "--no-subfolders", action="store_true", help="only the images directly in each folder, not its sub-folders"
+    )
     p.add_argument("--n-samples", type=int, default=10_000)
     p.add_argument("--alternative", default="greater", choices=("greater", "less", "two-sided"))
 
@@ -370,7 +379,9 @@ def cmd_bias(args: argparse.Namespace) -> int:
     key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
     paths = store.dataset_paths(args.dataset)
     try:
-        test = folder_test(paths, f"{args.x} vs {args.y}", args.x, args.y, args.a, args.b)
+        test = folder_test(
+            paths, f"{args.x} vs {args.y}", args.x, args.y, args.a, args.b, subfolders=not args.no_subfolders
+        )
     except InvalidInputError as exc:
         raise InvalidInputError(f"{exc} Folders: {', '.join(folder_options(paths))}") from exc
     outcome = run_battery(
@@ -381,7 +392,10 @@ def cmd_bias(args: argparse.Namespace) -> int:
         "dataset": args.dataset,
         "encoder": key,
         "alternative": result.alternative,
-        "sets": {role: {"folder": getattr(args, role), "n": len(hashes)} for role, hashes in test.sets().items()},
+        "sets": {
+            role: {"folder": getattr(args, role), "set": test.roles[role], "n": len(hashes)}
+            for role, hashes in test.sets().items()
+        },
         "effect_size": result.effect_size,
         "ci95": [low, high],
         "p_value": result.p_value,
