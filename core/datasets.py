@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from core import images
-from core.errors import InvalidInputError, UnsupportedSourceError
+from core.errors import DatasetExistsError, InvalidInputError, NoImagesFoundError
 from core.names import check_dataset_name
 from core.store import IngestStats, Store
 from core.uploads import (
@@ -38,26 +38,6 @@ __all__ = [
 
 # A folder such as /etc or a home directory can hold very many files; counting stops here.
 _MAX_FILES_COUNTED = 100_000
-
-
-class DatasetExistsError(InvalidInputError):
-    """``ingest_path`` was asked to put a new source into a dataset that already has others."""
-
-    def __init__(self, dataset: str, source: str, sources: list[str]) -> None:
-        self.dataset, self.source, self.sources = dataset, source, sources
-        super().__init__(
-            f"A dataset named {dataset!r} already exists with images from {len(sources)} other source(s) "
-            f"({'; '.join(sources[:3])}). Adding {source} to it is an explicit choice: ask to add it, "
-            "or give these images a name of their own."
-        )
-
-
-class NoImagesFoundError(UnsupportedSourceError):
-    """A folder or archive holding no readable image: no dataset is created or changed."""
-
-    def __init__(self, message: str, n_files: int, extensions: Counter[str]) -> None:
-        self.n_files, self.extensions = n_files, extensions
-        super().__init__(message)
 
 
 def ingest_path(

@@ -10,6 +10,8 @@ carries both: ``str(err)`` is the CLI's message, ``err.for_page()`` the page's.
 
 from __future__ import annotations
 
+from collections import Counter
+
 
 class RepLensError(Exception):
     """Base class: an error the user can fix. ``str(err)`` is the whole message (CLI terms)."""
@@ -69,3 +71,25 @@ class DatabaseError(RepLensError):
 
 class ImportFormatError(RepLensError):
     """A file of vectors to import that cannot be parsed or matched to images."""
+
+
+class DatasetExistsError(InvalidInputError):
+    """``ingest_path`` was asked to put a new source into a dataset that already has others."""
+
+    def __init__(self, dataset: str, source: str, sources: list[str]) -> None:
+        self.dataset, self.source, self.sources = dataset, source, sources
+        super().__init__(
+            f"A dataset named {dataset!r} already exists with images from {len(sources)} other source(s) "
+            f"({'; '.join(sources[:3])}). Adding {source} to it is an explicit choice: ask to add it, "
+            "or give these images a name of their own.",
+            page_message=f"A dataset named {dataset!r} already holds images from {len(sources)} other source(s). "
+            "Tick “Add to the existing dataset” to add these to it, or give them a name of their own.",
+        )
+
+
+class NoImagesFoundError(UnsupportedSourceError):
+    """A folder or archive holding no readable image: no dataset is created or changed."""
+
+    def __init__(self, message: str, n_files: int, extensions: Counter[str]) -> None:
+        self.n_files, self.extensions = n_files, extensions
+        super().__init__(message)
