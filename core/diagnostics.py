@@ -1,7 +1,9 @@
 """How good is this representation? Label-free and label-based diagnostics, and encoder comparison.
 
 Label-free (any folder):
-    ``rankme`` effective rank (Garrido et al., ICML 2023), ``eigenspectrum`` (for a plot of
+    ``rankme`` effective rank (Garrido et al., ICML 2023) with ``rankme_isotropic``, its value
+    for isotropic Gaussian vectors of the same shape (RankMe cannot exceed min(n − 1, d), so it
+    is read against that reference), ``eigenspectrum`` (for a plot of
     dimensional collapse, Jing et al. 2022), ``uniformity`` (Wang & Isola, ICML 2020),
     ``mean_lid`` local intrinsic dimensionality (Levina & Bickel 2004 MLE, as used by LDReg,
     Huang et al. ICLR 2024), ``hubness`` (skewness of the k-occurrence distribution,
@@ -14,7 +16,9 @@ Between encoders, on the same images:
     ICML 2024); ``compare_encoders`` aligns every embedded encoder of a dataset by image hash.
 
 Geometry is cosine throughout: vectors are L2-normalised before neighbourhoods, uniformity
-and LID are computed (RankMe, the spectrum and CKA take the vectors as stored).
+and LID are computed. RankMe and the spectrum take the vectors as stored, centred (the mean
+vector subtracted: a common offset is not a dimension in use), both from the same singular
+values; CKA centres too.
 """
 
 from __future__ import annotations
@@ -65,28 +69,92 @@ def _check_k(k: int, n: int, what: str) -> int:
 # Label-free
 
 
-def eigenspectrum(X: np.ndarray, *, center: bool = True) -> np.ndarray:
-    """Singular values of the (centred) embedding matrix, descending, normalised to sum 1.
-
-    A spectrum that drops to ~0 after a few components is dimensional collapse.
-    """
-    X = _matrix(X, 2, "eigenspectrum")
+def singular_values(X: np.ndarray, *, center: bool = True) -> np.ndarray:
+    """Singular values of the embedding matrix, descending; of the centred matrix if ``center``
+    (the one matrix both ``eigenspectrum`` and ``rankme`` read)."""
+    X = _matrix(X, 2 if center else 1, "singular values")
     if center:
         X = X - X.mean(axis=0)
     s = np.linalg.svd(X, compute_uv=False)
     if s.sum() == 0:
-        raise InvalidInputError("eigenspectrum: all vectors are identical; there is no spread to measure")
+        what = "all vectors are identical" if center else "the embedding matrix is all zeros"
+        raise InvalidInputError(f"{what}; there is no spread to measure")
+    return s
+
+
+def eigenspectrum(X: np.ndarray, *, center: bool = True) -> np.ndarray:
+    """Singular values of the centred embedding matrix (raw if ``center=False``), descending,
+    normalised to sum 1.
+
+    A spectrum that drops to ~0 after a few components is dimensional collapse.
+    """
+    s = singular_values(X, center=center)
     return s / s.sum()
 
 
-def rankme(X: np.ndarray, *, eps: float = 1e-7) -> float:
-    """RankMe: exp of the entropy of p_k = σ_k / ‖σ‖₁ + ε over the singular values σ of X (not centred)."""
-    X = _matrix(X, 1, "rankme")
-    s = np.linalg.svd(X, compute_uv=False)
-    if s.sum() == 0:
-        raise InvalidInputError("rankme: the embedding matrix is all zeros")
-    p = s / s.sum() + eps
+def rankme_from_singular_values(s: np.ndarray, *, eps: float = 1e-7) -> float:
+    """exp of the entropy of p_k = σ_k / ‖σ‖₁ + ε."""
+    p = np.asarray(s, dtype=np.float64) / np.sum(s) + eps
     return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def rankme(X: np.ndarray, *, center: bool = True, eps: float = 1e-7) -> float:
+    """RankMe: exp of the entropy of p_k = σ_k / ‖σ‖₁ + ε over the singular values σ of X,
+    centred like the eigen-spectrum (``center=False``: the raw matrix, as in Garrido et al.).
+
+    It cannot exceed min(n − 1, d) (min(n, d) uncentred); read it against ``rankme_isotropic``.
+    """
+    return rankme_from_singular_values(singular_values(X, center=center), eps=eps)
+
+
+def isotropic_singular_values(n: int, d: int, *, random_state: Any = 0) -> np.ndarray:
+    """Singular values (descending) of one draw of an n × d matrix of i.i.d. standard normals.
+
+    Exact in distribution without the n × d matrix: Householder bidiagonalisation turns the
+    Gaussian matrix (M = max(n, d) by m = min(n, d)) into an m × m upper bidiagonal matrix with
+    independent χ_M, χ_{M−1}, …, χ_{M−m+1} on the diagonal and χ_{m−1}, …, χ_1 above it
+    (Dumitriu & Edelman 2002), whose singular values are the positive eigenvalues of a 2m × 2m
+    symmetric tridiagonal matrix (Golub & Kahan 1965): O(m²) time, O(m) memory.
+    """
+    from scipy.linalg import eigvalsh_tridiagonal
+
+    if n < 1 or d < 1:
+        raise InvalidInputError(f"isotropic reference: needs n >= 1 and d >= 1, got n={n}, d={d}")
+    big, m = max(n, d), min(n, d)
+    rng = check_random_state(random_state)
+    diagonal = np.sqrt(rng.chisquare(big - np.arange(m)))
+    above = np.sqrt(rng.chisquare(m - 1 - np.arange(m - 1))) if m > 1 else np.empty(0)
+    off = np.empty(2 * m - 1)
+    off[0::2], off[1::2] = diagonal, above
+    eigenvalues = eigvalsh_tridiagonal(np.zeros(2 * m), off)
+    return np.maximum(np.sort(eigenvalues)[::-1][:m], 0.0)  # the eigenvalues are ±σ: keep the m largest
+
+
+def rankme_isotropic(
+    n: int, d: int, *, center: bool = True, eps: float = 1e-7, draws: int | None = None, random_state: Any = 0
+) -> float:
+    """RankMe of isotropic Gaussian vectors of the same shape: the mean over ``draws`` seeded
+    draws of n × d standard normals (centred like ``rankme``: a centred n × d Gaussian matrix has
+    the singular values of an uncentred (n − 1) × d one). ``draws`` defaults to 8 for
+    min(n, d) ≤ 512, fewer above (one draw's RankMe varies by ~0.3 whatever the size, < 1e-3 of
+    it once min(n, d) > 512).
+
+    That is what vectors with no preferred direction score at this n and d (about 695 at
+    801 × 1024, not 1024): ``rankme / rankme_isotropic`` near 1 means variance spread like an
+    isotropic cloud's, far below 1 means it sits in a few directions (collapse).
+    """
+    rows = n - 1 if center else n
+    if rows < 1 or d < 1:
+        raise InvalidInputError(f"rankme_isotropic: needs at least {2 if center else 1} vectors, got {n}")
+    if draws is None:
+        draws = max(1, min(8, 4096 // min(rows, d)))
+    elif draws < 1:
+        raise InvalidInputError(f"rankme_isotropic: draws={draws} should be >= 1")
+    rng = check_random_state(random_state)
+    values = [
+        rankme_from_singular_values(isotropic_singular_values(rows, d, random_state=rng), eps=eps) for _ in range(draws)
+    ]
+    return float(np.mean(values))
 
 
 def uniformity(X: np.ndarray, *, t: float = 2.0, max_points: int = 5000, random_state: Any = 0) -> float:
@@ -105,7 +173,11 @@ def uniformity(X: np.ndarray, *, t: float = 2.0, max_points: int = 5000, random_
 
 
 def knn_distances(X: np.ndarray, k: int, *, normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(distances, indices) of each point's k nearest other points (Euclidean; on unit vectors if ``normalize``)."""
+    """(distances, indices) of each point's k nearest other points (Euclidean; on unit vectors if ``normalize``).
+
+    Distances are recomputed as ‖x_i − x_j‖ for the neighbours found (then sorted): the search's
+    ‖x‖² + ‖y‖² − 2x·y form loses ~1e-8 to rounding, so an exact copy would sit at ~3e-8, not 0.
+    """
     from sklearn.neighbors import NearestNeighbors
 
     X = _matrix(X, 2, "knn")
@@ -113,8 +185,28 @@ def knn_distances(X: np.ndarray, k: int, *, normalize: bool = True) -> tuple[np.
         X = _unit(X, "knn")
     k = _check_k(k, len(X), "knn")
     # kneighbors() without X leaves each point out of its own neighbour list.
-    dist, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors()
-    return dist, idx
+    _, idx = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors()
+    dist = np.empty(idx.shape)
+    step = max(1, (1 << 22) // max(1, k * X.shape[1]))  # ~32 MB of differences at a time
+    for start in range(0, len(X), step):
+        rows = slice(start, start + step)
+        dist[rows] = np.linalg.norm(X[rows, None, :] - X[idx[rows]], axis=2)
+    order = np.argsort(dist, axis=1, kind="stable")
+    return np.take_along_axis(dist, order, axis=1), np.take_along_axis(idx, order, axis=1)
+
+
+def distinct_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row numbers of the first copy of each distinct row, in order; row → its distinct row's position).
+
+    Rows are the same when every value is exactly equal (content, not a distance tolerance).
+    """
+    X = np.ascontiguousarray(X)
+    _, first, inverse = np.unique(X, axis=0, return_index=True, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return first[order], rank[inverse]
 
 
 def lid_from_distances(distances: np.ndarray) -> np.ndarray:
@@ -129,16 +221,38 @@ def lid_from_distances(distances: np.ndarray) -> np.ndarray:
         return 1.0 / logs
 
 
-def local_intrinsic_dimension(X: np.ndarray, k: int = 20) -> np.ndarray:
-    """Per-point LID (MLE on the k nearest neighbours, cosine geometry)."""
-    k = min(k, len(X) - 1)
-    dist, _ = knn_distances(X, k)
+def _distinct_directions(X: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the distinct unit vectors, row → position among them): cosine geometry's points."""
+    U = _unit(_matrix(X, 2, what), what)
+    first, position = distinct_rows(U)
+    return U[first], position
+
+
+def _lid_of_distinct(U: np.ndarray, k: int) -> np.ndarray:
+    """Per-point LID of distinct unit vectors (NaN for all when there are fewer than 3)."""
+    if len(U) < 3:
+        return np.full(len(U), np.nan)
+    dist, _ = knn_distances(U, min(k, len(U) - 1), normalize=False)
     return lid_from_distances(dist)
 
 
+def local_intrinsic_dimension(X: np.ndarray, k: int = 20) -> np.ndarray:
+    """Per-row LID (MLE on the k nearest neighbours, cosine geometry).
+
+    Rows with the same direction (identical after L2 normalisation: exact copies in particular)
+    are one point: a copy is not a neighbour at distance 0, and every copy gets that point's
+    LID. NaN throughout when there are fewer than 3 distinct points.
+    """
+    U, position = _distinct_directions(X, "local intrinsic dimension")
+    return _lid_of_distinct(U, k)[position]
+
+
 def mean_lid(X: np.ndarray, k: int = 20) -> float:
-    """Mean of the per-point LIDs (finite ones: exact duplicates are left out)."""
-    lids = local_intrinsic_dimension(X, k)
+    """Mean LID over the distinct points (see ``local_intrinsic_dimension``): exact duplicates
+    count once, so they neither add near-zero distances nor weigh more. Non-finite values (a
+    point whose k neighbours are all equidistant) are left out; NaN when none is left."""
+    U, _ = _distinct_directions(X, "mean LID")
+    lids = _lid_of_distinct(U, k)
     finite = lids[np.isfinite(lids)]
     return float(finite.mean()) if len(finite) else float("nan")
 
@@ -343,7 +457,8 @@ def diagnose(
     random_state: Any = 0,
 ) -> dict[str, Any]:
     """Every diagnostic of one representation as a JSON-safe dict (label-based ones when
-    ``labels`` has two or more classes)."""
+    ``labels`` has two or more classes). ``rankme_ratio`` is ``rankme / rankme_isotropic``, both
+    on the centred matrix whose normalised singular values are ``spectrum``."""
     X = _matrix(X, 3, "diagnose")
     started = time.perf_counter()
     # All-zero vectors have no direction: they stay in RankMe and the spectrum but leave the
@@ -361,13 +476,17 @@ def diagnose(
         "n_images": int(X.shape[0]),
         "dim": int(X.shape[1]),
         "n_zero_vectors": int(zero.sum()),
-        "rankme": rankme(X),
-        "uniformity": uniformity(Xg, random_state=random_state),
-        "mean_lid": mean_lid(Xg, k_lid),
-        "hubness": hubness(Xg, k_hub),
     }
+    # RankMe and the spectrum from the same singular values of the same centred matrix.
+    sv = singular_values(X, center=True)
+    out["rankme"] = rankme_from_singular_values(sv)
+    out["rankme_isotropic"] = rankme_isotropic(*X.shape, center=True, random_state=random_state)
+    out["rankme_ratio"] = out["rankme"] / out["rankme_isotropic"]
+    out["uniformity"] = uniformity(Xg, random_state=random_state)
+    out["mean_lid"] = mean_lid(Xg, k_lid)
+    out["hubness"] = hubness(Xg, k_hub)
     if include_spectrum:
-        out["spectrum"] = [float(v) for v in eigenspectrum(X)]
+        out["spectrum"] = [float(v) for v in sv / sv.sum()]
     if labels is not None and len(np.unique(np.asarray(labels)[~zero])) >= 2:
         labels = np.asarray(labels)[~zero]
         out["knn_accuracy"] = knn_accuracy(Xg, labels, k=k_knn, temperature=temperature)

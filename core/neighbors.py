@@ -44,6 +44,26 @@ class Neighbors:
 
     indices: np.ndarray  # int64 row numbers
     similarities: np.ndarray  # float32 cosine similarities
+    # The indexed row the search was for (``search_row``: it comes first); None for a query
+    # vector from outside the index (an uploaded image), where every rank is a neighbour.
+    query_row: int | None = None
+
+    def others(self) -> np.ndarray:
+        """Similarities of the neighbours proper: the query image itself left out when it is indexed."""
+        if self.query_row is None:
+            return self.similarities
+        return self.similarities[self.indices != self.query_row]
+
+
+def mean_similarity(found: Neighbors) -> float:
+    """Mean cosine similarity of a query's neighbours, never counting the query image itself.
+
+    For an indexed image (``search_row``) rank 1 is that image (similarity 1) and is left out;
+    for an outside query (an upload) rank 1 is a real neighbour and counts. NaN when no
+    neighbour is left.
+    """
+    others = found.others()
+    return float(np.mean(others, dtype=np.float64)) if len(others) else float("nan")
 
 
 def normalize(vectors: np.ndarray) -> np.ndarray:
@@ -147,7 +167,7 @@ class NeighborIndex:
         indices = np.concatenate([[row], found.indices[others]])[:k]
         self_sim = np.float32(self.matrix[row] @ self.matrix[row])
         sims = np.concatenate([[self_sim], found.similarities[others]])[:k].astype(np.float32)
-        return Neighbors(indices.astype(np.int64), sims)
+        return Neighbors(indices.astype(np.int64), sims, query_row=int(row))
 
     def _ann_one(self, query: np.ndarray, k: int) -> Neighbors:
         assert self._ann is not None

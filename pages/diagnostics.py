@@ -1,9 +1,11 @@
 """Diagnostics: how good is each representation of this dataset, and how alike are they?
 
-Thin page over ``core.diagnostics``: label-free metrics for every embedded encoder (RankMe,
-uniformity, local intrinsic dimension, hubness), kNN accuracy and a linear probe when the
-images sit in two or more folders, the eigen-spectrum (dimensional collapse) and the encoder
-comparison (linear CKA, mutual-kNN overlap). Computed on request, cached per dataset version.
+Thin page over ``core.diagnostics``: label-free metrics for every embedded encoder (uniformity,
+local intrinsic dimension, hubness), kNN accuracy and a linear probe when the images sit in two
+or more folders, the effective rank (RankMe against its isotropic reference) with the
+eigen-spectrum it is computed from (dimensional collapse), and the encoder comparison (linear
+CKA, mutual-kNN overlap). Computed on request, cached per dataset version. Each table keeps to a
+few narrow columns so that it fits the page without scrolling sideways.
 """
 
 from __future__ import annotations
@@ -26,17 +28,39 @@ from ui.widgets import dataset_picker, short_key
 SPECTRUM_FLOOR = 1e-10
 _DONE = "dg_done"  # "dataset|version" entries this session asked to diagnose
 COLUMN_HELP = {
-    "RankMe": "Effective rank of the embedding matrix (Garrido et al. 2023). Higher = more dimensions in use; "
-    "far below the dimension = collapse.",
+    "Encoder": "Short encoder name; the full keys are listed under the table when they differ.",
+    "Images": "Images embedded under this encoder.",
+    "Dim": "Dimensions of the vectors.",
     "Uniformity": "log E exp(-2‖x−y‖²) on unit vectors (Wang & Isola 2020). Lower = spread more evenly on the sphere.",
-    "Mean LID": "Mean local intrinsic dimensionality (Levina–Bickel MLE, k=20): how many directions the data "
-    "varies in locally.",
+    "Mean LID": "Mean local intrinsic dimensionality (Levina–Bickel MLE, k=20, cosine): how many directions the "
+    "data varies in locally. Images with identical vectors count once.",
     "Hubness": "Skewness of the k-occurrence distribution (k=10). Above 1: a few 'hub' images appear in many "
     "neighbour lists, which hurts retrieval.",
     "kNN accuracy": "Weighted kNN (DINO protocol: k=20, T=0.07, leave-one-out) predicting each image's folder.",
     "Linear probe": "Logistic regression on standardised vectors predicting the folder; stratified k-fold "
     "accuracy, mean ± sd over folds.",
+    "RankMe": "Effective rank (Garrido et al. 2023): exp of the entropy of the normalised singular values of the "
+    "centred embedding matrix, the values the spectrum below plots. It cannot exceed min(images − 1, dim), so "
+    "read it against the isotropic reference, not against the dimension.",
+    "Isotropic": "RankMe of isotropic Gaussian vectors with the same number of images and dimensions (seeded): "
+    "what vectors with no preferred direction score at this size.",
+    "RankMe ÷ isotropic": "RankMe divided by the isotropic reference. About 1: the variance spreads over as many "
+    "directions as an isotropic random cloud of this size; far below 1: it sits in a few directions "
+    "(dimensional collapse). Compare encoders and datasets by this ratio: raw RankMe grows with the number "
+    "of images.",
 }
+NUMBER_FORMAT = {
+    "Images": "%d",
+    "Dim": "%d",
+    "RankMe": "%.1f",
+    "Isotropic": "%.1f",
+    "RankMe ÷ isotropic": "%.3f",
+}
+# Minimum column widths in pixels (width="stretch" widens them to fill the page): every table
+# fits the main area of a 1024-px window with the sidebar open without a sideways scroll bar.
+ENCODER_WIDTH = 170
+NUMBER_WIDTH = 80
+WIDTHS = {"Images": 70, "Dim": 70, "Linear probe": 110, "kNN accuracy": 100, "RankMe ÷ isotropic": 130}
 
 
 # ---------------------------------------------------------------------------------------
@@ -79,31 +103,85 @@ def display_names(keys: list[str]) -> dict[str, str]:
     return {k: (s if counts[s] == 1 else k) for k, s in short.items()}
 
 
+def _col(results: pd.DataFrame, name: str) -> pd.Series:
+    return results[name] if name in results.columns else pd.Series([np.nan] * len(results), index=results.index)
+
+
+def _encoders(results: pd.DataFrame, names: dict[str, str]) -> list[str]:
+    return [names.get(k, k) for k in results["encoder"]]
+
+
 def metrics_table(results: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
-    """The table users read: one row per encoder."""
-
-    def col(name: str) -> pd.Series:
-        return results[name] if name in results.columns else pd.Series([np.nan] * len(results))
-
-    table = pd.DataFrame(
+    """Label-free geometry, one row per encoder."""
+    return pd.DataFrame(
         {
-            "Encoder": [names.get(k, k) for k in results["encoder"]],
-            "Key": results["encoder"],
-            "Images": col("n_images"),
-            "Dim": col("dim"),
-            "RankMe": col("rankme"),
-            "Uniformity": col("uniformity"),
-            "Mean LID": col("mean_lid"),
-            "Hubness": col("hubness"),
+            "Encoder": _encoders(results, names),
+            "Images": _col(results, "n_images").to_numpy(),
+            "Dim": _col(results, "dim").to_numpy(),
+            "Uniformity": _col(results, "uniformity").to_numpy(),
+            "Mean LID": _col(results, "mean_lid").to_numpy(),
+            "Hubness": _col(results, "hubness").to_numpy(),
         }
     )
-    if "knn_accuracy" in results.columns:
-        table["kNN accuracy"] = col("knn_accuracy")
-        means, sds = col("linear_probe_mean"), col("linear_probe_sd")
-        table["Linear probe"] = [f"{m:.3f} ± {s:.3f}" if pd.notna(m) else "" for m, s in zip(means, sds)]
-    if "error" in results.columns:
-        table["Problem"] = results["error"].fillna("")
-    return table
+
+
+def labels_table(results: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame | None:
+    """Folder-label metrics, one row per encoder; None when the dataset has fewer than two folders."""
+    if "knn_accuracy" not in results.columns:
+        return None
+    means, sds = _col(results, "linear_probe_mean"), _col(results, "linear_probe_sd")
+    return pd.DataFrame(
+        {
+            "Encoder": _encoders(results, names),
+            "kNN accuracy": _col(results, "knn_accuracy").to_numpy(),
+            "Linear probe": [f"{m:.3f} ± {s:.3f}" if pd.notna(m) else "" for m, s in zip(means, sds)],
+        }
+    )
+
+
+def rank_table(results: pd.DataFrame, names: dict[str, str]) -> pd.DataFrame:
+    """RankMe, its isotropic reference and their ratio, one row per encoder."""
+    return pd.DataFrame(
+        {
+            "Encoder": _encoders(results, names),
+            "RankMe": _col(results, "rankme").to_numpy(),
+            "Isotropic": _col(results, "rankme_isotropic").to_numpy(),
+            "RankMe ÷ isotropic": _col(results, "rankme_ratio").to_numpy(),
+        }
+    )
+
+
+def problems(results: pd.DataFrame, names: dict[str, str]) -> list[str]:
+    """One line per encoder whose diagnostics failed (shown above the tables, not as a column)."""
+    if "error" not in results.columns:
+        return []
+    return [f"{names.get(k, k)}: {e}" for k, e in zip(results["encoder"], results["error"]) if isinstance(e, str) and e]
+
+
+def column_config(table: pd.DataFrame) -> dict[str, Any]:
+    """Help texts, number formats and narrow fixed widths for ``table``'s columns."""
+    config: dict[str, Any] = {}
+    for name in table.columns:
+        text = COLUMN_HELP.get(name)
+        if name == "Encoder":
+            config[name] = st.column_config.TextColumn(help=text, width=ENCODER_WIDTH, pinned=True)
+        elif name == "Linear probe":
+            config[name] = st.column_config.TextColumn(help=text, width=WIDTHS[name])
+        else:
+            config[name] = st.column_config.NumberColumn(
+                help=text, format=NUMBER_FORMAT.get(name, "%.3f"), width=WIDTHS.get(name, NUMBER_WIDTH)
+            )
+    return config
+
+
+def show_table(table: pd.DataFrame, key: str) -> None:
+    st.dataframe(table, hide_index=True, width="stretch", key=key, column_config=column_config(table))
+
+
+def full_keys_caption(keys: list[str], names: dict[str, str]) -> str | None:
+    """'short = full key' for every encoder whose shown name is not its key."""
+    pairs = [f"{names[k]} = `{k}`" for k in keys if names.get(k, k) != k]
+    return "Full keys: " + "; ".join(pairs) if pairs else None
 
 
 def spectrum_figure(results: pd.DataFrame, names: dict[str, str]) -> Any:
@@ -181,23 +259,32 @@ def render(results: pd.DataFrame, comparison: pd.DataFrame | None, messages: lis
     names = display_names(keys)
     for message in messages:
         st.warning(message, icon=":material/warning:")
+    for problem in problems(results, names):
+        st.error(problem, icon=":material/error:")
     st.subheader("Per encoder")
-    table = metrics_table(results, names)
-    config = {
-        name: st.column_config.NumberColumn(help=text, format="%.3f")
-        for name, text in COLUMN_HELP.items()
-        if name != "Linear probe"
-    }
-    config["Linear probe"] = st.column_config.TextColumn(help=COLUMN_HELP["Linear probe"])
-    config["Key"] = st.column_config.TextColumn(help="The full encoder key (id@version/layer/pooling).")
-    st.dataframe(table, hide_index=True, width="stretch", key="dg_table", column_config=config)
-    if "kNN accuracy" not in table.columns:
+    show_table(metrics_table(results, names), "dg_table")
+    caption = full_keys_caption(keys, names)
+    if caption:
+        st.caption(caption)
+    by_folder = labels_table(results, names)
+    if by_folder is None:
         st.caption(
             "kNN accuracy and the linear probe need images in two or more folders (the folders are the "
             "labels); this dataset has fewer."
         )
+    else:
+        st.markdown("**Predicting the folder** (the folders are the labels)")
+        show_table(by_folder, "dg_labels")
 
-    st.subheader("Eigen-spectrum")
+    st.subheader("Effective rank and eigen-spectrum")
+    st.caption(
+        "Both come from one matrix per encoder: the vectors as stored, centred (the mean vector subtracted). "
+        "RankMe cannot exceed min(images − 1, dim) — isotropic random vectors score well below the "
+        "dimension when there are few images — so it is shown next to the RankMe of isotropic Gaussian "
+        "vectors of the same size. **RankMe ÷ isotropic** near 1: the variance spreads like an isotropic "
+        "cloud's; far below 1: dimensional collapse."
+    )
+    show_table(rank_table(results, names), "dg_rank")
     st.caption(
         "Singular values of each centred embedding matrix, normalised to sum 1, on a log scale. "
         "A curve that plunges after a few components is dimensional collapse: the encoder uses few "
@@ -231,8 +318,11 @@ def render(results: pd.DataFrame, comparison: pd.DataFrame | None, messages: lis
         width="stretch",
         key="dg_pairs",
         column_config={
-            "Linear CKA": st.column_config.NumberColumn(format="%.3f"),
-            "Mutual kNN": st.column_config.NumberColumn(format="%.3f"),
+            "Encoder A": st.column_config.TextColumn(width=ENCODER_WIDTH - 10),
+            "Encoder B": st.column_config.TextColumn(width=ENCODER_WIDTH - 10),
+            "Images": st.column_config.NumberColumn(format="%d", width=WIDTHS["Images"]),
+            "Linear CKA": st.column_config.NumberColumn(format="%.3f", width=NUMBER_WIDTH),
+            "Mutual kNN": st.column_config.NumberColumn(format="%.3f", width=NUMBER_WIDTH),
         },
     )
     left, right = st.columns(2)

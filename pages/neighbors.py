@@ -11,7 +11,7 @@ import streamlit as st
 from core import images
 from core.errors import InvalidInputError
 from core.extract import embed_images
-from core.neighbors import Neighbors, overlap
+from core.neighbors import Neighbors, mean_similarity, overlap
 from core.store import Store
 from ui.errors import user_errors
 from ui.gallery import gallery, thumbnail
@@ -88,11 +88,20 @@ def results_table(frame: pd.DataFrame, found: Neighbors) -> pd.DataFrame:
     )
 
 
+def similarity_summary(found: Neighbors) -> str:
+    """The mean similarity, labelled with what it averages: the query image itself never counts."""
+    mean, n = mean_similarity(found), len(found.indices)
+    if found.query_row is None:
+        return f"mean cosine similarity {mean:.3f} over all {n} ranks (the uploaded query is not in the dataset)"
+    if len(found.others()) == 0:
+        return "no neighbour besides the query image itself"
+    return f"mean cosine similarity {mean:.3f} over ranks 2–{n} (rank 1 is the query image itself)"
+
+
 def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str, key: str) -> pd.DataFrame:
     table = results_table(frame, found)
     st.markdown(f"**{title}**")
-    mean = float(table["Similarity"].iloc[1:].mean()) if len(table) > 1 else float("nan")
-    st.caption(f"{len(table)} neighbours · mean cosine similarity (excluding rank 1) {mean:.3f}")
+    st.caption(f"{len(table)} neighbours · {similarity_summary(found)}")
     captions = [f"{s:.3f} · {p.rsplit('/', 1)[-1]}" for s, p in zip(table["Similarity"], table["Path"])]
     gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
     with st.expander("As a table"):
@@ -164,7 +173,8 @@ def main() -> None:
         st.metric(
             "Overlap of the two lists |A∩B|/k",
             f"{shared:.0%}",
-            help="Share of the top-k images both encoders agree on (the query itself counts).",
+            help="Share of the top-k images both encoders agree on (a query from the dataset is first in "
+            "both lists and counts).",
         )
         left, right = st.columns(2)
         with left:

@@ -35,12 +35,19 @@ def neighbours_by_loop(X: np.ndarray, k: int) -> list[list[int]]:
 # --------------------------------------------------------------------------- label-free
 
 
-def test_rankme_is_exp_entropy_of_normalised_singular_values() -> None:
-    X = sample(40, 10)
-    s = np.linalg.svd(X, compute_uv=False)
+def rankme_by_hand(X: np.ndarray, center: bool) -> float:
+    M = X - X.mean(axis=0) if center else X
+    s = np.linalg.svd(M, compute_uv=False)
     p = s / s.sum() + 1e-7
-    manual = math.exp(-sum(v * math.log(v) for v in p))
-    assert dg.rankme(X) == pytest.approx(manual)
+    return math.exp(-sum(v * math.log(v) for v in p))
+
+
+def test_rankme_is_exp_entropy_of_normalised_singular_values() -> None:
+    # Issue 10: RankMe is computed on the centred matrix, like the spectrum (it used the raw one).
+    X = sample(40, 10) + 3.0  # an offset: the raw matrix has one dominant direction, the mean
+    assert dg.rankme(X) == pytest.approx(rankme_by_hand(X, center=True))
+    assert dg.rankme(X, center=False) == pytest.approx(rankme_by_hand(X, center=False))
+    assert dg.rankme(X) > dg.rankme(X, center=False) + 1
     # Rank-2 data has RankMe near 2 at most; an isotropic cloud is close to full rank.
     low = sample(200, 2) @ np.random.default_rng(1).normal(size=(2, 10))
     assert dg.rankme(low) <= 2.0 + 1e-3
@@ -54,6 +61,59 @@ def test_eigenspectrum_is_the_normalised_spectrum_of_the_centred_matrix() -> Non
     sv = np.sqrt(cov_eig * (len(X) - 1))
     np.testing.assert_allclose(spec, sv / sv.sum(), atol=1e-10)
     assert spec.sum() == pytest.approx(1.0) and np.all(np.diff(spec) <= 0)
+
+
+def test_rankme_and_the_spectrum_read_the_same_centred_matrix() -> None:
+    X = sample(50, 8) * np.array([5, 3, 2, 1, 1, 0.5, 0.1, 0.1]) + np.arange(8)
+    out = dg.diagnose(X, include_spectrum=True)
+    s = np.linalg.svd(X - X.mean(axis=0), compute_uv=False)
+    np.testing.assert_allclose(out["spectrum"], s / s.sum(), atol=1e-12)
+    p = np.asarray(out["spectrum"]) + 1e-7
+    assert out["rankme"] == pytest.approx(math.exp(-(p * np.log(p)).sum()))  # RankMe of the plotted values
+    assert out["rankme"] == pytest.approx(dg.rankme(X))
+    np.testing.assert_allclose(dg.eigenspectrum(X), out["spectrum"])
+
+
+def gaussian_rankme(n: int, d: int, draws: int, center: bool = True) -> float:
+    """Mean RankMe of seeded n x d standard-normal matrices, by numpy's SVD."""
+    rng = np.random.default_rng(123)
+    return float(np.mean([rankme_by_hand(rng.normal(size=(n, d)), center) for _ in range(draws)]))
+
+
+def test_isotropic_singular_values_follow_a_gaussian_matrix() -> None:
+    # Same distribution as numpy's SVD of a Gaussian matrix: compare the mean sorted spectra.
+    n, d, draws = 40, 15, 300
+    rng = np.random.default_rng(9)
+    direct = np.mean([np.linalg.svd(rng.normal(size=(n, d)), compute_uv=False) for _ in range(draws)], axis=0)
+    state = np.random.RandomState(1)
+    for shape in ((n, d), (d, n)):  # wide and tall give the same singular values
+        drawn = np.mean([dg.isotropic_singular_values(*shape, random_state=state) for _ in range(draws)], axis=0)
+        assert drawn.shape == (d,) and np.all(np.diff(drawn) <= 0)
+        np.testing.assert_allclose(drawn, direct, rtol=0.03)
+
+
+@pytest.mark.parametrize("n,d", [(801, 1024), (60, 12), (12, 60)])
+def test_rankme_isotropic_matches_gaussian_data_of_the_same_shape(n: int, d: int) -> None:
+    reference = dg.rankme_isotropic(n, d)
+    assert reference == dg.rankme_isotropic(n, d)  # seeded
+    if (n, d) == (801, 1024):  # the issue's example: isotropic vectors score ~695, not 1024
+        assert reference == pytest.approx(gaussian_rankme(n, d, 2), abs=1.5)  # one draw varies by ~0.3
+        assert 690 < reference < 700
+    else:
+        assert reference == pytest.approx(gaussian_rankme(n, d, 40), rel=0.01)
+        assert dg.rankme_isotropic(n, d, center=False) == pytest.approx(gaussian_rankme(n, d, 40, False), rel=0.01)
+    assert reference < min(n - 1, d)
+
+
+def test_diagnose_reports_rankme_against_its_isotropic_reference() -> None:
+    rng = np.random.default_rng(3)
+    iso = rng.normal(size=(300, 64))
+    out = dg.diagnose(iso)
+    assert out["rankme_isotropic"] == pytest.approx(dg.rankme_isotropic(300, 64))
+    assert out["rankme_ratio"] == pytest.approx(rankme_by_hand(iso, True) / out["rankme_isotropic"])
+    assert 0.97 < out["rankme_ratio"] < 1.03  # isotropic data scores ~1, whatever n and d
+    collapsed = rng.normal(size=(300, 4)) @ rng.normal(size=(4, 64)) + 1e-3 * rng.normal(size=(300, 64))
+    assert dg.diagnose(collapsed)["rankme_ratio"] < 0.2
 
 
 def test_uniformity_matches_a_double_loop() -> None:
@@ -94,6 +154,43 @@ def test_mean_lid_matches_a_loop_and_tracks_dimension() -> None:
     flat = np.c_[rng.uniform(size=(1500, 2)), np.ones((1500, 1)) * 5]  # a 2-d patch on the sphere
     assert 1.5 < dg.mean_lid(flat) < 2.6
     assert dg.mean_lid(sample(1500, 8)) > 4.5
+
+
+def lid_by_loop(X: np.ndarray, k: int) -> float:
+    """Mean Levina–Bickel LID over the distinct unit vectors, distances by a plain loop."""
+    U = np.array(sorted({tuple(row) for row in unit(X).tolist()}))
+    lids = []
+    for i in range(len(U)):
+        d = np.sort([math.dist(U[i], U[j]) for j in range(len(U)) if j != i])[:k]
+        lids.append(1 / np.mean(np.log(d[-1] / d[:-1])))
+    return float(np.mean(lids))
+
+
+def test_mean_lid_counts_exact_duplicates_once() -> None:
+    # Issue 10: 5% exact copies came back at distance ~3e-8 (not 0), were kept, and lowered the mean by ~7%.
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(300, 24))
+    source = np.r_[np.arange(300), rng.choice(300, 15, replace=False)][rng.permutation(315)]
+    with_copies = X[source]  # 5% of the rows are exact copies of others, shuffled in
+    expected = lid_by_loop(X, 20)
+    assert dg.mean_lid(X) == pytest.approx(expected)
+    assert dg.mean_lid(with_copies) == pytest.approx(expected)
+    assert dg.mean_lid(np.vstack([X, 2.0 * X[:15]])) == pytest.approx(expected)  # same direction, same point
+    # Per row: every row (copy or not) carries the LID its point has without the copies.
+    np.testing.assert_allclose(dg.local_intrinsic_dimension(with_copies), dg.local_intrinsic_dimension(X)[source])
+    # Fewer than 3 distinct points: no LID to estimate.
+    assert math.isnan(dg.mean_lid(np.repeat(X[:2], 5, axis=0)))
+
+
+def test_knn_distances_are_exact_for_copies_and_sorted() -> None:
+    rng = np.random.default_rng(12)
+    X = rng.normal(size=(200, 50))
+    X = np.vstack([X, X[:10]])
+    dist, idx = dg.knn_distances(X, 5)
+    U = unit(X)
+    np.testing.assert_array_equal(dist[:10, 0], 0.0)  # the copy: exactly 0, not ~1e-8 of rounding
+    np.testing.assert_allclose(dist, np.linalg.norm(U[:, None, :] - U[idx], axis=2), rtol=1e-12, atol=0)
+    assert np.all(np.diff(dist, axis=1) >= 0)
 
 
 def test_hubness_is_scipy_skew_of_k_occurrence_by_loop() -> None:

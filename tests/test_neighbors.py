@@ -101,3 +101,35 @@ def test_overlap_hand_case() -> None:
     assert neighbors.overlap(a, b) == pytest.approx(3 / 5)
     assert neighbors.overlap(a, b, k=2) == pytest.approx(1 / 2)
     assert neighbors.overlap([1, 2], [3, 4]) == 0.0
+
+
+def test_mean_similarity_leaves_out_only_the_query_image_itself() -> None:
+    # Issue 10: "excluding rank 1" was right for a dataset image (rank 1 is itself) but not for an
+    # uploaded query, whose rank 1 is a real neighbour.
+    x = _random(60, 16, 10)
+    index = neighbors.NeighborIndex(x)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit[7]
+    order = np.argsort(-sims, kind="stable")[:8]
+    found = index.search_row(7, 8)
+    assert found.query_row == 7 and order[0] == 7
+    assert neighbors.mean_similarity(found) == pytest.approx(float(np.mean(sims[order[1:]])), abs=1e-6)
+    # An outside query (an upload): every rank counts, the first included.
+    q = _random(1, 16, 11)[0]
+    outside = index.search(q, 8)[0]
+    q_sims = unit @ (q / np.linalg.norm(q))
+    top = np.sort(q_sims)[::-1][:8]
+    assert outside.query_row is None
+    assert neighbors.mean_similarity(outside) == pytest.approx(float(np.mean(top)), abs=1e-6)
+    assert neighbors.mean_similarity(outside) != pytest.approx(float(np.mean(top[1:])), abs=1e-6)
+    # An upload identical to a dataset image: that image is a neighbour (similarity 1) and counts.
+    same = index.search(x[7], 8)[0]
+    assert same.indices[0] == 7 and same.query_row is None
+    assert neighbors.mean_similarity(same) == pytest.approx(float(np.mean(sims[order])), abs=1e-6)
+    # A copy of the query image in the dataset is another image: it counts, the query itself does not.
+    dup = neighbors.NeighborIndex(np.vstack([x, x[7:8]]))
+    with_copy = dup.search_row(7, 8)
+    assert with_copy.indices[0] == 7 and with_copy.indices[1] == 60
+    expected = np.r_[1.0, sims[order[1:7]]]
+    assert neighbors.mean_similarity(with_copy) == pytest.approx(float(np.mean(expected)), abs=1e-6)
+    assert np.isnan(neighbors.mean_similarity(index.search_row(3, 1)))
