@@ -18,6 +18,7 @@ from core.palette import NOISE, OTHER_COLOUR, category_colour, cluster_colour
 
 MAX_MAP_POINTS = 50_000
 MAX_LEGEND_GROUPS = 20
+TOOLBAR_MARGIN = 40  # px above the plot, where Plotly draws its toolbar
 NOISE_NAME = "noise"
 NOT_IN_RUN = "not in this run"
 _OUTSIDE_RUN = int(np.iinfo(np.int64).min)
@@ -148,10 +149,22 @@ def build_map_figure(
             )
     fig.update_layout(
         height=height,
-        margin={"l": 10, "r": 10, "t": 10, "b": 10},
-        dragmode="select",
+        # The top margin is the toolbar's (modebar, ~30 px high, drawn over the figure's top right):
+        # the plot and the legend start below it, so the toolbar never covers the legend title.
+        margin={"l": 10, "r": 10, "t": TOOLBAR_MARGIN, "b": 10},
+        # Pan, not box select: Streamlit sends a click on one point as a selection only when the drag
+        # mode is not select or lasso (it then sets clickmode "event+select"; with dragmode "select"
+        # a click is dropped). Box and lasso stay one toolbar click away.
+        dragmode="pan",
         hovermode="closest",
-        legend={"itemsizing": "constant", "title": {"text": colouring.title}},
+        legend={
+            "itemsizing": "constant",
+            "title": {"text": colouring.title},
+            "x": 1.01,
+            "xanchor": "left",
+            "y": 1,
+            "yanchor": "top",
+        },
         xaxis={"visible": False},
         yaxis={"visible": False, "scaleanchor": "x"},
         plot_bgcolor="#FAFAFC",

@@ -7,27 +7,32 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+# Kenneth L. Kelly's "twenty-two colours of maximum contrast" (Color Engineering 3(6), 1965), in his
+# order, hex values as in the ISCC-NBS centroids commonly quoted for them. Left out: white (invisible on
+# the map's white background) and grey (#848482, too close to OTHER_COLOUR, which means noise and
+# "other"). Any two of these differ by CIE76 ΔE > 15, so 20 folders or clusters get 20 colours one can
+# tell apart (tests/test_palette.py measures it); the earlier Tailwind-style palette had four near-reds.
 PALETTE: tuple[str, ...] = (
-    "#4F46E5",
-    "#E11D48",
-    "#059669",
-    "#D97706",
-    "#0891B2",
-    "#7C3AED",
-    "#DB2777",
-    "#65A30D",
-    "#EA580C",
-    "#2563EB",
-    "#0D9488",
-    "#9333EA",
-    "#CA8A04",
-    "#DC2626",
-    "#16A34A",
-    "#0284C7",
-    "#C026D3",
-    "#57534E",
-    "#4D7C0F",
-    "#BE123C",
+    "#222222",  # black
+    "#F3C300",  # yellow
+    "#875692",  # purple
+    "#F38400",  # orange
+    "#A1CAF1",  # light blue
+    "#BE0032",  # red
+    "#C2B280",  # buff
+    "#008856",  # green
+    "#E68FAC",  # purplish pink
+    "#0067A5",  # blue
+    "#F99379",  # yellowish pink
+    "#604E97",  # violet
+    "#F6A600",  # orange yellow
+    "#B3446C",  # purplish red
+    "#DCD300",  # greenish yellow
+    "#882D17",  # reddish brown
+    "#8DB600",  # yellow green
+    "#654522",  # yellowish brown
+    "#E25822",  # reddish orange
+    "#2B3D26",  # olive green
 )
 OTHER_COLOUR = "#A1A1AA"  # noise, images outside a run, and the "other groups" bucket
 NOISE = -1

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from core.arrays import as_matrix
+from core.arrays import as_matrix, l2_normalize
 from core.errors import InvalidInputError
 from core.registry import Registry
 from core.store import Store
@@ -116,7 +116,13 @@ class UMAPReducer(Reducer):
 
 @register_reducer
 class PCAReducer(Reducer):
-    """Principal components 1 and 2 (sklearn ``PCA``).
+    """Principal components 1 and 2 (sklearn ``PCA``) of the L2-normalised vectors by default.
+
+    ``normalize=True`` (the default) scales every vector to unit length first, so PCA sees the
+    same directions that UMAP (cosine), neighbours, clusters and concepts compare: with raw
+    vectors whose norms vary, the first components follow the norms instead and the map
+    disagrees with every cosine view. ``normalize=False`` projects the raw vectors. An all-zero
+    vector stays at zero (it has no direction).
 
     Tall matrices use the covariance eigensolver: the same components as a full SVD to
     float32 precision, ~10x faster at 100k x 384 (1.5 s instead of 17 s).
@@ -124,13 +130,16 @@ class PCAReducer(Reducer):
 
     method = "pca"
 
-    def __init__(self, random_state: int | None = 0) -> None:
+    def __init__(self, normalize: bool = True, random_state: int | None = 0) -> None:
+        self.normalize = normalize
         self.random_state = random_state
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         from sklearn.decomposition import PCA
 
         X = _map_matrix(X, minimum=2)
+        if self.normalize:
+            X = l2_normalize(X, zero_rows="keep", what="map")
         n_components = min(2, X.shape[1])
         solver = "covariance_eigh" if X.shape[0] >= 10 * X.shape[1] else "full"
         coords = PCA(n_components=n_components, svd_solver=solver, random_state=self.random_state).fit_transform(X)

@@ -203,6 +203,27 @@ def _cluster_rows(
     }
 
 
+def keep_shown_options_current(key: str, options: list[int], shown: list[str], multi: bool = False) -> None:
+    """Before drawing the keyed picker ``key``: keep its value valid and the browser's text current.
+
+    The browser keeps displaying the option text it last showed ("cluster 0 (76)") as long as the
+    value stays valid, even when the text of that option changes (another run with other sizes, a
+    renamed cluster); only a value sent from the server redraws it. So when the options' texts
+    change, the value is set again (the same cluster, or the first one when it is gone).
+    """
+    seen_key = f"{key}__shown"
+    current = st.session_state.get(key)
+    if multi:
+        kept = [c for c in (current or []) if c in options]
+        if kept != (current or []) or (current and st.session_state.get(seen_key) != shown):
+            st.session_state[key] = kept
+    elif current not in options:
+        st.session_state[key] = options[0]
+    elif st.session_state.get(seen_key) != shown:
+        st.session_state[key] = current
+    st.session_state[seen_key] = shown
+
+
 # ---------------------------------------------------------------------------------------
 # Sidebar
 
@@ -279,8 +300,15 @@ def run_controls(store: Store, view: DatasetView, dataset: str, key: str) -> Non
             ):
                 run = cluster.run_clustering(store, dataset, key, method, params, images=frame, vectors=vectors)
             st.session_state[_PENDING] = run.run_id
-            seconds = float(run.metrics.get("seconds") or 0)
-            _flash("success", f"New run `{run.run_id}`: {run.n_clusters} clusters in {seconds:.1f}s.")
+            if run.reused:
+                _flash(
+                    "info",
+                    f"Same method, parameters and images as stored run `{run.run_id}` ({run.n_clusters} clusters): "
+                    "reopened it, nothing was recomputed. Change a parameter or the seed for a new run.",
+                )
+            else:
+                seconds = float(run.metrics.get("seconds") or 0)
+                _flash("success", f"New run `{run.run_id}`: {run.n_clusters} clusters in {seconds:.1f}s.")
 
 
 def run_picker(runs: pd.DataFrame) -> str:
@@ -380,9 +408,12 @@ def browser(
     )
     ids = table["cluster"].astype(int).tolist()
     sizes = dict(zip(ids, table["size"]))
-    if st.session_state.get("cl_cluster") not in ids:  # another run was selected
-        st.session_state["cl_cluster"] = ids[0]
-    chosen = st.selectbox("Cluster", ids, key="cl_cluster", format_func=lambda c: f"{names.get(c, c)} ({sizes[c]})")
+
+    def picked_name(c: int) -> str:
+        return f"{names.get(c, c)} ({sizes[c]})"
+
+    keep_shown_options_current("cl_cluster", ids, [picked_name(c) for c in ids])
+    chosen = st.selectbox("Cluster", ids, key="cl_cluster", format_func=picked_name)
     found = _cluster_rows(data, str(store.path), run.run_id, version, int(chosen))
     name_of = data.images["rel_path"].map(lambda p: str(p).rsplit("/", 1)[-1]).to_numpy()
 
@@ -419,8 +450,7 @@ def edit_controls(
     st.markdown("**Edit**")
     rename, merge, split = st.columns(3)
     real = [c for c in ids if c != NOISE]
-    if any(c not in real for c in st.session_state.get("cl_merge", [])):  # another run was selected
-        st.session_state["cl_merge"] = [c for c in st.session_state["cl_merge"] if c in real]
+    keep_shown_options_current("cl_merge", real, [names.get(c, str(c)) for c in real], multi=True)
     with rename:
         new_name = st.text_input(
             "Rename this cluster",

@@ -50,6 +50,15 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
             )
             params["metric"] = st.selectbox("metric", UMAP_METRICS, key="umap_metric")
             params["random_state"] = int(st.number_input("seed", 0, 2**31 - 1, 42, key="umap_seed"))
+    elif method == "pca":
+        with st.sidebar.expander("PCA parameters", expanded=False):
+            params["normalize"] = st.toggle(
+                "L2-normalise vectors first",
+                value=True,
+                key="pca_normalize",
+                help="On: PCA of the unit-length vectors, the cosine geometry UMAP, neighbours and clusters use. "
+                "Off: PCA of the raw vectors, where vectors with larger norms dominate the first components.",
+            )
     elif method == "tsne":
         with st.sidebar.expander("t-SNE parameters", expanded=False):
             params["perplexity"] = float(st.slider("perplexity", 5, 100, 30, key="tsne_perp"))
@@ -100,7 +109,17 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
     return colour_by_cluster(frame, run.hashes, run.labels, run_cluster_names(store, run))
 
 
+PCA_INPUT = {
+    True: "PCA of the L2-normalised vectors (cosine geometry, as UMAP, neighbours and clusters use)",
+    False: "PCA of the raw vectors (not normalised: large-norm vectors dominate; UMAP, neighbours and "
+    "clusters use cosine)",
+}
+
+
 def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, seconds: float) -> str:
+    if method == "pca":
+        origin = "loaded from cache" if cached else f"computed in {seconds:.1f}s, now cached"
+        return f"**{n:,} points** · {PCA_INPUT[bool(params.get('normalize', False))]} · {origin}"
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "random_state")
     seed = f", seed {params['random_state']}" if "random_state" in params and method != "pca" else ""
     origin = "loaded from cache" if cached else f"computed in {seconds:.1f}s, now cached"
@@ -110,7 +129,10 @@ def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, s
 def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
     """The image behind a clicked point (Plotly hovers cannot show images, so this panel does)."""
     if not rows:
-        st.caption("Click a point to see its image here. Drag a box or lasso (toolbar) to select a group.")
+        st.caption(
+            "Click a point to see its image here. To select a group, pick Box or Lasso select in the "
+            "toolbar and drag; pick Pan to click single points again."
+        )
         return
     row = frame.iloc[rows[0]]
     try:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image, ImageOps
 
 from core import images, mapfigure, snapshots
 from core.errors import RepLensError
@@ -29,7 +30,7 @@ from core.snapshots import Snapshot, SnapshotDiff
 from core.store import Store
 from ui.errors import user_errors
 from ui.gallery import THUMB_WIDTH
-from ui.resources import get_store
+from ui.resources import DatasetView, get_store
 from ui.widgets import selected_rows, short_key
 
 LINK_PARAM = "snapshot"  # ?snapshot=<id or prefix>
@@ -47,7 +48,10 @@ PROVENANCE = {  # how a cluster got its label (core.concepts labellers, a person
 # Keys kept in session state (plain keys, set before their widgets exist).
 PICK_KEY, CONFIRM_KEY, FLASH_KEY, IMPORTS_KEY = "snap_pick", "snap_confirm_delete", "snap_flash", "snap_imports"
 SECTION_KEY = "snap_section"
-PLACEHOLDER = np.full((96, 96, 3), 226, dtype=np.uint8)  # a grey tile where a thumbnail is missing
+TILE_PX = 2 * THUMB_WIDTH  # gallery tiles are TILE_PX squares shown THUMB_WIDTH wide (sharp on HiDPI screens)
+TILE_BACKGROUND = (244, 244, 245)  # around a thumbnail that is not square
+CAPTION_CHARS = 16  # a caption longer than this is shortened to one line, so tiles stay aligned
+PLACEHOLDER = np.full((TILE_PX, TILE_PX, 3), 226, dtype=np.uint8)  # a grey tile where a thumbnail is missing
 
 
 # ---------------------------------------------------------------------------------------
@@ -148,24 +152,43 @@ def cluster_names(snap: Snapshot) -> dict[int, str]:
 # Thumbnails (from the cache only: an imported snapshot has no source files)
 
 
-def thumbnails(store: Store, hashes: list[str]) -> list[str | np.ndarray]:
-    """The cached thumbnail of each image, or a grey placeholder tile; never an error."""
-    out: list[str | np.ndarray] = []
+def square_tile(path: Path) -> np.ndarray | None:
+    """The thumbnail at ``path`` fitted whole into a TILE_PX square on the tile colour; None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.pad(img.convert("RGB"), (TILE_PX, TILE_PX), color=TILE_BACKGROUND))
+    except (OSError, ValueError):
+        return None
+
+
+def thumbnails(store: Store, hashes: list[str]) -> list[np.ndarray]:
+    """One square tile per image, all the same size: the cached thumbnail fitted whole into it (wide
+    and tall images alike, so rows of the gallery line up), or a grey placeholder; never an error."""
+    out: list[np.ndarray] = []
     for content_hash in hashes:
         try:
-            path = images.thumbnail_path(store.cache_dir, content_hash)
+            path: Path | None = images.thumbnail_path(store.cache_dir, content_hash)
         except RepLensError:
             path = None
-        out.append(str(path) if path is not None and path.is_file() else PLACEHOLDER)
+        tile = square_tile(path) if path is not None and path.is_file() else None
+        out.append(PLACEHOLDER if tile is None else tile)
     return out
+
+
+def tile_caption(text: str, limit: int = CAPTION_CHARS) -> str:
+    """A caption that fits one line under a tile: long names keep their start and end ("long_na…e.png")."""
+    if len(text) <= limit:
+        return text
+    tail = max(1, limit // 3)
+    return f"{text[: limit - tail - 1]}…{text[-tail:]}"
 
 
 def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: int | None = None) -> None:
     if not hashes:
         return
     tiles = thumbnails(store, hashes)
-    missing = sum(isinstance(t, np.ndarray) for t in tiles)
-    st.image(tiles, caption=captions, width=THUMB_WIDTH)
+    missing = sum(t is PLACEHOLDER for t in tiles)
+    st.image(tiles, caption=[tile_caption(c) for c in captions], width=THUMB_WIDTH)
     notes = []
     if total is not None and total > len(hashes):
         notes.append(f"Showing {len(hashes):,} of {total:,}; the HTML export has the rest.")
@@ -305,6 +328,38 @@ def share_section(store: Store, snap: Snapshot, key: str) -> None:
     )
 
 
+def snapshot_vectors(store: Store, snap: Snapshot) -> tuple[pd.DataFrame, np.ndarray] | None:
+    """(images, vectors) of the snapshot's dataset under its encoder key in this RepLens, or None
+    (an imported snapshot whose images were never embedded here, a deleted dataset…)."""
+    name, key = snap.dataset.get("name"), snap.encoder.get("key")
+    if not name or not key or name not in set(store.list_datasets()["dataset"]):
+        return None
+    try:
+        return DatasetView(store, str(name)).embeddings(str(key))
+    except RepLensError:
+        return None
+
+
+def typical_first(store: Store, snap: Snapshot, members: pd.DataFrame) -> tuple[pd.DataFrame, bool]:
+    """A cluster's members, most typical first where their vectors are known (then the others in
+    stored order), and whether any were ordered; noise and vector-less members keep stored order."""
+    if members.empty or int(members["cluster"].iloc[0]) < 0:
+        return members, False
+    found = snapshot_vectors(store, snap)
+    if found is None:
+        return members, False
+    frame, vectors = found
+    position = pd.Index(frame["content_hash"]).get_indexer(pd.Index(members["content_hash"]))
+    known = position >= 0
+    if not known.any():
+        return members, False
+    from core.cluster import typicality_order  # scikit-learn comes with core.cluster: only when needed
+
+    rows = np.zeros((len(members), vectors.shape[1]), dtype=np.float32)
+    rows[known] = vectors[position[known]]
+    return members.iloc[typicality_order(rows, known)], True
+
+
 @st.fragment  # picking a cluster's gallery reruns only this part
 def clusters_section(store: Store, snap: Snapshot, key: str) -> None:
     cls = snap.clusters
@@ -331,7 +386,17 @@ def clusters_section(store: Store, snap: Snapshot, key: str) -> None:
     pick = st.selectbox(
         "Images of cluster", order, key=f"{key}_gallery", format_func=lambda c: f"{c}: {names[c]} ({sizes[c]:,})"
     )
-    members = snap.points[snap.points["cluster"] == pick]
+    members, ordered = typical_first(store, snap, snap.points[snap.points["cluster"] == pick])
+    st.caption(
+        "Most typical first (cosine to the cluster's centroid, from this RepLens's embeddings)."
+        if ordered
+        else "In stored order: "
+        + (
+            "noise has no centroid."
+            if pick < 0
+            else "this RepLens has no embeddings of these images, so typicality is unknown."
+        )
+    )
     shown = members.head(GALLERY_LIMIT)
     thumbnail_grid(
         store,

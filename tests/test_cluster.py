@@ -329,6 +329,60 @@ def test_browser_helpers_against_direct_computation(dataset) -> None:
         cluster.typical_images(X, labels, 7)
 
 
+def test_the_same_clustering_twice_reuses_the_stored_run(dataset) -> None:
+    """Issue 10 item 10: running the same clustering twice stored two runs."""
+    store, key, X, y = dataset
+    first = cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None})
+    assert not first.reused
+    # The same call, and the same call spelling out defaults: one stored run, said to be reused.
+    defaults = {k: v for k, v in make_clusterer("kmeans").get_params().items() if k not in ("n_clusters", "reduce")}
+    for params in ({"n_clusters": 3, "reduce": None}, {"n_clusters": 3, "reduce": None, **defaults}):
+        again = cluster.run_clustering(store, "d", key, "kmeans", params)
+        assert again.reused and again.run_id == first.run_id
+        assert dict(zip(again.hashes, again.labels.tolist())) == dict(zip(first.hashes, first.labels.tolist()))
+        assert again.metrics == first.metrics
+    assert store.list_cluster_runs("d")["run_id"].tolist() == [first.run_id]
+
+    # Asking for stability the stored run lacks adds it to that run (no new run).
+    with_stability = cluster.run_clustering(
+        store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None}, stability_seeds=(0, 1)
+    )
+    assert with_stability.reused and with_stability.run_id == first.run_id
+    assert cluster.load_run(store, first.run_id).metrics["stability"]["seeds"] == [0, 1]
+
+    # Anything different is a new run: another seed, another k, another method, reuse=False.
+    others = [
+        cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None, "random_state": 5}),
+        cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 4, "reduce": None}),
+        cluster.run_clustering(store, "d", key, "agglomerative", {"n_clusters": 3, "reduce": None}),
+        cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None}, reuse=False),
+    ]
+    assert not any(r.reused for r in others)
+    assert len({first.run_id, *(r.run_id for r in others)}) == 5
+    assert len(store.list_cluster_runs("d")) == 5
+
+
+def test_a_changed_image_set_or_an_edit_is_not_reused(dataset) -> None:
+    store, key, X, y = dataset
+    images, vectors = store.load_embeddings("d", key)
+    part = cluster.run_clustering(
+        store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None}, images=images.iloc[:40], vectors=vectors[:40]
+    )
+    whole = cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None})
+    assert not whole.reused and whole.run_id != part.run_id and len(whole.hashes) == len(X)
+    # A merge has a parent: it is an edit, never returned for a fresh fit.
+    merged = cluster.merge_clusters(store, whole.run_id, [0, 1])
+    found = cluster.find_same_run(
+        store,
+        "d",
+        key,
+        "kmeans",
+        make_clusterer("kmeans", {"n_clusters": 3, "reduce": None}).get_params(),
+        images["content_hash"],
+    )
+    assert found is not None and found.run_id == whole.run_id != merged.run_id
+
+
 def test_labels_persist_and_user_edits_win(dataset) -> None:
     store, key, _, _ = dataset
     run = cluster.run_clustering(store, "d", key, "kmeans", {"n_clusters": 3, "reduce": None})

@@ -75,7 +75,8 @@ def store(prepared: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Store:
 
 
 def kmeans_run(store: Store, k: int = 3) -> cluster.ClusterRun:
-    return cluster.run_clustering(store, DATASET, PIXELS_KEY, "kmeans", {"n_clusters": k, "reduce": None})
+    """A fresh run for one test (reuse=False: tests rename and label it, others must not see that)."""
+    return cluster.run_clustering(store, DATASET, PIXELS_KEY, "kmeans", {"n_clusters": k, "reduce": None}, reuse=False)
 
 
 def open_page(run_id: str | None = None) -> AppTest:
@@ -304,3 +305,84 @@ def test_seed_stability_is_stored_and_shown_to_the_next_session(store: Store) ->
     assert metrics(at)["Stability (mean ARI between seeds)"] == f"{stored['mean_ari']:.3f}"
     fresh = open_page(run.run_id)  # another browser tab: read back from DuckDB, nothing recomputed
     assert metrics(fresh)["Stability (mean ARI between seeds)"] == f"{stored['mean_ari']:.3f}"
+
+
+def shown_in_browser(box: object, before: tuple[str, str] | None) -> str:
+    """What the browser's selectbox displays after a run of the page, modelled on Streamlit's frontend.
+
+    The browser keeps the option text it last displayed for a widget (same element id) unless the
+    server sends a value (``set_value`` with ``raw_value``); a new widget shows ``options[default]``.
+    ``before`` is (element id, text displayed) after the previous run.
+    """
+    proto = box.proto  # type: ignore[attr-defined]
+    if proto.set_value:
+        return str(proto.raw_value)
+    if before is not None and before[0] == box.id:  # type: ignore[attr-defined]
+        return before[1]
+    return str(box.options[proto.default])  # type: ignore[attr-defined]
+
+
+def test_cluster_picker_shows_the_selected_runs_sizes_after_switching_runs(store: Store) -> None:
+    """Issue 10 item 5: after switching runs the picker showed the previous run's sizes ("cluster 0 (76)")."""
+    three = kmeans_run(store)
+    two = cluster.run_clustering(
+        store, DATASET, PIXELS_KEY, "agglomerative", {"n_clusters": 2, "reduce": None}, reuse=False
+    )
+    sizes = {r.run_id: np.bincount(store.load_cluster_run(r.run_id)[2]) for r in (three, two)}
+    # A cluster id both runs have, with a different size in each: the stale text would be visible.
+    common = [c for c in range(2) if sizes[three.run_id][c] != sizes[two.run_id][c]]
+    assert common, sizes
+    c = common[0]
+
+    at = open_page(three.run_id)
+    at.selectbox(key="cl_cluster").set_value(c).run()
+    assert_clean(at)
+    box = at.selectbox(key="cl_cluster")
+    seen = (box.id, box.options[box.index])  # the option the user clicked
+    assert seen[1] == f"cluster {c} ({sizes[three.run_id][c]})"
+
+    for run_id in (two.run_id, three.run_id):  # there and back again
+        at.selectbox(key="w_cl_run").set_value(run_id).run()
+        assert_clean(at)
+        box = at.selectbox(key="cl_cluster")
+        assert box.value == c  # the same cluster id stays selected
+        assert box.options == [f"cluster {i} ({n})" for i, n in enumerate(sizes[run_id])]
+        seen = (box.id, shown_in_browser(box, seen))
+        assert seen[1] == f"cluster {c} ({sizes[run_id][c]})"
+
+
+def test_cluster_picker_shows_a_new_name_after_a_rename(store: Store) -> None:
+    run = cluster.run_clustering(
+        store, DATASET, PIXELS_KEY, "kmeans", {"n_clusters": 3, "reduce": None, "random_state": 7}
+    )
+    size = np.bincount(store.load_cluster_run(run.run_id)[2])
+    at = open_page(run.run_id)
+    at.selectbox(key="cl_cluster").set_value(1).run()
+    box = at.selectbox(key="cl_cluster")
+    seen = (box.id, box.options[box.index])  # the option the user clicked
+    assert seen[1] == f"cluster 1 ({size[1]})"
+    at.text_input(key="cl_rename").set_value("stripes").run()
+    at.button(key="cl_rename_go").click().run()
+    assert_clean(at)
+    box = at.selectbox(key="cl_cluster")
+    assert shown_in_browser(box, seen) == f"1 · stripes ({size[1]})"
+
+
+def test_clustering_twice_with_the_same_settings_reopens_the_stored_run(store: Store) -> None:
+    at = open_page()
+    at.selectbox(key="cl_method").set_value("kmeans").run()
+    at.radio(key="cl_k_mode").set_value("Fixed k").run()
+    at.number_input(key="cl_k").set_value(4).run()
+    at.toggle(key="cl_umap_kmeans").set_value(False).run()
+    at.number_input(key="cl_seed").set_value(11).run()
+    before = set(cluster.list_runs(store, DATASET)["run_id"])
+    at.button(key="cl_go").click().run()
+    assert_clean(at)
+    new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
+    assert len(new) == 1
+    run_id = new.pop()
+    at.button(key="cl_go").click().run()
+    assert_clean(at)
+    assert set(cluster.list_runs(store, DATASET)["run_id"]) - before == {run_id}  # no second run
+    assert at.session_state["rl_cluster_run"] == run_id
+    assert any(f"stored run `{run_id}`" in i.value and "nothing was recomputed" in i.value for i in at.info)

@@ -166,6 +166,11 @@ def test_import_without_the_images_then_delete_with_confirmation(world: dict[str
     store = resources.get_store()
     snap = snapshots.load_snapshot(store, str(world["a"]))
     assert snap.origin == "imported"
+    # No embeddings of these images here: the gallery keeps the stored order, and says why.
+    assert any(c.value.startswith("In stored order") for c in at.caption)
+    pick = next(s for s in at.selectbox if s.label == "Images of cluster").value
+    members = snap.points[snap.points["cluster"] == pick]
+    assert [c for c, _ in gallery_tiles(at)] == [p.rsplit("/", 1)[-1] for p in members["rel_path"]]
     thumbs = [images.thumbnail_path(store.cache_dir, h) for h in snap.points["content_hash"]]
     assert all(p.is_file() for p in thumbs)
     for p in thumbs:  # an export made where thumbnails were missing: grey tiles, not errors
@@ -212,3 +217,102 @@ def test_diff_shows_ari_and_the_confusion_matrix(env: dict[str, object]) -> None
     # The same snapshot twice is not a comparison.
     at.selectbox(key="snap_diff_b").set_value(a.id).run()
     assert "Pick two different" in at.info[0].value
+
+
+# --------------------------------------------------------------------------- the cluster gallery (issue 10, item 10)
+
+
+@pytest.fixture(scope="module")
+def mixed_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Dataset 'mixed': wide, tall and square images (ragged thumbnails), pixels embeddings, one
+    k-means k=2 snapshot."""
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("snapshots_gallery")
+    rng = np.random.default_rng(3)
+    shapes = [(120, 40), (40, 120), (64, 64), (150, 30), (30, 90), (80, 80)]
+    for folder in ("light", "dark"):
+        (base / "images" / folder).mkdir(parents=True)
+        for i, size in enumerate(shapes):
+            low, high = (150, 256) if folder == "light" else (0, 110)
+            pixels = rng.integers(low, high, (size[1], size[0], 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "images" / folder / f"{folder[0]}_{i}.png")
+    db, cache = base / "replens.duckdb", base / "cache"
+    store = Store(db, cache)
+    try:
+        scan = images.scan(base / "images", cache_dir=cache)
+        store.ingest("mixed", scan.root, scan.records, scan.skipped)
+        embed_dataset(store, "mixed", load_encoder("pixels", "cpu"), workers=1)
+        run = run_clustering(store, "mixed", PIXELS_KEY, "kmeans", {"n_clusters": 2, "reduce": None})
+        sid = snapshots.save_snapshot(store, run.run_id, title="Mixed shapes")
+        frame, vectors = store.load_embeddings("mixed", PIXELS_KEY)
+    finally:
+        store.close()
+    return {"db": str(db), "cache": str(cache), "id": sid, "vectors": dict(zip(frame["content_hash"], vectors))}
+
+
+@pytest.fixture()
+def media(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The in-memory media stores AppTest's runs create (where st.image puts the bytes it serves)."""
+    import streamlit.testing.v1.app_test as app_test
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    made: list[object] = []
+
+    class Recording(MemoryMediaFileStorage):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            made.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recording)
+    return made
+
+
+def gallery_tiles(at: AppTest) -> list[tuple[str, str]]:
+    """(caption, media url) of each tile of the cluster gallery (the last image list on the page)."""
+    lists = at.get("image")
+    assert lists, "no gallery"
+    return [(img.caption, img.url) for img in lists[-1].proto.imgs]
+
+
+def expected_typical_order(snap: snapshots.Snapshot, cluster: int, vectors: dict[str, np.ndarray]) -> list[str]:
+    """File names of the cluster's members by cosine to the centroid of their unit vectors (numpy, by hand)."""
+    members = snap.points[snap.points["cluster"] == cluster]
+    X = np.stack([vectors[h] for h in members["content_hash"]]).astype(np.float64)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    centre = X.mean(axis=0)
+    centre /= np.linalg.norm(centre)
+    order = np.argsort(-(X @ centre), kind="stable")
+    return [members["rel_path"].iloc[i].rsplit("/", 1)[-1] for i in order]
+
+
+def test_cluster_gallery_is_ordered_by_typicality_in_uniform_tiles(
+    mixed_world: dict[str, object], media: list[object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    monkeypatch.setenv("REPLENS_DB", str(mixed_world["db"]))
+    monkeypatch.setenv("REPLENS_CACHE", str(mixed_world["cache"]))
+    sid = str(mixed_world["id"])
+    at = page(str(APP), snapshot=sid)
+    snap = snapshots.load_snapshot(resources.get_store(), sid)
+    picker = next(s for s in at.selectbox if s.label == "Images of cluster")
+    vectors = mixed_world["vectors"]
+    for cluster in sorted(set(snap.points["cluster"].astype(int))):
+        picker = next(s for s in at.selectbox if s.label == "Images of cluster")
+        picker.set_value(cluster).run()
+        assert not at.exception
+        tiles = gallery_tiles(at)
+        assert [caption for caption, _ in tiles] == expected_typical_order(snap, cluster, vectors)  # type: ignore[arg-type]
+        assert any(c.value.startswith("Most typical first") for c in at.caption)
+        # Every tile is the same square, whatever the image's shape (the thumbnails are not square).
+        sizes = set()
+        for _, url in tiles:
+            name = url.rsplit("/", 1)[-1]
+            data = next(m.get_file(name).content for m in media if name.split(".")[0] in m._files_by_id)  # type: ignore[attr-defined]
+            sizes.add(Image.open(io.BytesIO(data)).size)
+        assert len(sizes) == 1, sizes
+        width, height = sizes.pop()
+        assert width == height
+    thumbs = [images.thumbnail_path(str(mixed_world["cache"]), h) for h in snap.points["content_hash"]]
+    assert len({Image.open(p).size for p in thumbs}) > 1  # the thumbnails themselves are ragged

@@ -239,3 +239,23 @@ def test_folder_colouring_buckets_past_the_legend_limit() -> None:
     assert len(fig.data) == mapfigure.MAX_LEGEND_GROUPS + 1
     assert str(fig.data[-1].name).startswith("other (3 groups)")
     assert sum(len(t.customdata) for t in fig.data) == n
+
+
+def test_seventeen_folders_get_seventeen_different_colours() -> None:
+    n = 17
+    frame = pd.DataFrame({"rel_path": [f"{i}.png" for i in range(n)], "label": [f"d{i}" for i in range(n)]})
+    fig = mapfigure.build_map_figure(np.zeros((n, 2)), frame, mapfigure.colour_by_folder(frame), np.arange(n))
+    colours = list(mapfigure.trace_colours(fig).values())
+    assert len(set(colours)) == n
+    assert colours == list(palette.PALETTE[:n])
+
+
+def test_map_figure_lets_a_click_select_and_keeps_the_legend_below_the_toolbar() -> None:
+    frame = _frame(3)
+    fig = mapfigure.build_map_figure(np.zeros((3, 2)), frame, mapfigure.colour_by_folder(frame), np.arange(3))
+    # Streamlit turns a click on a point into a selection only when the drag mode is not select/lasso.
+    assert fig.layout.dragmode not in ("select", "lasso")
+    # Plotly's toolbar is ~30 px high at the figure's top right; the legend (with its title) starts
+    # at the top of the plot area, below a top margin that leaves the toolbar its room.
+    assert fig.layout.margin.t >= 36
+    assert fig.layout.legend.yanchor == "top" and fig.layout.legend.y <= 1

@@ -52,9 +52,50 @@ def store(tmp_path: Path) -> Store:
     st.close()
 
 
+def _pca_by_svd(x: np.ndarray) -> np.ndarray:
+    """The first two principal component scores by numpy's SVD of the centred matrix (float64)."""
+    x = np.asarray(x, dtype=np.float64)
+    centred = x - x.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    return u[:, :2] * s[:2]
+
+
+def _same_up_to_sign(ours: np.ndarray, theirs: np.ndarray, tol: float) -> None:
+    """Principal axes have no intrinsic sign: compare each column with the matching sign."""
+    for j in range(theirs.shape[1]):
+        sign = 1.0 if float(ours[:, j] @ theirs[:, j]) >= 0 else -1.0
+        np.testing.assert_allclose(ours[:, j], sign * theirs[:, j], atol=tol * float(np.abs(theirs).max()))
+
+
+def test_pca_defaults_to_l2_normalised_vectors() -> None:
+    """Issue 10: PCA ran on raw vectors while UMAP, neighbours and clusters use cosine."""
+    rng = np.random.default_rng(7)
+    directions = _vectors(200, dim=16, seed=3).astype(np.float64)
+    norms = rng.uniform(0.2, 20.0, size=(200, 1))  # norms vary 100-fold
+    x = directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    ours = reduce.PCAReducer().fit_transform(x.astype(np.float32))
+    _same_up_to_sign(ours, _pca_by_svd(unit), tol=1e-4)
+    # Raw stays available as an option, and on these vectors it is a different picture.
+    raw = reduce.PCAReducer(normalize=False).fit_transform(x.astype(np.float32))
+    _same_up_to_sign(raw, _pca_by_svd(x), tol=1e-4)
+    assert abs(np.corrcoef(raw[:, 0], ours[:, 0])[0, 1]) < 0.9
+    # Scaling vectors changes nothing in the default layout.
+    rescaled = reduce.PCAReducer().fit_transform((x * rng.uniform(0.5, 3.0, size=(200, 1))).astype(np.float32))
+    np.testing.assert_allclose(rescaled, ours, atol=1e-4 * float(np.abs(ours).max()))
+
+
+def test_pca_keeps_an_all_zero_vector_at_the_origin_of_the_directions() -> None:
+    x = _vectors(20)
+    x[3] = 0.0
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+    _same_up_to_sign(reduce.PCAReducer().fit_transform(x), _pca_by_svd(unit), tol=1e-4)
+
+
 def test_pca_matches_sklearn() -> None:
     x = _vectors(50)
-    ours = reduce.PCAReducer().fit_transform(x)
+    ours = reduce.PCAReducer(normalize=False).fit_transform(x)
     theirs = PCA(n_components=2, svd_solver="full", random_state=0).fit_transform(x)
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     assert ours.dtype == np.float32 and ours.shape == (50, 2)
@@ -62,7 +103,7 @@ def test_pca_matches_sklearn() -> None:
 
 def test_pca_tall_matrix_matches_full_svd() -> None:
     x = _vectors(3_000)  # tall: takes the covariance eigensolver path
-    ours = reduce.PCAReducer().fit_transform(x)
+    ours = reduce.PCAReducer(normalize=False).fit_transform(x)
     theirs = PCA(n_components=2, svd_solver="full").fit_transform(x)
     np.testing.assert_allclose(ours, theirs, atol=1e-3 * float(np.abs(theirs).max()))
 
@@ -71,8 +112,11 @@ def test_project_pca_aligned_with_store_rows(store: Store) -> None:
     proj = reduce.project(store, "toy", KEY, "pca", {})
     images, vectors = store.load_embeddings("toy", KEY)
     assert proj.images["content_hash"].tolist() == images["content_hash"].tolist()
-    expected = PCA(n_components=2, svd_solver="full").fit_transform(vectors)
+    # The default layout is the PCA of the unit-length vectors (the cosine geometry).
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = PCA(n_components=2, svd_solver="full").fit_transform(unit)
     np.testing.assert_allclose(proj.coords, expected, rtol=1e-4, atol=1e-4)
+    assert proj.params == {"normalize": True, "random_state": 0}
     # The reloaded layout is realigned to the same rows (the store returns points by hash).
     again = reduce.project(store, "toy", KEY, "pca", {})
     assert again.cached and not proj.cached
@@ -186,7 +230,7 @@ def test_reducers_are_sklearn_estimators_with_unchanged_cache_params() -> None:
     umap_reducer = reduce.make_reducer("umap", {"n_neighbors": 10})
     # The cache key hashes these: the same values as the hand-written get_params gave.
     assert umap_reducer.get_params() == {"n_neighbors": 10, "min_dist": 0.1, "metric": "cosine", "random_state": 42}
-    assert reduce.PCAReducer().get_params() == {"random_state": 0}
+    assert reduce.PCAReducer().get_params() == {"normalize": True, "random_state": 0}
     assert reduce.TSNEReducer().get_params() == {"perplexity": 30.0, "metric": "cosine", "random_state": 42}
     copy = clone(umap_reducer)
     assert copy is not umap_reducer and copy.get_params() == umap_reducer.get_params()
@@ -200,3 +244,54 @@ def test_too_few_rows_are_told_in_the_map_pages_words() -> None:
         reduce.PCAReducer().fit_transform(np.ones(4))
     with pytest.raises(InvalidInputError, match="NaN"):
         reduce.PCAReducer().fit_transform(np.full((3, 4), np.nan))
+
+
+def test_map_page_says_what_pca_projects_and_draws_it(isolated_env: dict[str, str]) -> None:
+    """The Map page's PCA is the normalised one by default, says so, and offers raw vectors."""
+    import json
+
+    from streamlit.testing.v1 import AppTest
+
+    root = Path(__file__).resolve().parent.parent
+    rng = np.random.default_rng(11)
+    records = _records(40)
+    x = _vectors(40) * rng.uniform(0.2, 20.0, size=(40, 1)).astype(np.float32)  # norms vary 100-fold
+    st = Store(Path(isolated_env["REPLENS_DB"]), Path(isolated_env["REPLENS_CACHE"]))
+    try:
+        st.ingest("toy", "/nowhere", records, [])
+        st.register_encoder(KEY, "synthetic", "v1", "last", "none", 16, {"id": "synthetic"})
+        st.write_embeddings(KEY, [r.content_hash for r in records], x)
+        frame, vectors = st.load_embeddings("toy", KEY)
+    finally:
+        st.close()
+
+    at = AppTest.from_file(str(root / "pages" / "map.py"), default_timeout=60)
+    at.session_state["rl_dataset"] = "toy"
+    at.session_state["rl_encoder_key"] = KEY
+    at.run()
+    at.radio(key="map_method").set_value("PCA").run()
+    assert not at.exception, [e.message for e in at.exception]
+
+    def drawn() -> np.ndarray:
+        fig = json.loads(at.get("plotly_chart")[0].proto.spec)
+        coords = np.zeros((len(frame), 2))
+        for trace in fig["data"]:
+            rows = [int(r) for r in _decoded(trace["customdata"])]
+            coords[rows] = np.c_[_decoded(trace["x"]), _decoded(trace["y"])]
+        return coords
+
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert any("PCA of the L2-normalised vectors" in c.value for c in at.caption)
+    _same_up_to_sign(drawn(), _pca_by_svd(unit), tol=1e-3)
+    at.toggle(key="pca_normalize").set_value(False).run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("PCA of the raw vectors" in c.value for c in at.caption)
+    _same_up_to_sign(drawn(), _pca_by_svd(vectors), tol=1e-3)
+
+
+def _decoded(data: object) -> list:
+    if isinstance(data, dict) and "bdata" in data:  # plotly's typed-array encoding
+        import base64
+
+        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
+    return list(data)  # type: ignore[arg-type]

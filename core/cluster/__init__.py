@@ -38,6 +38,7 @@ from core.cluster.browse import (
     cluster_table,
     outlier_images,
     typical_images,
+    typicality_order,
 )
 from core.cluster.clusterers import AgglomerativeClusterer, HDBSCANClusterer, KMeansClusterer, LeidenClusterer
 from core.cluster.edits import merge_clusters, rename_cluster, split_cluster
@@ -47,6 +48,7 @@ from core.cluster.runs import (
     ClusterRun,
     ClusterRunNotFoundError,
     RunData,
+    find_same_run,
     list_runs,
     load_run,
     record_stability,
@@ -87,6 +89,7 @@ __all__ = [
     "knn_graph",
     "l2_normalize",
     "list_runs",
+    "find_same_run",
     "load_run",
     "make_clusterer",
     "merge_clusters",
@@ -103,4 +106,5 @@ __all__ = [
     "split_cluster",
     "stability",
     "typical_images",
+    "typicality_order",
 ]

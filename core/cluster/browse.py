@@ -69,6 +69,24 @@ def typical_images(vectors: np.ndarray, labels: np.ndarray, cluster: int, n: int
     return members[np.argsort(-sims, kind="stable")[:n]]
 
 
+def typicality_order(vectors: np.ndarray, known: np.ndarray | None = None) -> np.ndarray:
+    """Order of one cluster's members, most typical first (cosine to their centroid, descending).
+
+    ``vectors`` has a row per member; ``known`` marks the rows that hold a real vector (a snapshot
+    imported without the embeddings has none). Members with a vector come first, by typicality;
+    the others follow in their given order. Ties keep the given order.
+    """
+    n = len(vectors)
+    known = np.ones(n, dtype=bool) if known is None else np.asarray(known, dtype=bool)
+    rows = np.flatnonzero(known)
+    rest = np.flatnonzero(~known)
+    if len(rows) == 0:
+        return rest
+    Xn = l2_normalize(vectors[rows], allow_zero=True)
+    centre = l2_normalize(Xn.mean(axis=0, keepdims=True), allow_zero=True)[0]
+    return np.concatenate([rows[np.argsort(-(Xn @ centre), kind="stable")], rest])
+
+
 def centroid_margins(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Per point: cosine to the nearest centroid minus cosine to the second nearest (NaN with < 2 clusters)."""
     _, C = centroids(vectors, labels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ class ClusterRun:
     parent_run_id: str | None = None
     created_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    reused: bool = False  # run_clustering found this stored run for the same inputs and fitted nothing
 
     def assignments(self) -> pd.DataFrame:
         return pd.DataFrame({"content_hash": self.hashes, "cluster": self.labels})
@@ -67,16 +69,32 @@ def run_clustering(
     images: pd.DataFrame | None = None,
     vectors: np.ndarray | None = None,
     stability_seeds: Sequence[int] = (),
+    reuse: bool = True,
 ) -> ClusterRun:
     """Cluster ``dataset``'s vectors under ``encoder_key`` with ``method``, score it and store the run.
 
     Metrics include the folder-label scores when the dataset has at least two top-level
     folders, and seed stability when ``stability_seeds`` (two or more) are given.
     ``images``/``vectors`` may be passed when the caller has them (store order).
+
+    With ``reuse`` (the default), a stored fit of the same dataset, encoder key, method, parameters
+    (after the clusterer's defaults are filled in, seed included) and set of images is returned
+    instead of a second identical run, with ``reused=True`` (stability is added to it if asked for
+    and missing). ``reuse=False`` always fits and stores a new run.
     """
     clusterer = make_clusterer(method, params)
     if images is None or vectors is None:
         images, vectors = store.load_embeddings(dataset, encoder_key)
+    if reuse:
+        same = find_same_run(store, dataset, encoder_key, method, clusterer.get_params(), images["content_hash"])
+        if same is not None:
+            if len(stability_seeds) >= 2 and (same.metrics.get("stability") or {}).get("seeds") != list(
+                stability_seeds
+            ):
+                record_stability(
+                    store, same, run_data(store, same, images=images, vectors=vectors).vectors, stability_seeds
+                )
+            return same
     started = time.perf_counter()
     clusterer.fit(vectors)
     seconds = time.perf_counter() - started
@@ -132,6 +150,35 @@ def save_run(
         metrics["noise_fraction"],
         parent_run_id,
     )
+
+
+def find_same_run(
+    store: Store,
+    dataset: str,
+    encoder_key: str,
+    method: str,
+    params: dict[str, Any],
+    hashes: Sequence[str] | pd.Series,
+) -> ClusterRun | None:
+    """The newest stored fit (not a merge or split) of exactly these inputs, marked ``reused``; else None.
+
+    ``params`` are the clusterer's full parameters (``get_params()``), compared as stored (JSON-safe).
+    """
+    runs = store.list_cluster_runs(dataset)
+    if runs.empty:
+        return None
+    wanted = json.loads(json.dumps(jsonable(params)))  # as the store gives it back
+    image_set = set(hashes)
+    for row in runs.itertuples(index=False):
+        if row.encoder_key != encoder_key or row.method != method or isinstance(row.parent_run_id, str):
+            continue
+        if json.loads(str(row.params or "{}")) != wanted:
+            continue
+        run = load_run(store, str(row.run_id))
+        if len(run.hashes) == len(image_set) and set(run.hashes) == image_set:
+            run.reused = True
+            return run
+    return None
 
 
 def load_run(store: Store, run_id: str) -> ClusterRun:
