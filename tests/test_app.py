@@ -204,7 +204,9 @@ def test_map_pca_coordinates_match_core(env: dict[str, str]) -> None:
     from sklearn.decomposition import PCA
 
     frame, vectors = resources.get_store().load_embeddings("shapes", PIXELS_KEY)
-    expected = PCA(n_components=2, svd_solver="full").fit_transform(vectors)
+    # The Map's PCA projects the L2-normalised vectors (as neighbours and clusters use cosine).
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    expected = PCA(n_components=2, svd_solver="full").fit_transform(unit)
     for trace in fig["data"]:
         rows = _decode(trace["customdata"])
         np.testing.assert_allclose(np.c_[_decode(trace["x"]), _decode(trace["y"])], expected[rows], atol=1e-3)

@@ -161,7 +161,7 @@ def _decoded(data: object) -> list:
 
 def test_project_options_and_errors(env_store: str, capsys) -> None:
     pca = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--method", "pca")
-    assert pca["params"] == {"random_state": 0} and pca["cached"] is False
+    assert pca["params"] == {"normalize": True, "random_state": 0} and pca["cached"] is False  # unit vectors
     umap = run_json(
         capsys,
         "project",
@@ -181,3 +181,13 @@ def test_project_options_and_errors(env_store: str, capsys) -> None:
     assert "--n-neighbors applies to umap, not pca" in capsys.readouterr().err
     assert main(["project", "--dataset", "d", "--encoder", "pixels", "--metric", "hamming"]) == 2
     assert "UMAP metric 'hamming' is not offered" in capsys.readouterr().err
+
+
+def test_the_same_clustering_twice_reuses_the_stored_run(env_store: str, capsys: pytest.CaptureFixture) -> None:
+    args = ("cluster", "--dataset", "d", "--encoder", "pixels", "--method", "kmeans", "--k", "2")
+    first = run_json(capsys, *args)
+    again = run_json(capsys, *args)
+    other = run_json(capsys, *args[:-1], "3")
+    assert not first["reused"] and again["reused"] and again["run_id"] == first["run_id"]
+    assert again["assignments"] == first["assignments"]
+    assert not other["reused"] and other["run_id"] != first["run_id"]

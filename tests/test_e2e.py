@@ -121,6 +121,9 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     shot(page, "2-map")
 
     # -- Map: box-select everything by dragging over the plot ------------------------------
+    # The map opens in pan mode (a click selects one point); box selection is a toolbar button.
+    page.locator(".js-plotly-plot").first.hover()
+    page.locator('.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
     drag = page.locator(".js-plotly-plot .nsewdrag").first
     box = drag.bounding_box()
     assert box is not None

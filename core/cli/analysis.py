@@ -245,6 +245,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     cluster_of = dict(zip(run.hashes, run.labels.tolist()))
     payload = {
         "run_id": run.run_id,
+        "reused": run.reused,
         "dataset": args.dataset,
         "encoder": key,
         "method": run.method,
@@ -263,6 +264,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         print(
             f"run {run.run_id}: {run.method} on {key}: {run.n_clusters} clusters, "
             f"{run.noise_fraction:.1%} noise, silhouette {_fmt(m.get('silhouette'))}, {m.get('seconds', 0):.2f}s"
+            + (" (the same clustering was stored: reused it, nothing recomputed)" if run.reused else "")
         )
         if "ari" in m:
             print(
