@@ -81,7 +81,7 @@ def _diagnose(
                 found = diagnostics.dataset_diagnostics(_store, dataset, keys=[key], include_spectrum=True)
                 rows.append(found.iloc[0].to_dict())
             except RepLensError as exc:
-                rows.append({"encoder": key, "error": str(exc)})
+                rows.append({"encoder": key, "error": exc.for_page()})
         comparison = None
         if len(keys) >= 2:
             try:

@@ -138,7 +138,7 @@ def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
     try:
         st.image(images.read_bytes(row["source"], row["rel_path"]), width="stretch")
     except RepLensError as exc:
-        st.error(str(exc))
+        st.error(exc.for_page())
     st.markdown(f"**{row['rel_path']}**")
     details = [
         f"folder: {row['label'] or '(top level)'}",

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from core import images, mapfigure, snapshots
 from core.errors import RepLensError
+from core.fsutil import safe_relative_path
 from core.mapfigure import MAX_MAP_POINTS
 from core.palette import cluster_colour
 from core.reduce import stratified_sample
@@ -86,7 +87,8 @@ def html_bytes(store: Store, snapshot_id: str) -> bytes:
 def import_upload(store: Store, name: str, data: bytes) -> str:
     """Import an uploaded ``.replens`` file (core validates everything) and return its id."""
     with tempfile.TemporaryDirectory(prefix="replens-import-") as tmp:
-        path = Path(tmp) / "upload.replens"
+        # The server-side file is named as the user named it, so messages name their file.
+        path = Path(tmp) / (safe_relative_path(Path(name).name) or "upload.replens")
         path.write_bytes(data)
         return snapshots.import_snapshot(store, path)
 
@@ -427,7 +429,7 @@ def linked_view(store: Store, ref: str) -> None:
     try:
         snap = load(store, ref)
     except RepLensError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(exc.for_page(), icon=":material/error:")
         st.caption(
             "Links work within one RepLens deployment. From another one, ask for the .replens file and "
             "import it here, or for the HTML page."
@@ -488,7 +490,7 @@ def browse_section(store: Store) -> None:
     try:
         snap = _load(store, str(store.path), sid)
     except RepLensError as exc:  # deleted by another session since the list was read
-        st.error(str(exc), icon=":material/error:")
+        st.error(exc.for_page(), icon=":material/error:")
         return
     st.divider()
     show_snapshot(store, snap, key="browse")
@@ -534,7 +536,7 @@ def import_section(store: Store) -> None:
             with st.spinner(f"Checking and importing {upload.name}…"):
                 done[upload.file_id] = ("ok", import_upload(store, upload.name, upload.getvalue()))
         except RepLensError as exc:
-            done[upload.file_id] = ("error", str(exc))
+            done[upload.file_id] = ("error", exc.for_page())
     status, value = done[upload.file_id]
     if status == "error":
         st.error(f"{upload.name} was not imported: {value}", icon=":material/error:")
@@ -546,7 +548,7 @@ def import_section(store: Store) -> None:
     try:
         snap = _load(store, str(store.path), value)
     except RepLensError as exc:
-        st.error(str(exc), icon=":material/error:")
+        st.error(exc.for_page(), icon=":material/error:")
         return
     show_snapshot(store, snap, key="import")
 

@@ -59,3 +59,19 @@ def test_an_offline_hub_encoder_says_so_whole(tmp_path: Path) -> None:
     page_safe(page, [str(tmp_path)])
     assert "offline encoder" in page and "opennsfw-resnet50" in page and "local weights file" in page
     assert "/" not in page.replace("DINOv2 ViT-S/14", "")  # no file-system path of the server
+
+
+def test_a_dead_snapshot_link_on_the_page(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    db = tmp_path / "served" / "replens.duckdb"
+    monkeypatch.setenv("REPLENS_DB", str(db))
+    monkeypatch.setenv("REPLENS_CACHE", str(tmp_path / "served" / "cache"))
+    Store(db, tmp_path / "served" / "cache").close()
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "pages" / "snapshots.py"), default_timeout=60)
+    at.query_params["snapshot"] = "deadbeef"
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    shown = [e.value for e in at.error]
+    assert len(shown) == 1 and "No snapshot 'deadbeef' here" in shown[0]
+    page_safe(shown[0], [str(db), str(tmp_path)])

@@ -103,7 +103,10 @@ def _open_archive(path: Path, limits: ArchiveLimits) -> zipfile.ZipFile:
     if not path.is_file():
         raise SnapshotFormatError(f"{path} is not a file; pass the .replens file written by `snapshot export`.")
     if path.stat().st_size > limits.max_total_bytes + (64 << 20):
-        raise SnapshotFormatError(f"{path} is {path.stat().st_size} bytes, over the {limits.max_total_bytes}-byte cap.")
+        raise SnapshotFormatError(
+            f"{path} is {path.stat().st_size} bytes, over the {limits.max_total_bytes}-byte cap.",
+            page_message=f"{path.name} is {path.stat().st_size:,} bytes, over the {limits.max_total_bytes:,}-byte cap.",
+        )
     declared = _declared_entries(path)
     if declared is None:
         raise SnapshotFormatError(f"{path.name} is not a readable .replens (zip) file: no zip directory found.")
