@@ -254,7 +254,9 @@ def _rows(test: BatteryTest, role: str, hashes: Sequence[str], row_of: dict[str,
     if missing:
         raise InvalidInputError(
             f"{test.name}: {len(missing)} image(s) of set {role.upper()} have no embedding under {key}. "
-            "Extract the dataset with that encoder first (Data page or `python -m core embed`)."
+            "Extract the dataset with that encoder first (Data page or `python -m core embed`).",
+            page_message=f"{test.name}: {len(missing)} image(s) of set {role.upper()} have no embedding under "
+            f"{key}. Extract the dataset with that encoder on the Data page first.",
         )
     if not hashes:
         raise InvalidInputError(f"{test.name}: set {role.upper()} is empty.")

@@ -116,7 +116,8 @@ def text_labels(
     clusters = sorted(c for c in set(labels.tolist()) if c != NOISE)
     if not vocab:
         warnings.warn(
-            "no image has folder names, file-name words or captions to label with; try --method visual",
+            "no image has folder names, file-name words or captions to label with; try the visual labeller "
+            "(Visual labels on the Clusters page; --method visual in the CLI)",
             LabellingWarning,
             stacklevel=2,
         )
@@ -153,7 +154,7 @@ def text_labels(
     if empty:
         warnings.warn(
             f"clusters {empty} have no distinctive word in their names or captions; they get no text "
-            "label (try --method visual).",
+            "label (try the visual labeller (Visual labels on the Clusters page; --method visual in the CLI)).",
             LabellingWarning,
             stacklevel=2,
         )
