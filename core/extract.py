@@ -4,11 +4,24 @@
 or a restart after a crash, picks up where the last committed chunk ended. Decoding and
 preprocessing run in worker threads (Pillow releases the GIL) and overlap with the model's
 forward pass; vectors are written to DuckDB in chunks, each in its own transaction.
+
+Every call is recorded as an ``embed`` run: ``done`` when it embedded everything, ``failed`` with
+the error otherwise (an interruption, such as a browser reload stopping the Streamlit script or a
+``should_stop`` request, is recorded as ``failed`` with an error starting "Interrupted").
+A process that is killed outright leaves its run ``running``. :func:`unfinished_extractions`
+tells such a run from one in progress: a run is in progress only while this process is executing
+it (:data:`_LIVE_RUNS`). No other process can be: the store holds the DuckDB file open with
+DuckDB's exclusive lock, so a ``running`` record written by another process (the pid and host
+are in its params) belongs to a process that has ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,6 +34,7 @@ from PIL import Image, ImageOps
 from core import images
 from core.encoders import BaseEncoder
 from core.errors import InvalidInputError, RepLensError
+from core.keys import EncoderKey
 from core.store import PendingImage, Store
 
 ProgressCallback = Callable[[int, int], None]
@@ -28,6 +42,11 @@ ProgressCallback = Callable[[int, int], None]
 DEFAULT_CPU_BATCH = 32
 DEFAULT_GPU_BATCH = 256
 CHUNK_SIZE = 512  # vectors per transaction: a crash loses at most this much work
+INTERRUPTED = "Interrupted"  # how the error of a run cut short (not failed) starts
+
+# The embed runs this process is executing now (see the module docstring).
+_LIVE_RUNS: set[str] = set()
+_LIVE_LOCK = threading.Lock()
 
 
 @dataclass
@@ -42,6 +61,7 @@ class EmbedReport:
     device: str = "cpu"
     batch_size: int = 0
     run_id: str = ""
+    stopped: bool = False  # should_stop ended it before every image was embedded
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +87,7 @@ def embed_dataset(
     workers: int = 4,
     progress: ProgressCallback | None = None,
     should_stop: Callable[[], bool] | None = None,
+    weights: str | os.PathLike[str] | None = None,
 ) -> EmbedReport:
     """Embed every image of ``dataset`` that has no vector under ``encoder.key`` yet.
 
@@ -76,7 +97,10 @@ def embed_dataset(
         workers: decode/preprocess threads.
         progress: called with (done, total) after each batch, counting cached images as done.
         should_stop: polled between batches; returning True ends the run early after
-            committing what was computed (used when a browser session goes away).
+            committing what was computed (used when a browser session goes away); the run is
+            then recorded as interrupted.
+        weights: the local weights file ``encoder`` was loaded from, if any; recorded in the run
+            so that resuming it (:func:`resume_extraction`) loads the same file.
     """
     batch_size = batch_size or default_batch_size(encoder.device)
     if batch_size < 1:
@@ -95,15 +119,162 @@ def embed_dataset(
     report = EmbedReport(
         dataset=dataset, encoder=encoder.key, cached=total - len(pending), device=encoder.device, batch_size=batch_size
     )
-    report.run_id = store.start_run("embed", dataset, encoder.key, {"batch_size": batch_size, "device": encoder.device})
+    params: dict[str, Any] = {"batch_size": batch_size, "device": encoder.device, **_process_identity()}
+    if weights:
+        params["weights"] = str(weights)
+    report.run_id = store.start_run("embed", dataset, encoder.key, params)
     started = time.perf_counter()
+    with _LIVE_LOCK:
+        _LIVE_RUNS.add(report.run_id)
     try:
-        _run(store, dataset, encoder, pending, report, batch_size, workers, progress, should_stop, total)
-    except BaseException as exc:
-        store.finish_run(report.run_id, stats=_stats(report, started), error=f"{type(exc).__name__}: {exc}")
-        raise
-    store.finish_run(report.run_id, stats=_stats(report, started))
+        try:
+            _run(store, dataset, encoder, pending, report, batch_size, workers, progress, should_stop, total)
+        except Exception as exc:
+            store.finish_run(report.run_id, stats=_stats(report, started), error=f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException as exc:  # KeyboardInterrupt, SystemExit, Streamlit stopping the script
+            error = f"{INTERRUPTED} ({type(exc).__name__}) after {report.cached + report.encoded} of {total} images."
+            store.finish_run(report.run_id, stats=_stats(report, started), error=error)
+            raise
+        if report.stopped:
+            error = f"{INTERRUPTED} (stop requested) after {report.cached + report.encoded} of {total} images."
+            store.finish_run(report.run_id, stats=_stats(report, started), error=error)
+        else:
+            store.finish_run(report.run_id, stats=_stats(report, started))
+    finally:
+        with _LIVE_LOCK:
+            _LIVE_RUNS.discard(report.run_id)
     return report
+
+
+def _process_identity() -> dict[str, Any]:
+    """Who runs an extraction (recorded in its run; shown when it was cut short)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+@dataclass(frozen=True)
+class UnfinishedExtraction:
+    """The last extraction of (dataset, encoder key), cut short before every image was embedded."""
+
+    run_id: str
+    dataset: str
+    encoder_key: str
+    encoder_id: str
+    layer: str
+    pooling: str
+    weights: str | None  # the local weights file it was loaded from, if any
+    started_at: Any
+    reason: str  # what ended it, in words
+    n_missing: int  # images still without a vector under encoder_key
+    n_images: int
+
+
+def unfinished_extractions(store: Store, dataset: str) -> list[UnfinishedExtraction]:
+    """Extractions of ``dataset`` that were cut short and left images without vectors.
+
+    Per encoder key, the latest ``embed`` run counts: one that is not ``done`` (interrupted,
+    failed, or left ``running`` by a process that ended; see the module docstring), that is not
+    in progress in this process, and after which images of the dataset still have no vector
+    under its key. Imported vectors are left out (RepLens cannot embed more of them).
+    """
+    store.require_dataset(dataset)
+    runs = store.runs("embed")
+    runs = runs[runs["dataset"] == dataset]
+    found: list[UnfinishedExtraction] = []
+    n_images = len(store.dataset_images(dataset)) if len(runs) else 0
+    for key, group in runs.groupby("encoder_key", sort=True):
+        last = group.sort_values("started_at").iloc[-1]
+        if last["status"] == "done":
+            continue
+        with _LIVE_LOCK:
+            if last["run_id"] in _LIVE_RUNS:
+                continue  # in progress (another session of this server)
+        parsed = EncoderKey.try_parse(str(key))
+        if parsed is None or parsed.is_imported:
+            continue
+        missing = len(store.pending_images(dataset, str(key)))
+        if missing == 0:
+            continue
+        params = _params(last["params"])
+        found.append(
+            UnfinishedExtraction(
+                run_id=str(last["run_id"]),
+                dataset=dataset,
+                encoder_key=str(key),
+                encoder_id=parsed.encoder_id,
+                layer=parsed.layer,
+                pooling=parsed.pooling,
+                weights=params.get("weights"),
+                started_at=last["started_at"],
+                reason=_reason(last),
+                n_missing=missing,
+                n_images=n_images,
+            )
+        )
+    return found
+
+
+def resume_extraction(
+    store: Store,
+    unfinished: UnfinishedExtraction,
+    encoder: BaseEncoder,
+    *,
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> EmbedReport:
+    """Embed what ``unfinished`` left out, with ``encoder`` (loaded as it was: same id, layer,
+    pooling and weights file). The cut-short run is closed as interrupted if it was still
+    recorded as running; only images without a vector are embedded."""
+    if encoder.key != unfinished.encoder_key:
+        raise InvalidInputError(
+            f"The interrupted extraction wrote {unfinished.encoder_key}, but the encoder loaded now gives "
+            f"{encoder.key} (its weights changed); extract again instead of resuming."
+        )
+    runs = store.runs("embed")
+    status = runs.loc[runs["run_id"] == unfinished.run_id, "status"]
+    if len(status) and status.iloc[0] == "running":
+        store.finish_run(unfinished.run_id, error=f"{INTERRUPTED}: {unfinished.reason}")
+    return embed_dataset(
+        store,
+        unfinished.dataset,
+        encoder,
+        batch_size=batch_size,
+        progress=progress,
+        should_stop=should_stop,
+        weights=unfinished.weights,
+    )
+
+
+def weights_of_key(store: Store, encoder_key: str) -> str | None:
+    """The local weights file the latest extraction under ``encoder_key`` recorded, if it still
+    exists (so a query image is embedded with the same checkpoint as the dataset)."""
+    runs = store.runs("embed")
+    for params in runs.loc[runs["encoder_key"] == encoder_key, "params"]:  # newest first
+        weights = _params(params).get("weights")
+        if weights and os.path.isfile(weights):
+            return str(weights)
+    return None
+
+
+def _params(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _reason(run: Any) -> str:
+    """Why the run ended early, in words a page can show (no paths, no CLI)."""
+    if run["status"] == "running":
+        return "the process running it ended before it finished (the server or command was stopped)"
+    error = str(run["error"] or "")
+    if error.startswith(INTERRUPTED):
+        return "it was stopped before it finished (the page was reloaded or left, or the command interrupted)"
+    return f"it stopped with an error ({error.split(':', 1)[0] or 'unknown'})"
 
 
 def _stats(report: EmbedReport, started: float) -> dict[str, Any]:
@@ -155,6 +326,7 @@ def _run(
                 if progress:
                     progress(done, total)
                 if should_stop and should_stop():
+                    report.stopped = done < total
                     break
         report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
     except BaseException:

@@ -10,18 +10,21 @@ import streamlit as st
 from core import encoders
 from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_source, rename_dataset
 from core.errors import InvalidInputError, RepLensError
-from core.extract import embed_dataset
+from core.extract import EmbedReport, UnfinishedExtraction, embed_dataset, resume_extraction, unfinished_extractions
 from core.names import check_dataset_name
 from core.store import Store
 from core.uploads import UPLOAD_TYPES, claim_upload_dir, remove_upload_folder, save_archive, save_upload, upload_dir
+from core.weights import WEIGHT_TYPES, save_weights, saved_weights
 from ui import state
 from ui.errors import user_errors
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
-from ui.widgets import describe_spec, remembered_select, short_key
+from ui.widgets import describe_spec, pick_dataset, short_key
 
 FLASH_KEY = "rl_data_flash"
 ROUND_KEY = "rl_upload_round"  # bumped after an ingest so the uploaders start empty again
+WEIGHTS_KEY = "rl_weights"  # encoder id -> (saved weights path, file name as uploaded, upload id)
+WEIGHTS_ROUND_KEY = "rl_weights_round"  # bumped to empty the weights uploaders
 
 
 def default_encoder_id() -> str:
@@ -222,7 +225,7 @@ def render_dataset(store: Store) -> str | None:
     if not names:
         return None
     st.subheader("Dataset")
-    dataset = remembered_select("Dataset", names, state.DATASET_KEY, "w_data_dataset", container=st)
+    dataset = pick_dataset(store, names, "w_data_dataset", container=st)
     info = store.list_datasets().set_index("dataset").loc[dataset]
     status = store.embedding_status(dataset)
     cols = st.columns(4)
@@ -305,8 +308,65 @@ def render_storage(store: Store) -> None:
                 st.rerun()
 
 
+def render_unfinished(store: Store, dataset: str) -> None:
+    """A warning per extraction that was cut short (a reload, a stopped server), with a Resume
+    button that embeds only the images still missing."""
+    for run in unfinished_extractions(store, dataset):
+        with st.container(border=True):
+            st.warning(
+                f"The extraction of **{dataset}** with `{short_key(run.encoder_key)}` did not finish: "
+                f"{run.reason}. {run.n_missing:,} of {run.n_images:,} images still have no embedding.",
+                icon=":material/pending:",
+            )
+            if st.button(
+                f"Resume ({run.n_missing:,} images)",
+                key=f"resume_{run.run_id}",
+                icon=":material/resume:",
+                help="Embeds only the images without a vector; what was computed before is kept.",
+            ):
+                with user_errors():
+                    resume(store, run)
+
+
+def resume(store: Store, run: UnfinishedExtraction) -> None:
+    with st.spinner(f"Loading {run.encoder_id}…"):
+        encoder = get_encoder(run.encoder_id, run.layer, run.pooling, run.weights)
+    bar = st.progress(0.0, text="Resuming…")
+    report = resume_extraction(store, run, encoder, progress=embed_progress(bar))
+    finish_extraction(store, run.dataset, report)
+
+
+def weights_choice(store: Store, spec: encoders.EncoderSpec) -> str | None:
+    """For a hub encoder: an optional local weights file (the page's ``--weights FILE``), uploaded
+    and kept under the cache. -> the saved file's path, or None to use the hub."""
+    chosen: dict[str, tuple[str, str, str]] = st.session_state.setdefault(WEIGHTS_KEY, {})
+    upload = st.file_uploader(
+        "Weights file (optional)",
+        type=list(WEIGHT_TYPES),
+        key=f"weights_upload_{spec.id}_{st.session_state.get(WEIGHTS_ROUND_KEY, 0)}",
+        help=f"No network on this server? Upload the checkpoint {spec.name} would download "
+        f"({spec.source.split(':')[0]} format), and RepLens loads it instead. Vectors from a file are "
+        "stored under their own key.",
+    )
+    if upload is not None and chosen.get(spec.id, ("", "", ""))[2] != upload.file_id:
+        with user_errors():
+            path = save_weights(store.cache_dir, upload.name, upload.getvalue())
+            chosen[spec.id] = (str(path), upload.name, upload.file_id)
+    path, name, _ = chosen.get(spec.id, ("", "", ""))
+    if saved_weights(store.cache_dir, path) is None:
+        chosen.pop(spec.id, None)
+        return None
+    st.caption(f"Using the weights file **{name}** instead of downloading.")
+    if st.button("Download from the hub instead", key=f"weights_clear_{spec.id}"):
+        chosen.pop(spec.id, None)
+        st.session_state[WEIGHTS_ROUND_KEY] = st.session_state.get(WEIGHTS_ROUND_KEY, 0) + 1  # empty the uploader
+        st.rerun()
+    return path
+
+
 def render_extract(store: Store, dataset: str) -> None:
     st.subheader("Extract embeddings")
+    render_unfinished(store, dataset)
     specs = {s.id: s for s in encoders.list_encoders()}
     ids = list(specs)
     left, right = st.columns([1, 1])
@@ -333,22 +393,30 @@ def render_extract(store: Store, dataset: str) -> None:
             key=f"pool_{encoder_id}",
             help="How tokens or feature maps become one vector.",
         )
+        weights = weights_choice(store, spec) if spec.needs_network else None
         go = st.button("Extract", type="primary", key="extract", icon=":material/play_arrow:")
     with right:
         with st.container(border=True):
             st.markdown(describe_spec(spec))
     if go:
         with user_errors():
-            run_extraction(store, dataset, encoder_id, layer, pooling)
+            run_extraction(store, dataset, encoder_id, layer, pooling, weights)
 
 
-def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pooling: str) -> None:
+def run_extraction(
+    store: Store, dataset: str, encoder_id: str, layer: str, pooling: str, weights: str | None = None
+) -> None:
     with st.spinner(f"Loading {encoder_id}…"):
-        encoder = get_encoder(encoder_id, layer, pooling)
+        encoder = get_encoder(encoder_id, layer, pooling, weights)
     bar = st.progress(0.0, text="Starting…")
     # Leaving the page stops the script inside the progress callback; each committed chunk is
-    # kept and a rerun embeds only what is missing.
-    report = embed_dataset(store, dataset, encoder, progress=embed_progress(bar))
+    # kept, the run is recorded as interrupted, and the page offers to resume it.
+    report = embed_dataset(store, dataset, encoder, progress=embed_progress(bar), weights=weights)
+    finish_extraction(store, dataset, report)
+
+
+def finish_extraction(store: Store, dataset: str, report: EmbedReport) -> None:
+    """Flash the report, open the new embeddings on the other pages (also after a reload), rerun."""
     message = (
         f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
         f"{len(report.failed)} failed in {report.seconds:.1f}s "
@@ -356,6 +424,7 @@ def run_extraction(store: Store, dataset: str, encoder_id: str, layer: str, pool
     )
     st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
     st.session_state[state.ENCODER_KEY] = report.encoder
+    store.remember_encoder_key(dataset, report.encoder)
     st.rerun()
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +354,100 @@ def test_embed_images_pixels_is_exact_and_batch_independent(ingested, pixels_enc
     assert embed_images(pixels_encoder, []).shape == (0, pixels_encoder.dim)
     with pytest.raises(InvalidInputError):
         embed_images(pixels_encoder, ["not an image"])
+
+
+# --------------------------------------------------------------------------- interrupted runs (issue 10, item 7)
+
+
+class StopScript(BaseException):
+    """Like Streamlit's StopException (a BaseException): what a browser reload raises in the script."""
+
+
+def test_an_interruption_is_recorded_and_resumed_with_only_what_is_missing(ingested) -> None:
+    store, folder, _ = ingested
+    encoder = CountingPixels()
+
+    def reload_after_first_batch(done: int, total: int) -> None:
+        if done >= 3:
+            raise StopScript()
+
+    with pytest.raises(StopScript):
+        embed_dataset(store, "d", encoder, batch_size=3, workers=1, progress=reload_after_first_batch)
+    run = store.runs("embed").iloc[0]
+    assert run["status"] == "failed" and run["error"].startswith("Interrupted (StopScript) after 3 of 8")
+    stored = store.count_embeddings(encoder.key)
+    assert stored == 3
+
+    unfinished = extract.unfinished_extractions(store, "d")
+    assert len(unfinished) == 1
+    cut = unfinished[0]
+    assert (cut.run_id, cut.encoder_key, cut.n_missing, cut.n_images) == (run["run_id"], encoder.key, 5, 8)
+    assert (cut.encoder_id, cut.layer, cut.pooling, cut.weights) == ("pixels", "pixels", "none", None)
+    assert "stopped before it finished" in cut.reason
+
+    resumed = CountingPixels()
+    report = extract.resume_extraction(store, cut, resumed, batch_size=2)
+    assert (report.encoded, report.cached) == (5, 3) and sum(resumed.calls) == 5
+    assert store.runs("embed").iloc[0]["status"] == "done"
+    assert extract.unfinished_extractions(store, "d") == []
+    stored_vectors = vectors_by_hash(store, "d", encoder.key)
+    reference = reference_vectors(encoder, folder.root, folder.rel_paths)
+    for rel, vec in zip(folder.rel_paths, reference):
+        assert np.array_equal(stored_vectors[images.content_hash(folder.files[rel])], vec)
+
+
+def test_a_run_left_running_by_a_dead_process_is_flagged_and_closed_on_resume(ingested) -> None:
+    store, _, _ = ingested
+    encoder = CountingPixels()
+    embed_dataset(store, "d", encoder, batch_size=3, should_stop=lambda: True)  # 3 vectors stored
+    dead = store.start_run("embed", "d", encoder.key, {"pid": 999_999_999, "host": "elsewhere"})  # killed -9
+    cut = extract.unfinished_extractions(store, "d")
+    assert [(c.run_id, c.n_missing) for c in cut] == [(dead, 5)]
+    assert "process running it ended" in cut[0].reason
+    extract.resume_extraction(store, cut[0], CountingPixels())
+    runs = store.runs("embed").set_index("run_id")
+    assert runs.loc[dead, "status"] == "failed" and runs.loc[dead, "error"].startswith("Interrupted")
+    assert extract.unfinished_extractions(store, "d") == []
+
+
+def test_a_run_in_progress_in_this_process_is_not_flagged(ingested) -> None:
+    store, _, _ = ingested
+    seen: list[list[object]] = []
+
+    def look(done: int, total: int) -> None:
+        if 0 < done < total:
+            seen.append(extract.unfinished_extractions(store, "d"))
+
+    report = embed_dataset(store, "d", CountingPixels(), batch_size=3, workers=1, progress=look)
+    assert seen and all(found == [] for found in seen)
+    params = json.loads(store.runs("embed").set_index("run_id").loc[report.run_id, "params"])
+    assert params["pid"] == os.getpid() and params["host"] == socket.gethostname()
+    assert report.run_id not in extract._LIVE_RUNS
+
+
+def test_should_stop_before_the_end_is_an_interruption_and_a_full_run_is_done(ingested) -> None:
+    store, _, _ = ingested
+    encoder = CountingPixels()
+    stopped = embed_dataset(store, "d", encoder, batch_size=3, should_stop=lambda: True)
+    assert stopped.stopped and store.runs("embed").iloc[0]["error"].startswith("Interrupted (stop requested)")
+    finished = embed_dataset(store, "d", encoder, batch_size=3, should_stop=lambda: True)  # 5 left: 2 batches
+    assert finished.stopped  # stopped again after one more batch of 3
+    last = embed_dataset(store, "d", encoder, batch_size=8, should_stop=lambda: True)  # the last 2 in one batch
+    assert not last.stopped and store.runs("embed").iloc[0]["status"] == "done"
+    assert extract.unfinished_extractions(store, "d") == []
+
+
+def test_a_done_run_with_unreadable_files_is_not_offered_for_resuming(ingested) -> None:
+    store, folder, _ = ingested
+    write_file(folder.root, "cats/cat_1.png", b"this is no longer a png")
+    embed_dataset(store, "d", CountingPixels())
+    assert len(store.pending_images("d", CountingPixels().key)) == 1
+    assert extract.unfinished_extractions(store, "d") == []
+
+
+def test_resume_refuses_an_encoder_with_another_key(ingested) -> None:
+    store, _, _ = ingested
+    store.start_run("embed", "d", "pixels@v0/pixels/none", {})
+    cut = extract.unfinished_extractions(store, "d")[0]
+    with pytest.raises(InvalidInputError, match="extract again"):
+        extract.resume_extraction(store, cut, CountingPixels())

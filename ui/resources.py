@@ -10,6 +10,7 @@ by a stale cache.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,8 @@ import streamlit as st
 
 from core import config
 from core.encoders import BaseEncoder, load_encoder
-from core.errors import InvalidInputError
+from core.errors import EncoderUnavailableError, InvalidInputError
+from core.extract import weights_of_key
 from core.keys import EncoderKey
 from core.neighbors import NeighborIndex
 from core.reduce import Projection, project
@@ -35,21 +37,35 @@ def get_store() -> Store:
     return _store_at(str(config.db_path()), str(config.cache_dir()))
 
 
+def get_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None = None) -> BaseEncoder:
+    """A loaded encoder, shared by sessions (forward passes are serialised inside the encoder).
+
+    ``weights``: a local weights file for a hub encoder (an upload kept by ``core.weights``);
+    part of the cache key, so each file is its own encoder.
+    """
+    if weights and not Path(weights).is_file():
+        raise EncoderUnavailableError(
+            f"Weights file {weights} does not exist.",
+            page_message="The weights file given for this encoder is no longer on the server; upload it again.",
+        )
+    return _loaded_encoder(encoder_id, layer, pooling, weights or None)
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
-def get_encoder(encoder_id: str, layer: str, pooling: str) -> BaseEncoder:
-    """A loaded encoder, shared by sessions (forward passes are serialised inside the encoder)."""
-    return load_encoder(encoder_id, "auto", layer=layer, pooling=pooling)
+def _loaded_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None) -> BaseEncoder:
+    return load_encoder(encoder_id, "auto", layer=layer, pooling=pooling, weights=weights)
 
 
 def query_encoder(key: str) -> BaseEncoder:
-    """The encoder that produced ``key``, to embed a new image into the same space."""
+    """The encoder that produced ``key``, to embed a new image into the same space (with the
+    weights file its extraction recorded, for a key made from an uploaded checkpoint)."""
     parsed = EncoderKey.try_parse(key)
     if parsed is None or parsed.is_imported:
         raise InvalidInputError(
             f"{key} holds imported vectors: RepLens cannot embed a new image into that space. "
             "Pick an image from the dataset instead, or choose an extracted encoder."
         )
-    encoder = get_encoder(parsed.encoder_id, parsed.layer, parsed.pooling)
+    encoder = get_encoder(parsed.encoder_id, parsed.layer, parsed.pooling, weights_of_key(get_store(), key))
     if encoder.key != key:
         raise InvalidInputError(
             f"The stored vectors came from {key}, but this RepLens has {encoder.key}. An uploaded image "

@@ -18,6 +18,7 @@ from core.store.connection import StoreConnection
 from core.store.datasets import DatasetsMixin
 from core.store.embeddings import EmbeddingsMixin, _gather_rows
 from core.store.migrations import MIGRATIONS, SCHEMA_VERSION
+from core.store.preferences import PreferencesMixin
 from core.store.projections import ProjectionsMixin
 from core.store.records import IngestStats, PendingImage
 from core.store.runs import RunsMixin
@@ -27,6 +28,13 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "IngestStats", "PendingImage", "Store
 
 
 class Store(
-    DatasetsMixin, EmbeddingsMixin, ProjectionsMixin, ClustersMixin, SnapshotTablesMixin, RunsMixin, StoreConnection
+    DatasetsMixin,
+    EmbeddingsMixin,
+    ProjectionsMixin,
+    ClustersMixin,
+    SnapshotTablesMixin,
+    RunsMixin,
+    PreferencesMixin,
+    StoreConnection,
 ):
     """A RepLens database. Cheap to construct; the file is opened on first use."""

@@ -12,6 +12,7 @@ import pandas as pd
 from core.errors import DatasetNotFoundError, InvalidInputError
 from core.names import check_dataset_name
 from core.store.connection import StoreConnection, _now, _unregister
+from core.store.preferences import LAST_DATASET
 from core.store.records import IngestStats, PendingImage
 
 
@@ -57,7 +58,9 @@ class DatasetsMixin(StoreConnection):
             known = ", ".join(self.dataset_names()) or "none yet"
             raise DatasetNotFoundError(
                 f"No dataset named {dataset!r} (known: {known}). Ingest a folder first: "
-                f"python -m core ingest PATH --dataset {dataset}"
+                f"python -m core ingest PATH --dataset {dataset}",
+                page_message=f"There is no dataset named {dataset!r} (known: {known}). "
+                "Add its images on the Data page first.",
             )
 
     def list_datasets(self) -> pd.DataFrame:
@@ -184,6 +187,13 @@ class DatasetsMixin(StoreConnection):
                 cur.execute(f"DELETE FROM {table} WHERE dataset = ?", [old])
             for table in ("runs", "projections", "cluster_runs"):
                 cur.execute(f"UPDATE {table} SET dataset = ? WHERE dataset = ?", [new, old])
+            # Remembered choices follow the name (copied, then deleted: ``dataset`` is a key column).
+            cur.execute(
+                "INSERT INTO preferences SELECT name, ?, value, updated_at FROM preferences WHERE dataset = ?",
+                [new, old],
+            )
+            cur.execute("DELETE FROM preferences WHERE dataset = ?", [old])
+            cur.execute("UPDATE preferences SET value = ? WHERE name = ? AND value = ?", [new, LAST_DATASET, old])
             cur.execute("DELETE FROM datasets WHERE name = ?", [old])
 
     def delete_dataset(self, dataset: str) -> dict[str, int]:
@@ -210,6 +220,8 @@ class DatasetsMixin(StoreConnection):
             delete("runs", "DELETE FROM runs WHERE dataset = ?")
             delete("skipped_files", "DELETE FROM skipped_files WHERE dataset = ?")
             delete("paths", "DELETE FROM dataset_images WHERE dataset = ?")
+            cur.execute("DELETE FROM preferences WHERE dataset = ?", [dataset])
+            cur.execute("DELETE FROM preferences WHERE name = ? AND value = ?", [LAST_DATASET, dataset])
             cur.execute("DELETE FROM datasets WHERE name = ?", [dataset])
         return counts
 

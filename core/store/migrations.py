@@ -176,11 +176,29 @@ def m004_snapshots(cur: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m005_preferences(cur: duckdb.DuckDBPyConnection) -> None:
+    # What the user last picked, so a reload or a restart opens it again. ``dataset`` is '' for
+    # app-wide choices (the last dataset) and the dataset's name for per-dataset ones (its last
+    # encoder key); renaming or deleting a dataset updates or clears its rows.
+    cur.execute(
+        """
+        CREATE TABLE preferences (
+            name VARCHAR NOT NULL,             -- 'last_dataset', 'last_encoder_key'
+            dataset VARCHAR NOT NULL,          -- '' = app-wide
+            value VARCHAR NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (name, dataset)
+        );
+        """
+    )
+
+
 MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (
     m001_initial,
     m002_projections,
     m003_clusters,
     m004_snapshots,
+    m005_preferences,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
