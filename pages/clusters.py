@@ -18,7 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core import cluster, concepts
-from core.cluster import NOISE, ClusterRun, RunData
+from core.cluster import NOISE, ClusterRun, KCurve, RunData
 from core.mapfigure import NOISE_NAME, build_map_figure, cluster_names, colour_by_cluster, display_rows
 from core.snapshots import save_snapshot
 from core.store import Store
@@ -97,6 +97,50 @@ def browser_table(table: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
     out["edited"] = [bool(labels.at[c, "edited"]) if c in labels.index else False for c in out["cluster"]]
     out.loc[out["cluster"] == NOISE, "label"] = NOISE_NAME
     return out[["cluster", "label", "size", "share", "cohesion", "label method", "edited"]]
+
+
+def k_curve_figure(curve: KCurve, n_folders: int | None = None) -> Any:
+    """The k-choice curve: one point per k tried, the chosen k marked, the folder count as a dotted line."""
+    import plotly.graph_objects as go
+
+    chosen_score = curve.scores[curve.ks.index(curve.chosen)] if curve.chosen in curve.ks else None
+    fig = go.Figure(
+        go.Scatter(
+            x=curve.ks,
+            y=curve.scores,
+            mode="lines+markers",
+            name=curve.score_name,
+            hovertemplate="k = %{x}<br>" + curve.score_name + " = %{y:.4f}<extra></extra>",
+        )
+    )
+    if chosen_score is not None:
+        fig.add_trace(
+            go.Scatter(
+                x=[curve.chosen],
+                y=[chosen_score],
+                mode="markers",
+                name=f"chosen k = {curve.chosen}",
+                marker={"size": 14, "symbol": "star", "color": "#d62728"},
+                hovertemplate="chosen k = %{x}<br>" + curve.score_name + " = %{y:.4f}<extra></extra>",
+            )
+        )
+    if n_folders and curve.ks[0] <= n_folders <= curve.ks[-1]:
+        fig.add_vline(
+            x=n_folders,
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=f"{n_folders} folders",
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        height=300,
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        xaxis_title="k (number of clusters)",
+        yaxis_title=curve.score_name,
+        legend={"orientation": "h", "y": 1.12, "x": 1, "xanchor": "right"},
+        meta="k-curve",
+    )
+    return fig
 
 
 def candidates_text(candidates: list[dict[str, Any]], top: int = concepts.DEFAULT_TOP) -> str:
@@ -392,6 +436,61 @@ def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, s
     return proj.key if all(h in covered for h in run.hashes) else None
 
 
+def k_choice_section(store: Store, view: DatasetView, dataset: str, key: str, run: ClusterRun) -> None:
+    """The curve an automatic k came from, the chosen k marked, and a refit with another k picked from it."""
+    curve = cluster.k_curve(run.metrics, run.params)
+    if curve is None or run.method not in cluster.clustering_methods():
+        return
+    n_folders = run.metrics.get("n_classes")
+    with st.expander(f"k = {curve.chosen} was chosen by {curve.selection}: the curve, and another k", expanded=True):
+        st.caption(
+            (
+                "Mean silhouette of the clustering at each k, in the space clustered (highest wins)."
+                if curve.selection == "silhouette"
+                else "Gap after the k-th smallest eigenvalue of the kNN graph's normalized Laplacian (largest wins)."
+            )
+            + " Folders and clusters need not agree: a folder whose images form distinct visual groups "
+            "scores higher split up. A plateau means several k fit about as well — pick one below."
+        )
+        st.plotly_chart(
+            k_curve_figure(curve, int(n_folders) if n_folders else None),
+            key="cl_k_curve",
+            config={"displaylogo": False},
+        )
+        if curve.at_largest_k:
+            st.warning(
+                f"The best score is at the largest k tried ({curve.chosen}): the curve may still rise. "
+                "Raise **Largest k tried** in the sidebar and cluster again to see more of it.",
+                icon=":material/trending_up:",
+            )
+        left, right = st.columns([3, 1], vertical_alignment="bottom")
+        picked = left.select_slider(
+            "Pick k from the curve",
+            options=curve.ks,
+            value=curve.chosen,
+            key=f"cl_k_pick_{run.run_id}",
+            help="Refits the same method, space and seed with this k (no sweep).",
+        )
+        if right.button(
+            f"Re-run with k = {picked}",
+            key="cl_k_rerun",
+            icon=":material/replay:",
+            disabled=picked == run.n_clusters,
+            help="This run already has that k." if picked == run.n_clusters else None,
+        ):
+            params = cluster.fixed_k_params(run.params, int(picked))
+            frame, vectors = view.embeddings(key)
+            with st.spinner(f"Clustering with k = {picked}…"), user_errors(), _shown_warnings():
+                new = cluster.run_clustering(store, dataset, key, run.method, params, images=frame, vectors=vectors)
+                again = f" Reopen `{run.run_id}` under Stored runs to see this curve again."
+                if new.reused:
+                    _flash("info", f"Reopened stored run `{new.run_id}` with k = {new.n_clusters}.{again}")
+                else:
+                    _flash("success", f"New run `{new.run_id}` with k = {new.n_clusters} from the curve.{again}")
+                st.session_state[_PENDING] = new.run_id
+                st.rerun()
+
+
 def browser(
     store: Store, run: ClusterRun, data: RunData, table: pd.DataFrame, names: dict[int, str], version: str
 ) -> None:
@@ -659,6 +758,7 @@ def main() -> None:
         )
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)
+        k_choice_section(store, view, dataset, key, run)
         tab_browse, tab_concepts, tab_snapshot = st.tabs(["Browse clusters", "Concepts", "Save snapshot"])
         with tab_browse:
             browser(store, run, data, table, names, view.version)

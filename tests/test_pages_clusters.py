@@ -386,3 +386,86 @@ def test_clustering_twice_with_the_same_settings_reopens_the_stored_run(store: S
     assert set(cluster.list_runs(store, DATASET)["run_id"]) - before == {run_id}  # no second run
     assert at.session_state["rl_cluster_run"] == run_id
     assert any(f"stored run `{run_id}`" in i.value and "nothing was recomputed" in i.value for i in at.info)
+
+
+# --------------------------------------------------------------------------- the k-choice curve (issue 10 item 10)
+
+
+def k_curve_chart(at: AppTest) -> dict | None:
+    """The k-choice chart's plotly spec (the map is the page's first chart), or None when not drawn."""
+    import json
+
+    specs = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    found = [s for s in specs if s["layout"].get("meta") == "k-curve"]
+    assert len(found) <= 1
+    return found[0] if found else None
+
+
+def auto_run(store: Store, method: str = "kmeans", **params: object) -> cluster.ClusterRun:
+    return cluster.run_clustering(
+        store, DATASET, PIXELS_KEY, method, {"n_clusters": None, "reduce": None, "k_max": 8, **params}, reuse=False
+    )
+
+
+def test_automatic_k_shows_the_stored_silhouette_curve_with_the_chosen_k_marked(store: Store) -> None:
+    run = auto_run(store, random_state=23)
+    stored = cluster.load_run(store, run.run_id).metrics
+    assert stored["k_selection"] == "silhouette"
+    scores = {int(k): float(v) for k, v in stored["k_scores"].items()}
+    assert sorted(scores) == list(range(2, 9))
+
+    at = open_page(run.run_id)
+    spec = k_curve_chart(at)
+    assert spec is not None
+    line, chosen = spec["data"]
+    assert line["x"] == sorted(scores) and line["y"] == pytest.approx([scores[k] for k in sorted(scores)])
+    best = max(scores, key=lambda k: (scores[k], -k))  # the rule, computed here from the stored scores
+    assert run.n_clusters == best
+    assert chosen["x"] == [best] and chosen["y"] == pytest.approx([scores[best]])
+    assert chosen["name"] == f"chosen k = {best}"
+    # The three folders as a dotted line, the picker over the scored ks starting at the chosen k.
+    assert [s["x0"] for s in spec["layout"]["shapes"]] == [3]
+    picker = at.select_slider(key=f"cl_k_pick_{run.run_id}")
+    assert picker.options == [str(k) for k in sorted(scores)] and picker.value == best
+
+
+def test_eigengap_curve_is_the_gaps_of_the_stored_eigenvalues(store: Store) -> None:
+    run = auto_run(store, "agglomerative", k_selection="eigengap", n_neighbors=5)
+    stored = cluster.load_run(store, run.run_id).metrics
+    values = np.asarray(stored["eigenvalues"])
+    at = open_page(run.run_id)
+    spec = k_curve_chart(at)
+    assert spec is not None
+    line, chosen = spec["data"]
+    assert line["x"] == list(range(2, len(values)))
+    np.testing.assert_allclose(line["y"], np.diff(values)[1:], atol=1e-12)
+    assert chosen["x"] == [run.n_clusters] == [2 + int(np.argmax(np.diff(values)[1:]))]
+
+
+def test_no_curve_when_k_was_given(store: Store) -> None:
+    at = open_page(kmeans_run(store).run_id)
+    assert k_curve_chart(at) is None
+
+
+def test_picking_k_on_the_curve_and_rerunning_stores_a_run_with_that_k(store: Store) -> None:
+    run = auto_run(store, random_state=29)
+    picked = 5 if run.n_clusters != 5 else 6
+    at = open_page(run.run_id)
+    assert at.button(key="cl_k_rerun").disabled  # the chosen k is this run's own
+    at.select_slider(key=f"cl_k_pick_{run.run_id}").set_value(picked).run()
+    assert not at.button(key="cl_k_rerun").disabled
+    before = set(cluster.list_runs(store, DATASET)["run_id"])
+    at.button(key="cl_k_rerun").click().run()
+    assert_clean(at)
+
+    new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
+    assert len(new) == 1
+    new_id = new.pop()
+    meta, _, labels = store.load_cluster_run(new_id)
+    assert meta["method"] == "kmeans" and meta["params"]["n_clusters"] == picked
+    assert meta["metrics"]["n_clusters"] == picked and len(np.unique(labels)) == picked
+    assert meta["params"]["random_state"] == 29 and meta["params"]["reduce"] is None  # same space and seed
+    # The new run is selected and shown.
+    assert at.selectbox(key="w_cl_run").value == new_id and at.session_state["rl_cluster_run"] == new_id
+    assert metrics(at)["Clusters"] == str(picked)
+    assert any(f"`{new_id}`" in s.value and f"k = {picked}" in s.value for s in at.success)

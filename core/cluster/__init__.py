@@ -42,7 +42,16 @@ from core.cluster.browse import (
 )
 from core.cluster.clusterers import AgglomerativeClusterer, HDBSCANClusterer, KMeansClusterer, LeidenClusterer
 from core.cluster.edits import merge_clusters, rename_cluster, split_cluster
-from core.cluster.kchoice import K_SELECTIONS, SILHOUETTE_SAMPLE, eigengap_k, silhouette_sweep
+from core.cluster.kchoice import (
+    K_CHOICE_PARAMS,
+    K_SELECTIONS,
+    SILHOUETTE_SAMPLE,
+    KCurve,
+    eigengap_k,
+    fixed_k_params,
+    k_curve,
+    silhouette_sweep,
+)
 from core.cluster.metrics import cluster_metrics, cluster_sizes, folder_truth, hungarian_accuracy, silhouette, stability
 from core.cluster.runs import (
     ClusterRun,
@@ -59,6 +68,7 @@ from core.cluster.space import REDUCERS, UMAP_MIN_SAMPLES, knn_graph, reduce_vec
 
 __all__ = [
     "CLUSTERERS",
+    "K_CHOICE_PARAMS",
     "K_SELECTIONS",
     "NOISE",
     "REDUCERS",
@@ -71,6 +81,7 @@ __all__ = [
     "Clusterer",
     "ClusteringWarning",
     "HDBSCANClusterer",
+    "KCurve",
     "KMeansClusterer",
     "LeidenClusterer",
     "RunData",
@@ -90,6 +101,8 @@ __all__ = [
     "l2_normalize",
     "list_runs",
     "find_same_run",
+    "fixed_k_params",
+    "k_curve",
     "load_run",
     "make_clusterer",
     "merge_clusters",

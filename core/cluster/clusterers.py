@@ -130,8 +130,10 @@ class KMeansClusterer(Clusterer):
 
     Args:
         n_clusters: k; None chooses it with ``k_selection`` over ``k_min..k_max``.
-        k_selection: "silhouette" (best silhouette of k-means in the clustered space) or
-            "eigengap" (largest gap of the kNN-graph normalized Laplacian spectrum).
+        k_selection: "silhouette" (best silhouette of k-means in the clustered space; why the
+            maximum and not a one-SE rule: ``kchoice.silhouette_sweep``) or "eigengap" (largest
+            gap of the kNN-graph normalized Laplacian spectrum). The run stores the curve
+            (``k_scores`` or ``eigenvalues``) and ``k_chosen`` in its metrics (``kchoice.k_curve``).
         reduce, n_components: the space clustered (default PCA to 50 dims).
         n_neighbors: kNN graph size for the eigengap; also UMAP's neighbours when reduce="umap".
         n_init: k-means restarts per fit.
