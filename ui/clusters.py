@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # core.cluster imports scikit-learn (~0.9 s): only pages that
 
 
 def run_cluster_names(store: Store, run: ClusterRun) -> dict[int, str]:
-    """Names of every cluster of a stored run, with its stored (or edited) labels."""
+    """Names of every cluster of a stored run, from the label set the run shows (edits included)."""
     stored = store.load_cluster_labels(run.run_id)
     return cluster_names(
         np.unique(run.labels).tolist(), {int(c): str(name) for c, name in zip(stored["cluster"], stored["label"])}

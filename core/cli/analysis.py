@@ -5,7 +5,8 @@
     python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden}
                            [--k N] [--seed S]
     python -m core cluster-runs [--dataset NAME]
-    python -m core labels --run RUN_ID --method {clip,text,visual}
+    python -m core labels --run RUN_ID --method {clip,text,visual} [--keep-shown]
+    python -m core label-sets --run RUN_ID [--show SET]
     python -m core diagnostics --dataset NAME [--encoder ID] [--compare]
     python -m core bias --dataset NAME --encoder ID --x FOLDER --y FOLDER --a FOLDER --b FOLDER
 
@@ -51,6 +52,7 @@ def add_commands(sub: SubParsers) -> None:
     _add_cluster(sub)
     add_command(sub, "cluster-runs", cmd_cluster_runs, "list stored cluster runs", [dataset_option(required=False)])
     _add_labels(sub)
+    _add_label_sets(sub)
     _add_diagnostics(sub)
     _add_bias(sub)
 
@@ -101,6 +103,22 @@ def _add_labels(sub: SubParsers) -> None:
     p.add_argument("--clip-encoder", help="clip: stored key of the CLIP embeddings (default: the dataset's)")
     p.add_argument("--weights", help="clip: local weights file for the text tower")
     p.add_argument("--device", default="cpu", help="clip: cpu (default), cuda, mps")
+    p.add_argument(
+        "--keep-shown",
+        action="store_true",
+        help="store the labels (in the set named by the method) but keep showing the run's current label set",
+    )
+
+
+def _add_label_sets(sub: SubParsers) -> None:
+    p = add_command(
+        sub,
+        "label-sets",
+        cmd_label_sets,
+        "list a run's label sets (one per labelling method, plus 'user') and pick the one it shows",
+    )
+    p.add_argument("--run", required=True, help="cluster run id (see cluster-runs)")
+    p.add_argument("--show", metavar="SET", help="show this label set from now on (map, pickers, snapshots)")
 
 
 def _add_diagnostics(sub: SubParsers) -> None:
@@ -330,17 +348,58 @@ def cmd_labels(args: argparse.Namespace) -> int:
     store = open_store()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        labels = label_run(store, args.run, args.method, **options)
+        labels = label_run(store, args.run, args.method, show=not args.keep_shown, **options)
     notes = _notes(caught)
-    payload = {"run_id": args.run, "method": args.method, "warnings": notes, "labels": [c.to_dict() for c in labels]}
+    payload = {
+        "run_id": args.run,
+        "method": args.method,
+        "label_set": args.method,
+        "shown_label_set": store.shown_label_set(args.run),
+        "warnings": notes,
+        "labels": [c.to_dict() for c in labels],
+    }
 
     def human() -> None:
         for c in labels:
             alts = ", ".join(f"{x['word']} {x['score']:.3g}" for x in c.candidates)
             edited = " (edited by a user)" if c.edited else ""
-            print(f"cluster {c.cluster:>3}: {c.label}{edited}    [{alts}]")
+            unique = f" (labeller said {c.computed_label!r})" if c.computed_label and not c.edited else ""
+            print(f"cluster {c.cluster:>3}: {c.label}{edited}{unique}    [{alts}]")
+        print(f"label set {args.method!r}; the run shows {payload['shown_label_set']!r}")
         for note in notes:
             print(f"warning: {note}")
+
+    emit(args, payload, human)
+    return 0
+
+
+def cmd_label_sets(args: argparse.Namespace) -> int:
+    store = open_store()
+    if store.load_cluster_run(args.run) is None:
+        raise InvalidInputError(f"No cluster run {args.run!r}; list them with `python -m core cluster-runs`.")
+    if args.show:
+        store.set_shown_label_set(args.run, args.show)
+    sets = store.list_label_sets(args.run)
+    records = [
+        {
+            "label_set": str(name),
+            "n_labels": int(n_labels),
+            "n_edited": int(n_edited),
+            "shown": bool(shown),
+            "updated_at": str(updated),
+        }
+        for name, n_labels, n_edited, shown, updated in zip(
+            sets["label_set"], sets["n_labels"].tolist(), sets["n_edited"].tolist(), sets["shown"], sets["updated_at"]
+        )
+    ]
+    payload = {"run_id": args.run, "shown_label_set": store.shown_label_set(args.run), "label_sets": records}
+
+    def human() -> None:
+        if not records:
+            print(f"run {args.run} has no labels yet; compute some with `python -m core labels --run {args.run} …`")
+        for r in records:
+            mark = "*" if r["shown"] else " "
+            print(f"{mark} {r['label_set']:<12} {r['n_labels']:>4} labels, {r['n_edited']} edited by a user")
 
     emit(args, payload, human)
     return 0

@@ -147,14 +147,7 @@ def _save_edit(
 def _carry_labels(
     store: Store, old: ClusterRun, old_labels: np.ndarray, new: ClusterRun, new_labels: np.ndarray
 ) -> None:
-    """Copy the parent's labels (user edits included) to clusters whose members did not change."""
-    stored = store.load_cluster_labels(old.run_id)
-    if stored.empty:
-        return
-    same = [c for c in stored["cluster"] if np.array_equal(old_labels == c, new_labels == c)]
-    rows = stored[stored["cluster"].isin(same)]
-    records = rows[["cluster", "label", "method", "candidates"]].to_dict("records")
-    store.save_cluster_labels(new.run_id, [{str(k): v for k, v in r.items()} for r in records])
-    edited = rows[rows["edited"]]
-    for cluster, label in zip(edited["cluster"].tolist(), edited["label"].tolist()):
-        store.set_cluster_label(new.run_id, int(cluster), str(label))
+    """Copy the parent's labels (every label set, user edits included, and which set is shown) to
+    clusters whose members did not change."""
+    same = [int(c) for c in np.unique(old_labels) if np.array_equal(old_labels == c, new_labels == c)]
+    store.copy_cluster_labels(old.run_id, new.run_id, same)

@@ -54,6 +54,7 @@ from core.concepts.labels import (
     labelling_methods,
     labels_frame,
     register_labeller,
+    unique_labels,
 )
 from core.concepts.text import (
     FILE_NAME_STOP_WORDS,
@@ -81,6 +82,7 @@ __all__ = [
     "ClusterLabel",
     "LabellingWarning",
     "register_labeller",
+    "unique_labels",
     "labelling_methods",
     "label_run",
     "effective_labels",

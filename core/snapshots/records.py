@@ -24,9 +24,10 @@ def save_snapshot(store: Store, run_id: str, *, title: str, notes: str = "", pro
 
     Coordinates come from ``projection_key``, else from the newest stored projection of the
     run's dataset and encoder that covers every clustered image, else from a PCA of the
-    stored embeddings (so a snapshot always has a map). Clusters without a stored label are
-    called "cluster N" (and -1 "noise") with method "default". Saving identical content
-    again returns the same id and stores nothing new.
+    stored embeddings (so a snapshot always has a map). Labels are the label set the run
+    shows (``Store.shown_label_set``); clusters without a label there are called "cluster N"
+    (and -1 "noise") with method "default". Saving identical content again returns the same
+    id and stores nothing new.
 
     Example::
 
@@ -56,7 +57,7 @@ def save_snapshot(store: Store, run_id: str, *, title: str, notes: str = "", pro
     coords, projection = _coordinates(store, dataset, encoder_key, hashes, projection_key)
 
     points = points_table(hashes, rel_paths, folder_labels, coords[:, 0], coords[:, 1], cluster_ids)
-    clusters = _clusters_for_run(cluster_ids, run["labels"])
+    clusters = _clusters_for_run(cluster_ids, store.cluster_label_rows(run_id))  # the set the run shows
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -13,7 +13,7 @@ one contiguous float32 matrix without per-row Python loops.
 
 from __future__ import annotations
 
-from core.store.clusters import ClustersMixin
+from core.store.clusters import USER_LABEL_SET, ClustersMixin, LabelTakenError
 from core.store.connection import StoreConnection
 from core.store.datasets import DatasetsMixin
 from core.store.embeddings import EmbeddingsMixin, _gather_rows
@@ -24,7 +24,16 @@ from core.store.records import IngestStats, PendingImage
 from core.store.runs import RunsMixin
 from core.store.snapshot_tables import SnapshotTablesMixin
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "IngestStats", "PendingImage", "Store", "_gather_rows"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "USER_LABEL_SET",
+    "IngestStats",
+    "LabelTakenError",
+    "PendingImage",
+    "Store",
+    "_gather_rows",
+]
 
 
 class Store(

@@ -5,8 +5,10 @@ Append new migrations; never edit one that has shipped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import duckdb
 
@@ -193,12 +195,88 @@ def m005_preferences(cur: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+# Candidate keys only one labeller writes: they tell which labeller computed an edited row's candidates.
+_CANDIDATE_FINGERPRINTS: tuple[tuple[str, str], ...] = (
+    ("descriptor", "visual"),
+    ("delta", "text"),
+    ("similarity", "clip"),
+    ("synset", "imagenet"),
+)
+
+
+def m006_label_sets(cur: duckdb.DuckDBPyConnection) -> None:
+    # Each labelling method keeps its own set of names (run_id, label_set, cluster): computing
+    # visual labels no longer overwrites text labels. ``cluster_runs.label_set`` is the set the
+    # run shows (NULL: none yet). ``computed_label`` is the labeller's own label, kept as
+    # provenance when the name was made unique within its set or renamed by the user.
+    #
+    # Old rows move into the set named by their method. A user's edit (method 'user') goes into
+    # the set of the labeller whose candidates it kept (their keys say which: visual candidates
+    # have a "descriptor", text ones a "delta", CLIP ones a "similarity", ImageNet ones a
+    # "synset"); an edit without candidates goes into the set the run shows, so the run keeps
+    # showing it; a run with only such edits gets a 'user' set. The shown set is the one last
+    # computed (the newest machine row), which is what the run showed before.
+    old = cur.execute(
+        "SELECT run_id, cluster, label, method, candidates::VARCHAR, edited, updated_at FROM cluster_labels"
+    ).fetchall()
+    cur.execute("ALTER TABLE cluster_runs ADD COLUMN label_set VARCHAR")
+    cur.execute(
+        """
+        CREATE TABLE cluster_label_sets_new (
+            run_id VARCHAR NOT NULL,
+            label_set VARCHAR NOT NULL,     -- the method that computed it (text, visual, clip …) or 'user'
+            cluster INTEGER NOT NULL,
+            label VARCHAR NOT NULL,         -- unique within (run_id, label_set)
+            method VARCHAR NOT NULL,        -- clip | text | visual | user
+            candidates JSON NOT NULL,       -- ranked alternatives with scores (provenance)
+            edited BOOLEAN NOT NULL,        -- true once a user changed it
+            computed_label VARCHAR,         -- the labeller's own label (NULL for a name only a user gave)
+            updated_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (run_id, label_set, cluster)
+        );
+        """
+    )
+    by_run: dict[str, list[tuple[Any, ...]]] = {}
+    for row in old:
+        by_run.setdefault(str(row[0]), []).append(row)
+    moved: list[list[Any]] = []
+    shown: list[list[Any]] = []
+    for run_id, rows in by_run.items():
+        machine = sorted((r for r in rows if not r[5]), key=lambda r: (r[6], str(r[3])))
+        default_set = str(machine[-1][3]) if machine else None
+        placed: list[tuple[str, tuple[Any, ...]]] = []
+        for r in rows:
+            label_set = str(r[3]) if not r[5] else _edited_row_set(r[4]) or default_set or "user"
+            placed.append((label_set, r))
+            computed = None if r[5] or str(r[3]) == "user" else str(r[2])
+            moved.append([run_id, label_set, int(r[1]), str(r[2]), str(r[3]), str(r[4]), bool(r[5]), computed, r[6]])
+        newest_edit = max(placed, key=lambda p: (p[1][6], p[0]))[0]
+        shown.append([default_set or newest_edit, run_id])
+    if moved:
+        cur.executemany("INSERT INTO cluster_label_sets_new VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", moved)
+    cur.execute("DROP TABLE cluster_labels")
+    cur.execute("ALTER TABLE cluster_label_sets_new RENAME TO cluster_labels")
+    if shown:
+        cur.executemany("UPDATE cluster_runs SET label_set = ? WHERE run_id = ?", shown)
+
+
+def _edited_row_set(candidates: str | None) -> str | None:
+    """The labeller whose candidates an edited row kept, from keys only it writes; None if unknown."""
+    try:
+        parsed = json.loads(candidates or "[]")
+    except ValueError:
+        return None
+    keys = {k for c in parsed if isinstance(c, dict) for k in c} if isinstance(parsed, list) else set()
+    return next((method for key, method in _CANDIDATE_FINGERPRINTS if key in keys), None)
+
+
 MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (
     m001_initial,
     m002_projections,
     m003_clusters,
     m004_snapshots,
     m005_preferences,
+    m006_label_sets,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

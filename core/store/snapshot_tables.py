@@ -30,11 +30,7 @@ class SnapshotTablesMixin(StoreConnection):
             "SELECT content_hash, cluster FROM cluster_assignments WHERE run_id = ? ORDER BY content_hash",
             params=[run_id],
         ).to_arrow_table()
-        run["labels"] = cur.sql(
-            "SELECT cluster, label, method, candidates::VARCHAR AS candidates, edited FROM cluster_labels "
-            "WHERE run_id = ? ORDER BY cluster",
-            params=[run_id],
-        ).to_arrow_table()
+        run["labels"] = self.cluster_label_rows(run_id)  # type: ignore[attr-defined]  # the shown set
         return run
 
     def insert_snapshot(self, row: dict[str, Any], points: pa.Table, clusters: pa.Table) -> bool:
