@@ -111,14 +111,13 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
         label = ROLE_NAMES[role] + (f": {template.roles()[role.upper()]}" if template is not None else "")
         default = top_level[min(ROLES.index(role), len(top_level) - 1)]
         sub_key = f"w_bias_{role}_sub"
-        with_sub = bool(st.session_state.get(sub_key, True))
         # A role filled in by an upload is in session state already; passing an index too would warn.
         start = {} if st.session_state.get(f"w_bias_{role}") in options else {"index": default}
         picked[role] = column.selectbox(
             label,
             options,
             key=f"w_bias_{role}",
-            format_func=_option_label(counts[with_sub], extra),
+            format_func=_option_label(counts, extra),
             help="A folder path from the dataset's top level (images in brackets), a cluster or the Map selection.",
             **start,
         )
@@ -250,10 +249,18 @@ def _other_sets(store: Store, dataset: str) -> dict[str, tuple[str, ...]]:
     return sets
 
 
-def _option_label(counts: dict[str, int], extra: dict[str, tuple[str, ...]]) -> Callable[[str], str]:
+def _option_label(counts: dict[bool, dict[str, int]], extra: dict[str, tuple[str, ...]]) -> Callable[[str], str]:
+    """ "vehicles (4)", or "vehicles (4; 3 directly)" when sub-folders hold some.
+
+    Both counts, whatever the checkbox says: an option text that changed with the checkbox
+    would make Streamlit treat the picker as a new widget and drop the user's pick.
+    """
+
     def label(option: str) -> str:
-        n = len(extra[option]) if option in extra else counts.get(option, 0)
-        return f"{option} ({n})"
+        if option in extra:
+            return f"{option} ({len(extra[option])})"
+        total, direct = counts[True].get(option, 0), counts[False].get(option, 0)
+        return f"{option} ({total})" if total == direct else f"{option} ({total}; {direct} directly)"
 
     return label
 

@@ -523,7 +523,10 @@ def browser(
         st.markdown("**Noise points, least like any cluster first**")
         show(found["outliers"], "cl_noise")
     else:
-        typical, borderline, outliers = st.tabs(["Most typical", "Borderline", "Outliers"])
+        # Keyed tabs keep their place in session state: after an action's rerun the user stays put.
+        typical, borderline, outliers = st.tabs(
+            ["Most typical", "Borderline", "Outliers"], key="cl_browse_view", on_change="rerun"
+        )
         with typical:
             st.caption("Members nearest the cluster's centroid (cosine): what the cluster is about.")
             show(found["typical"], "cl_typical")
@@ -634,8 +637,14 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
             if method == "clip":
                 options["encoder"] = query_encoder(options["encoder_key"])
             found = concepts.label_run(store, run.run_id, method, **options)
-            _done(f"{method} labels for {len(found)} cluster(s).")
+            renamed = sum(1 for c in found if c.computed_label and not c.edited)
+            _done(
+                f"{method} labels for {len(found)} cluster(s), now shown"
+                + (f"; {renamed} name(s) made unique" if renamed else "")
+                + "."
+            )
 
+    label_set_picker(store, run)
     stored = store.load_cluster_labels(run.run_id)
     before = label_editor_frame(table, stored)
     if before.empty:
@@ -650,7 +659,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
     version = hashlib.sha1(before[["cluster", "label"]].to_json().encode()).hexdigest()[:10]
     after = st.data_editor(
         before,
-        key=f"cl_label_editor_{run.run_id}_{version}",
+        key=f"cl_label_editor_{run.run_id}_{store.shown_label_set(run.run_id)}_{version}",
         hide_index=True,
         width="stretch",
         disabled=["cluster", "size", "method", "edited", "candidates"],
@@ -669,6 +678,30 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
     provenance(stored)
 
 
+def label_set_picker(store: Store, run: ClusterRun) -> None:
+    """Which label set the run shows (map, pickers, snapshot); edits go into the shown set."""
+    sets = store.list_label_sets(run.run_id)
+    if sets.empty:
+        return
+    counts = dict(zip(sets["label_set"], sets["n_labels"]))
+    key = f"cl_label_set_{run.run_id}"
+    st.session_state[key] = store.shown_label_set(run.run_id)  # mirror the store (label_run may have changed it)
+
+    def show_picked() -> None:
+        store.set_shown_label_set(run.run_id, st.session_state[key])
+
+    st.segmented_control(
+        "Labels shown",
+        list(counts),
+        key=key,
+        required=True,
+        on_change=show_picked,
+        format_func=lambda name: f"{name} ({counts[name]})",
+        help="Each method keeps its own names; pick which the map, pickers and snapshots show. "
+        "Renames go into this set.",
+    )
+
+
 def provenance(stored: pd.DataFrame) -> None:
     """Every candidate with all its numbers, for one cluster at a time."""
     with_candidates = stored[[bool(c) for c in stored["candidates"]]] if len(stored) else stored
@@ -681,6 +714,9 @@ def provenance(stored: pd.DataFrame) -> None:
         c = st.selectbox("Cluster", options, key="cl_prov_cluster")
         row = with_candidates[with_candidates["cluster"] == c].iloc[0]
         st.caption(f"Computed by **{row['method']}**" + (" (since renamed by you)" if row["edited"] else ""))
+        computed = row.get("computed_label")
+        if isinstance(computed, str) and computed != row["label"]:
+            st.caption(f"The labeller said “{computed}”.")
         st.dataframe(pd.DataFrame(row["candidates"]), hide_index=True, width="stretch", key="cl_prov_table")
 
 
@@ -759,7 +795,9 @@ def main() -> None:
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)
         k_choice_section(store, view, dataset, key, run)
-        tab_browse, tab_concepts, tab_snapshot = st.tabs(["Browse clusters", "Concepts", "Save snapshot"])
+        tab_browse, tab_concepts, tab_snapshot = st.tabs(
+            ["Browse clusters", "Concepts", "Save snapshot"], key="cl_section", on_change="rerun"
+        )
         with tab_browse:
             browser(store, run, data, table, names, view.version)
         with tab_concepts:

@@ -4,6 +4,7 @@ Debian's Chromium driven by Playwright (which cannot download its own browser he
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -115,3 +116,47 @@ def settle(page: object) -> None:
         timeout=TIMEOUT_MS,
     )
     page.wait_for_timeout(300)
+
+
+def grid_rows(grid: object) -> list[dict[str, str]]:
+    """The rows a ``st.dataframe`` / ``st.data_editor`` shows, read from the grid's accessibility table.
+
+    ``grid`` is a locator of one ``[data-testid="stDataFrame"]`` (or an element inside it). The
+    canvas grid keeps a hidden ``<table role="grid">`` of the cells it draws: one dict per row,
+    keyed by the column headers as shown (a ``column_config`` label such as "d", not the frame's
+    column name). Values are the cells' raw values ("0.8123456"); the canvas paints them with the
+    column's format. Only the rows and columns the grid renders are there (it virtualises large
+    tables), which for the few-row tables of the pages is all of them.
+    """
+    return grid.evaluate(  # type: ignore[attr-defined]
+        """el => {
+            const table = el.querySelector('table[role="grid"]');
+            if (!table) return [];
+            const heads = [...table.querySelectorAll('thead th')].map(th => th.innerText.trim());
+            return [...table.querySelectorAll('tbody tr')].map(tr => {
+                const row = {};
+                tr.querySelectorAll('td').forEach(td => {
+                    const col = parseInt(td.getAttribute('aria-colindex'), 10) - 1;
+                    row[heads[col] ?? String(col)] = td.innerText.trim();
+                });
+                return row;
+            });
+        }"""
+    )
+
+
+def copy_of_database(db: Path, dest: Path) -> Path:
+    """A copy of a running server's DuckDB file (and its write-ahead log), to open with a ``Store``.
+
+    The server keeps its database open, and DuckDB lets no other process open a file that a
+    process holds for writing, read-only included. Call this once the page has settled (no write
+    in flight); the copy replays the log when opened, so it holds everything committed so far.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (dest, Path(f"{dest}.wal")):
+        stale.unlink(missing_ok=True)
+    shutil.copyfile(db, dest)
+    wal = Path(f"{db}.wal")
+    if wal.exists():
+        shutil.copyfile(wal, Path(f"{dest}.wal"))
+    return dest

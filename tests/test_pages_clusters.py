@@ -469,3 +469,30 @@ def test_picking_k_on_the_curve_and_rerunning_stores_a_run_with_that_k(store: St
     assert at.selectbox(key="w_cl_run").value == new_id and at.session_state["rl_cluster_run"] == new_id
     assert metrics(at)["Clusters"] == str(picked)
     assert any(f"`{new_id}`" in s.value and f"k = {picked}" in s.value for s in at.success)
+
+
+def test_labels_keep_the_user_on_the_concepts_tab_and_sets_can_be_switched(store: Store) -> None:
+    run = kmeans_run(store)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.session_state["rl_dataset"] = DATASET
+    at.session_state["rl_encoder_key"] = PIXELS_KEY
+    at.session_state["cl_layout"] = "PCA"
+    at.session_state["rl_cluster_run"] = run.run_id
+    at.session_state["cl_section"] = "Concepts"
+    at.run()
+    assert_clean(at)
+    at.button(key="cl_label_text").click().run()
+    assert_clean(at)
+    assert at.session_state["cl_section"] == "Concepts"  # the action's rerun kept the tab
+    at.button(key="cl_label_visual").click().run()
+    assert_clean(at)
+    assert at.session_state["cl_section"] == "Concepts"
+    sets = store.list_label_sets(run.run_id).set_index("label_set")
+    assert set(sets.index) == {"text", "visual"} and bool(sets.loc["visual", "shown"])
+    text_names = dict(zip(*store.load_cluster_labels(run.run_id, "text")[["cluster", "label"]].T.values))
+    picker = f"cl_label_set_{run.run_id}"
+    at.segmented_control(key=picker).set_value("text").run()
+    assert_clean(at)
+    assert store.shown_label_set(run.run_id) == "text"
+    shown = table_with(at, "candidates").set_index("cluster")["label"].to_dict()
+    assert shown == {int(c): n for c, n in text_names.items()}
