@@ -15,7 +15,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Filters those lines but keeps pip's own exit status (pipefail; grep's "nothing left" is fine).
 QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 
-.PHONY: venv test lint typecheck screenshot demo demo-data browser bench clean-cache help
+.PHONY: venv test lint typecheck screenshot demo demo-data browser wordnet bench clean-cache help
 
 help:
 	@echo "make demo   # install, embed the demo folder, serve http://localhost:$(PORT)"
@@ -33,6 +33,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 venv: $(STAMP)
 
+# WordNet 3.0 (Debian's wordnet-base): the hierarchy the imagenet labeller rolls ImageNet classes up.
+wordnet:
+	@test -f /usr/share/wordnet/data.noun || { \
+	  echo "installing Debian's wordnet-base (WordNet 3.0) for ImageNet concept labels"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wordnet-base; }
+
 # Debian's Chromium drives the browser tests (Playwright cannot download its own here).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \
@@ -48,7 +54,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv browser lint typecheck
+test: venv browser wordnet lint typecheck
 	$(PY) -m pytest
 
 # Refreshes the README's screenshot (docs/map.png) from the end-to-end browser test; `make test`
@@ -66,7 +72,7 @@ demo-data: venv
 	  $(PY) -m core demo-data $(DEMO_GENERATED); fi
 
 # The Map page's default UMAP layout is computed here too, so the first map opens at once.
-demo: demo-data
+demo: demo-data wordnet
 	$(PY) -m core ingest $$( [ -d /usr/share/tuxpaint/stamps ] && echo /usr/share/tuxpaint/stamps || echo $(DEMO_GENERATED) ) --dataset $(DEMO_DATASET)
 	$(PY) -m core embed --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)
 	$(PY) -m core project --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)

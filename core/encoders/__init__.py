@@ -16,7 +16,8 @@ The cache key of a vector is ``Encoder.key`` = ``"{id}@{version}/{layer}/{poolin
 Modules: ``spec`` (EncoderSpec, the Encoder protocol), ``preprocess``, ``base`` (BaseEncoder),
 ``adapters`` (timm ViT/CNN, open_clip, ONNX, pixels), ``registry`` (register/list/load, with
 plug-ins from entry-point group ``replens.encoders``), ``builtins`` (the shipped encoders),
-``files`` (``timm-file:``/``onnx-file:`` ids), ``deps`` (lazy heavy imports, hub reachability).
+``efficientnet`` (EfficientNet-Lite0/-Lite2 with their ImageNet-1k head), ``files``
+(``timm-file:``/``onnx-file:`` ids), ``deps`` (lazy heavy imports, hub reachability).
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from core.encoders.base import BaseEncoder, Loader
 from core.encoders.builtins import DEFAULT_ENCODER, RANDOM_CNN_SEED  # importing it registers the built-ins
 from core.encoders.deps import HF_HUB_HOST
 from core.encoders.deps import hub_unreachable as _hub_unreachable
+from core.encoders.efficientnet import (  # importing it registers EfficientNet-Lite0/-Lite2
+    N_IMAGENET_CLASSES,
+    EfficientNetLiteEncoder,
+)
 from core.encoders.preprocess import preprocess_image
 from core.encoders.registry import (
     _REGISTRY,
@@ -67,6 +72,8 @@ __all__ = [
     "Encoder",
     "EncoderRegistrationWarning",
     "EncoderSpec",
+    "EfficientNetLiteEncoder",
+    "N_IMAGENET_CLASSES",
     "Loader",
     "OnnxEncoder",
     "OpenClipEncoder",
