@@ -13,7 +13,15 @@ from core.errors import InvalidInputError, RepLensError
 from core.extract import EmbedReport, UnfinishedExtraction, embed_dataset, resume_extraction, unfinished_extractions
 from core.names import check_dataset_name
 from core.store import Store
-from core.uploads import UPLOAD_TYPES, claim_upload_dir, remove_upload_folder, save_archive, save_upload, upload_dir
+from core.uploads import (
+    UPLOAD_TYPES,
+    claim_upload_dir,
+    remove_upload_folder,
+    save_archive,
+    save_upload,
+    upload_dir,
+    uploads_root,
+)
 from core.weights import WEIGHT_TYPES, save_weights, saved_weights
 from ui import state
 from ui.errors import user_errors
@@ -58,10 +66,21 @@ def datasets_overview(store: Store) -> pd.DataFrame:
             "Paths": frame["n_paths"].astype(int),
             "Skipped": frame["n_skipped"].astype(int),
             "Embeddings": embedded,
-            "Source": frame["sources"],
+            "Source": [shown_sources(store, str(v)) for v in frame["sources"]],
             "Updated": frame["updated_at"],
         }
     )
+
+
+def shown_sources(store: Store, sources: str) -> str:
+    """Sources as a visitor should see them: an upload is "uploaded (name)", not a path on the server."""
+    root = str(uploads_root(store))
+    shown = []
+    for source in (p.strip() for p in sources.split(";") if p.strip()):
+        resolved = str(Path(source).resolve())
+        inside = resolved == root or resolved.startswith(root + "/")
+        shown.append(f"uploaded ({Path(resolved).name})" if inside else source)
+    return "; ".join(shown)
 
 
 def render_overview(store: Store) -> None:

@@ -75,3 +75,23 @@ def test_a_dead_snapshot_link_on_the_page(tmp_path: Path, monkeypatch: pytest.Mo
     shown = [e.value for e in at.error]
     assert len(shown) == 1 and "No snapshot 'deadbeef' here" in shown[0]
     page_safe(shown[0], [str(db), str(tmp_path)])
+
+
+def test_the_data_overview_names_uploads_not_server_paths(store: Store, tmp_path: Path) -> None:
+    from conftest import png_bytes
+    from core.datasets import ingest_path
+    from core.uploads import upload_dir
+    from pages.data import shown_sources
+
+    uploaded = upload_dir(store, "up") / "cats"
+    uploaded.mkdir(parents=True)
+    (uploaded / "a.png").write_bytes(png_bytes(1, 16))
+    ingest_path(store, "up", upload_dir(store, "up"))
+    elsewhere = tmp_path / "served-folder" / "dogs"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "b.png").write_bytes(png_bytes(2, 16))
+    ingest_path(store, "up", elsewhere.parent, add=True)
+    sources = "; ".join(store.dataset_sources("up"))
+    shown = shown_sources(store, sources)
+    assert "uploaded (up)" in shown and str(store.cache_dir) not in shown
+    assert str(elsewhere.parent) in shown  # a server path the user typed is theirs to see
