@@ -153,3 +153,15 @@ def save_archive(dest: Path, name: str, data: bytes) -> Path:
     target = dest / "archives" / safe
     atomic_write_bytes(target, data)
     return target
+
+
+def shown_sources(store: Store, sources: str) -> str:
+    """Sources ("a; b") as a page visitor should see them: an upload is "uploaded (name)", not a
+    path inside the server's cache; a server path the user typed is shown as typed."""
+    root = str(uploads_root(store))
+    shown = []
+    for source in (p.strip() for p in sources.split(";") if p.strip()):
+        resolved = str(Path(source).resolve())
+        inside = resolved == root or resolved.startswith(root + "/")
+        shown.append(f"uploaded ({Path(resolved).name})" if inside else source)
+    return "; ".join(shown)

@@ -19,8 +19,8 @@ from core.uploads import (
     remove_upload_folder,
     save_archive,
     save_upload,
+    shown_sources,
     upload_dir,
-    uploads_root,
 )
 from core.weights import WEIGHT_TYPES, save_weights, saved_weights
 from ui import state
@@ -70,17 +70,6 @@ def datasets_overview(store: Store) -> pd.DataFrame:
             "Updated": frame["updated_at"],
         }
     )
-
-
-def shown_sources(store: Store, sources: str) -> str:
-    """Sources as a visitor should see them: an upload is "uploaded (name)", not a path on the server."""
-    root = str(uploads_root(store))
-    shown = []
-    for source in (p.strip() for p in sources.split(";") if p.strip()):
-        resolved = str(Path(source).resolve())
-        inside = resolved == root or resolved.startswith(root + "/")
-        shown.append(f"uploaded ({Path(resolved).name})" if inside else source)
-    return "; ".join(shown)
 
 
 def render_overview(store: Store) -> None:

@@ -80,8 +80,7 @@ def test_a_dead_snapshot_link_on_the_page(tmp_path: Path, monkeypatch: pytest.Mo
 def test_the_data_overview_names_uploads_not_server_paths(store: Store, tmp_path: Path) -> None:
     from conftest import png_bytes
     from core.datasets import ingest_path
-    from core.uploads import upload_dir
-    from pages.data import shown_sources
+    from core.uploads import shown_sources, upload_dir
 
     uploaded = upload_dir(store, "up") / "cats"
     uploaded.mkdir(parents=True)
