@@ -1,7 +1,8 @@
 """Run iEAT batteries on stored embeddings: the glue between the store and ``core.bias``.
 
 A *battery* is a list of tests, each naming four stimulus sets (X, Y, A, B) by image
-content hash. Sets come from dataset folders, clusters, map selections or uploads; the
+content hash. Sets come from dataset folders, clusters, map selections, ImageNet concepts
+("images whose top-1 class is under vehicle", :func:`concept_sets`) or uploads; the
 runner looks the vectors up per encoder, runs ``bias.association_test`` plus a bootstrap CI,
 and Holm-corrects the p-values across every row of the resulting table (the family is all
 tests x encoders of the battery).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,12 @@ from core import bias
 from core.errors import InvalidInputError
 from core.store import Store
 
+if TYPE_CHECKING:
+    from core.concepts.imagenet import ConceptTree
+
 ROLES = ("x", "y", "a", "b")
+CONCEPT_SET_PREFIX = "top class under "
+MIN_CONCEPT_IMAGES = 2  # a one-image set has no spread
 TOP_LEVEL = "(top level)"  # the images directly in the dataset's top folder, as the Map names them
 
 
@@ -327,3 +334,36 @@ def cluster_sets(store: Store, run_id: str) -> dict[str, tuple[str, ...]]:
         members = tuple(h for h, c in zip(hashes, labels) if c == cluster)
         sets[f"cluster {cluster} · {names.get(cluster, 'unnamed')}"] = members
     return sets
+
+
+def concept_sets(
+    store: Store,
+    dataset: str,
+    *,
+    classes: pd.DataFrame | None = None,
+    tree: ConceptTree | None = None,
+    min_images: int = MIN_CONCEPT_IMAGES,
+    **kwargs: Any,
+) -> dict[str, tuple[str, ...]]:
+    """ImageNet concepts as candidate stimulus sets, named "top class under vehicle": the images of
+    ``dataset`` whose top-1 ImageNet class (EfficientNet-Lite0's head) is under the WordNet concept.
+
+    Concepts holding fewer than ``min_images`` images are left out, and so are those holding every
+    classified image (no other set could be disjoint from them). Most images first, as
+    :func:`core.concepts.image_classes.options_from_classes` orders them. ``classes``: the table of
+    :func:`core.concepts.image_classes.image_top_classes` when already computed; else it is computed
+    with ``kwargs`` (which embed the images that lack a Lite0 vector unless ``embed=False``).
+    """
+    from core.concepts.image_classes import hashes_under, image_top_classes, options_from_classes
+    from core.concepts.imagenet import imagenet_tree
+
+    tree = tree or imagenet_tree()
+    if classes is None:
+        classes = image_top_classes(store, dataset, tree=tree, **kwargs)
+    options = options_from_classes(classes, tree, min_images)
+    options = options[options["n_images"] < len(classes)]
+    row = {node: i for i, node in enumerate(tree.nodes)}
+    return {
+        f"{CONCEPT_SET_PREFIX}{name}": hashes_under(classes, tree, row[synset])
+        for synset, name in zip(options["synset"], options["concept"])
+    }

@@ -1,7 +1,7 @@
 """Bias: image embedding association tests (iEAT, Steed & Caliskan 2021) as a battery.
 
-Thin page: pick stimulus sets (folders, clusters, the Map selection, or four folders uploaded
-here), pick encoders, run
+Thin page: pick stimulus sets (folders, clusters, the Map selection, images whose top-1
+ImageNet class is under a WordNet concept, or four folders uploaded here), pick encoders, run
 ``core.bias_runs.run_battery``, render the table, the null distribution and the images that
 drive each effect.
 """
@@ -19,6 +19,8 @@ import streamlit as st
 
 from core import bias
 from core.bias_runs import (
+    CONCEPT_SET_PREFIX,
+    MIN_CONCEPT_IMAGES,
     ROLES,
     TOP_LEVEL,
     BatteryTest,
@@ -30,6 +32,7 @@ from core.bias_runs import (
     make_test,
     run_battery,
 )
+from core.concepts.image_classes import missing_lite0_images
 from core.encoders import DEFAULT_ENCODER, BaseEncoder, get_spec, list_encoders
 from core.errors import InvalidInputError
 from core.stimuli import ROLE_NAMES, SCAN_STAGE, StimulusProgress, ingest_stimulus_folders
@@ -38,6 +41,7 @@ from core.uploads import UPLOAD_TYPES
 from ui import state
 from ui.errors import user_errors
 from ui.gallery import gallery
+from ui.image_classes import bias_concept_sets
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
 from ui.widgets import dataset_picker, short_key
@@ -91,11 +95,13 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
     folders = folder_options(images)
     counts = {True: folder_counts(images, subfolders=True), False: folder_counts(images, subfolders=False)}
     extra = _other_sets(store, dataset)
+    extra.update(_concept_sets(store, dataset))
     options = folders + list(extra)
-    if len(folders) < 2:
+    if len(folders) < 2 and len(extra) < 2:
         st.warning(
             "This dataset has fewer than two folders. Stimulus sets are sub-folders: upload one folder "
-            "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page."
+            "with a sub-folder per set (e.g. flowers/, insects/, pleasant/, unpleasant/) on the Data page, "
+            "or compute Lite0 vectors above to use ImageNet concepts as sets."
         )
         return
     st.caption(
@@ -246,6 +252,22 @@ def _other_sets(store: Store, dataset: str) -> dict[str, tuple[str, ...]]:
     stored = store.load_cluster_run(run_id) if run_id else None
     if stored is not None and stored[0]["dataset"] == dataset:
         sets.update(cluster_sets(store, run_id))
+    return sets
+
+
+def _concept_sets(store: Store, dataset: str) -> dict[str, tuple[str, ...]]:
+    """ "top class under CONCEPT" sets: the images whose top-1 ImageNet class (EfficientNet-Lite0's head)
+    is under a WordNet concept; without Lite0 vectors, an offer to compute them (collapsed)."""
+    if missing_lite0_images(store, dataset):
+        with st.expander("Sets from ImageNet classes", icon=":material/category:"):
+            return bias_concept_sets(store, dataset, st, key="w_bias_lite0")
+    sets = bias_concept_sets(store, dataset, st, key="w_bias_lite0")
+    if sets:
+        st.caption(
+            f"ImageNet concept sets: pick **{CONCEPT_SET_PREFIX}…** in a role — the images whose top-1 ImageNet "
+            f"class (EfficientNet-Lite0) is under that WordNet concept ({len(sets):,} concepts with at least "
+            f"{MIN_CONCEPT_IMAGES} images that leave some images out)."
+        )
     return sets
 
 

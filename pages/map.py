@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core import images
+from core.concepts.image_classes import concept_groups, concept_names, options_from_classes
 from core.errors import RepLensError
 from core.exports import files_zip, paths_csv
 from core.mapfigure import (
@@ -17,20 +20,25 @@ from core.mapfigure import (
     colour_by_folder,
     colour_by_keyword,
     colour_by_number,
+    default_hover,
     display_rows,
 )
+from core.palette import OTHER_COLOUR
 from core.reduce import UMAP_METRICS
 from core.store import Store
 from ui import state
 from ui.clusters import run_cluster_names, run_description
 from ui.errors import user_errors
 from ui.gallery import gallery
+from ui.image_classes import top_classes
 from ui.resources import DatasetView, get_store
 from ui.widgets import dataset_and_key, remembered_select, selected_rows
 
 METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
-COLOUR_OPTIONS = ("Folder", "Cluster", "Caption keyword", "Width", "Height", "File size", "None")
+COLOUR_OPTIONS = ("Folder", "Cluster", "ImageNet class", "Caption keyword", "Width", "Height", "File size", "None")
+IMAGENET_LEVELS = ("Top-1 class", "Concepts with at least N images", "Under one concept")
+NO_CLASS = "no ImageNet class"
 NUMERIC = {"Width": ("width", "Width (px)"), "Height": ("height", "Height (px)"), "File size": ("n_bytes", "Bytes")}
 
 
@@ -66,9 +74,16 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> Colouring:
+def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> tuple[Colouring, np.ndarray | None]:
+    """The colouring, and hover lines when it adds to the default ones."""
     st.sidebar.divider()
     choice = st.sidebar.selectbox("Colour by", COLOUR_OPTIONS, key="map_colour")
+    if choice == "ImageNet class":
+        return imagenet_colouring(store, dataset, frame)
+    return other_colouring(store, dataset, key, frame, choice), None
+
+
+def other_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame, choice: str) -> Colouring:
     if choice == "Folder":
         return colour_by_folder(frame)
     if choice == "Cluster":
@@ -107,6 +122,72 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
 
     run = cluster.load_run(store, run_id)
     return colour_by_cluster(frame, run.hashes, run.labels, run_cluster_names(store, run))
+
+
+def imagenet_colouring(store: Store, dataset: str, frame: pd.DataFrame) -> tuple[Colouring, np.ndarray | None]:
+    """Colour by each image's top-1 ImageNet class (EfficientNet-Lite0's head), or by a WordNet concept above it."""
+    found = top_classes(store, dataset, st.sidebar, key="map_lite0_compute")
+    if found is None:
+        return Colouring("All images"), None
+    classes, tree = found
+    level = st.sidebar.selectbox(
+        "Concept level",
+        IMAGENET_LEVELS,
+        key="map_imagenet_level",
+        help="Top-1 class: the ImageNet class EfficientNet-Lite0 rates highest. Concepts: each image's class "
+        "rolled up the WordNet hierarchy to the most specific concept holding at least N images. Under one "
+        "concept: whether the image's top class is under it (the sets the Bias page can use).",
+    )
+    names = np.array(concept_names(tree), dtype=object)
+    index = classes["class_index"].to_numpy(dtype=np.int64)
+    colours: dict[str, str] = {NO_CLASS: OTHER_COLOUR}
+    if level == IMAGENET_LEVELS[1]:
+        default = max(1, -(-len(classes) // 20))  # about 20 groups
+        n = int(
+            st.sidebar.number_input(
+                "At least N images per concept",
+                1,
+                max(1, len(classes)),
+                min(default, max(1, len(classes))),
+                key="map_imagenet_min",
+            )
+        )
+        labels = names[concept_groups(tree, index, n)]
+        title = f"ImageNet concept (≥ {n} images)"
+    elif level == IMAGENET_LEVELS[2]:
+        options = options_from_classes(classes, tree, 1)
+        proper = np.flatnonzero(options["n_images"].to_numpy() < len(classes))
+        counted = dict(zip(options["synset"], options["n_images"]))
+        shown = dict(zip(options["synset"], options["concept"]))
+        synset = st.sidebar.selectbox(
+            "Concept",
+            options["synset"].tolist(),
+            index=int(proper[0]) if len(proper) else 0,
+            format_func=lambda s: f"{shown[s]} ({counted[s]:,} images)",
+            key="map_imagenet_concept",
+        )
+        node = tree.nodes.index(synset)
+        yes, no = f"under {shown[synset]}", f"not under {shown[synset]}"
+        labels = np.where(tree.members[node, index], yes, no).astype(object)
+        title = f"Top class under {shown[synset]}"
+        colours[no] = OTHER_COLOUR
+    else:
+        labels = classes["class"].to_numpy(dtype=object)
+        title = "ImageNet top-1 class"
+    position = pd.Index(classes["content_hash"]).get_indexer(pd.Index(frame["content_hash"]))
+    found_row = position >= 0
+    safe = np.maximum(position, 0)
+    categories = np.where(found_row, labels[safe], NO_CLASS).astype(object)
+    top_class = classes["class"].to_numpy(dtype=object)[safe]
+    probability = classes["probability"].to_numpy()[safe]
+    extra = np.array(
+        [
+            f"<br>top class: {html.escape(str(c))} ({p:.0%})" if ok else f"<br>{NO_CLASS}"
+            for c, p, ok in zip(top_class, probability, found_row)
+        ],
+        dtype=object,
+    )
+    return Colouring(title, categories=categories, colours=colours), default_hover(frame) + extra
 
 
 PCA_INPUT = {
@@ -201,7 +282,7 @@ def main() -> None:
     with user_errors():
         view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
-        colouring = colour_controls(store, dataset, key, frame)
+        colouring, hover = colour_controls(store, dataset, key, frame)
         n = len(frame)
         with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
             proj = view.projection(key, method, params)
@@ -214,7 +295,7 @@ def main() -> None:
             )
         chart_col, panel_col = st.columns([3, 1])
         # The figure must not depend on the selection: a changed figure would reset it.
-        fig = build_map_figure(proj.coords, frame, colouring, rows)
+        fig = build_map_figure(proj.coords, frame, colouring, rows, hover=hover)
         with chart_col:
             event = st.plotly_chart(
                 fig,

@@ -32,7 +32,8 @@ method's labels are their own label set of the run; the run shows one set
 (``Store.set_shown_label_set``), and names are unique within a set (``unique_labels``).
 
 Modules: ``labels`` (ClusterLabel, the registry, ``label_run``), ``clip``, ``text``,
-``imagenet`` and ``visual`` (one labeller each), ``wordnet`` (a WordNet 3.0 noun reader).
+``imagenet`` and ``visual`` (one labeller each), ``wordnet`` (a WordNet 3.0 noun reader),
+``image_classes`` (the ImageNet vocabulary per image: top-1 class, the images under a concept).
 Another package adds a labeller through the ``replens.labellers`` entry-point group.
 """
 
@@ -50,6 +51,14 @@ from core.concepts.clip import (
     load_vocabulary,
     tac_labels,
     tac_scores,
+)
+from core.concepts.image_classes import (
+    concept_groups,
+    concept_options,
+    image_top_classes,
+    images_under,
+    missing_lite0_images,
+    resolve_concept,
 )
 from core.concepts.imagenet import (
     DEFAULT_COVERAGE,
@@ -125,6 +134,12 @@ __all__ = [
     "imagenet_synsets",
     "imagenet_tree",
     "imagenet_labeller",
+    "image_top_classes",
+    "images_under",
+    "concept_options",
+    "concept_groups",
+    "resolve_concept",
+    "missing_lite0_images",
     "WordNet",
     "WordNetUnavailableError",
     "unique_labels",
