@@ -54,7 +54,7 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy
 
-test: venv browser wordnet lint typecheck
+test: venv browser wordnet demo-data lint typecheck
 	$(PY) -m pytest
 
 # Refreshes the README's screenshot (docs/map.png) from the end-to-end browser test; `make test`
