@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 DEMO_DATASET ?= demo
 DEMO_GENERATED := cache/demo-generated
 PORT ?= 8501
+# Where `make demo` listens: this machine only. REPLENS_ADDRESS=0.0.0.0 serves the network (README, "Serving on a network").
+REPLENS_ADDRESS ?= 127.0.0.1
 DEFAULT_ENCODER = $$($(PY) -c "from core.encoders import DEFAULT_ENCODER; print(DEFAULT_ENCODER)")
 # pip prints one warning per package for this image's unused local indexes; keep the log readable.
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
@@ -18,7 +20,7 @@ QUIET_PIP := { grep -v "is ignored: it is neither" || true; }
 .PHONY: venv test lint typecheck screenshot demo demo-data browser wordnet bench clean-cache help
 
 help:
-	@echo "make demo   # install, embed the demo folder, serve http://localhost:$(PORT)"
+	@echo "make demo   # install, embed the demo folder, serve http://127.0.0.1:$(PORT) (this machine only)"
 	@echo "make test   # install and run every test (unit, AppTest, browser)"
 
 # requirements.txt pins what the dev/CI image installs from local disk; the package itself
@@ -76,7 +78,7 @@ demo: demo-data wordnet
 	$(PY) -m core ingest $$( [ -d /usr/share/tuxpaint/stamps ] && echo /usr/share/tuxpaint/stamps || echo $(DEMO_GENERATED) ) --dataset $(DEMO_DATASET)
 	$(PY) -m core embed --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)
 	$(PY) -m core project --dataset $(DEMO_DATASET) --encoder $(DEFAULT_ENCODER)
-	$(PY) -m streamlit run app.py --server.port $(PORT)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(REPLENS_ADDRESS)
 
 bench: venv
 	$(PY) bench/embed_bench.py

@@ -93,3 +93,35 @@ class NoImagesFoundError(UnsupportedSourceError):
     def __init__(self, message: str, n_files: int, extensions: Counter[str]) -> None:
         self.n_files, self.extensions = n_files, extensions
         super().__init__(message)
+
+
+ROOTS_HOW_TO = (
+    "Whoever runs RepLens can allow it by listing the folders the page may read in the "
+    "REPLENS_DATA_ROOTS environment variable (separated by ':') before starting the app, e.g. "
+    "REPLENS_DATA_ROOTS=/data/images make demo."
+)
+
+
+class DataRootsNotConfiguredError(InvalidInputError):
+    """A server path typed on a page while no data root is configured: the page reads no server folder."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            f"Reading folders on the server from the page is off. {ROOTS_HOW_TO}",
+            page_message="Reading folders on the server is off on this instance: upload a folder or a .zip instead. "
+            + ROOTS_HOW_TO,
+        )
+
+
+class OutsideDataRootsError(InvalidInputError):
+    """A server path outside every configured data root (also through ``..`` or a symlink)."""
+
+    def __init__(self, path: str, roots: list[str]) -> None:
+        self.path, self.roots = path, roots
+        super().__init__(
+            f"{path} is outside the folders RepLens may read from the page ({'; '.join(roots)}). "
+            "Give a folder or .zip inside one of them, or add its folder to REPLENS_DATA_ROOTS.",
+            page_message="That path is outside the folders this server lets the page read (links and '..' "
+            "count where they lead). Give a folder or .zip inside one of the folders listed above, or upload "
+            "the images instead.",
+        )

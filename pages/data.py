@@ -8,10 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from core import encoders
+from core.config import data_roots
 from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_source, rename_dataset
-from core.errors import InvalidInputError, RepLensError
+from core.errors import ROOTS_HOW_TO, InvalidInputError, RepLensError
 from core.extract import EmbedReport, UnfinishedExtraction, embed_dataset, resume_extraction, unfinished_extractions
 from core.names import check_dataset_name
+from core.roots import check_server_path
 from core.store import Store
 from core.uploads import (
     UPLOAD_TYPES,
@@ -201,22 +203,41 @@ def render_add(store: Store) -> None:
                 target = save_archive(claim_upload_dir(store, name), archive.name, archive.getvalue())
                 ingest_upload(store, name, created, target)
     with path_tab:
-        st.caption("A folder or .zip on the machine that runs RepLens; files are read in place, not copied.")
-        path = st.text_input("Path on the server", key="server_path", placeholder="/data/images")
-        suggested = Path(path.strip()).stem if path.strip() else ""
-        name = st.text_input(
-            "Dataset name",
-            key="server_path_name",
-            placeholder=suggested or "e.g. holiday-photos",
-            help="Empty: the folder's name.",
+        render_server_path(store)
+
+
+def render_server_path(store: Store) -> None:
+    """The server-path box: reads only inside the data roots the operator configured
+    (``REPLENS_DATA_ROOTS``); with none, it is off and says how to turn it on."""
+    roots = data_roots()
+    if roots:
+        st.caption(
+            "A folder or .zip on the machine that runs RepLens, inside "
+            + ", ".join(f"`{root}`" for root in roots)
+            + "; files are read in place, not copied."
         )
-        wanted = name.strip() or suggested
-        rescan = bool(path.strip()) and not is_new_source(store, wanted, Path(path.strip()).expanduser())
-        add = add_choice(store, wanted, "server_path_add", rescan=rescan)
-        if st.button("Scan path", type="primary", disabled=not path.strip(), key="add_path"):
-            with user_errors():
-                name, _ = checked_new_name(store, wanted, add or rescan)
-                ingest_source(store, name, Path(path.strip()).expanduser(), add=add)
+    else:
+        st.info(
+            "Reading folders on the server is off on this instance: upload a folder or a .zip instead. " + ROOTS_HOW_TO,
+            icon=":material/lock:",
+        )
+    path = st.text_input("Path on the server", key="server_path", placeholder="/data/images", disabled=not roots)
+    suggested = Path(path.strip()).stem if path.strip() else ""
+    name = st.text_input(
+        "Dataset name",
+        key="server_path_name",
+        placeholder=suggested or "e.g. holiday-photos",
+        help="Empty: the folder's name.",
+        disabled=not roots,
+    )
+    wanted = name.strip() or suggested
+    rescan = bool(path.strip()) and not is_new_source(store, wanted, Path(path.strip()).expanduser())
+    add = add_choice(store, wanted, "server_path_add", rescan=rescan)
+    if st.button("Scan path", type="primary", disabled=not roots or not path.strip(), key="add_path"):
+        with user_errors():
+            source = check_server_path(path)  # inside a data root, links and '..' followed first
+            name, _ = checked_new_name(store, wanted, add or rescan)
+            ingest_source(store, name, source, add=add)
 
 
 def _folder_name(names: list[str]) -> str:

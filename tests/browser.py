@@ -160,3 +160,90 @@ def copy_of_database(db: Path, dest: Path) -> Path:
     if wal.exists():
         shutil.copyfile(wal, Path(f"{dest}.wal"))
     return dest
+
+
+@contextmanager
+def streamlit_server_as_configured(
+    db: Path, cache: Path, log_path: Path, *args: str, env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """``streamlit run app.py --server.port N [args]`` with the repository's .streamlit/config.toml
+    deciding the address (as ``make demo`` starts it); yields ``http://127.0.0.1:N``."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "REPLENS_DB": str(db),
+        "REPLENS_CACHE": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *args]
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_healthy(url, proc, log_path)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=15)
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on ``port`` (from /proc/net/tcp and tcp6):
+    ``{"127.0.0.1"}`` for loopback only, ``{"0.0.0.0"}`` or ``{"::"}`` for every interface."""
+    import ipaddress
+
+    found: set[str] = set()
+    for table, width in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            address_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address_hex)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            packed = b"".join(raw[i : i + 4][::-1] for i in range(0, width, 4))
+            found.add(str(ipaddress.ip_address(packed)))
+    return found
+
+
+def script_run_text(url: str, page_name: str = "", timeout_s: float = 30.0) -> str:
+    """What a new session's first run of ``page_name`` (a URL path such as "data") sends, as the
+    text of every ForwardMsg up to the last ``script_finished``, read straight off the websocket
+    with no browser, so nothing a later rerun replaces is missed."""
+    import asyncio
+
+    import websockets
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+    from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+
+    async def run() -> str:
+        texts: list[str] = []
+        stream = url.replace("http://", "ws://", 1) + "/_stcore/stream"
+        async with websockets.connect(stream, subprotocols=["streamlit"]) as ws:  # type: ignore[list-item]
+            request = BackMsg()
+            request.rerun_script.page_name = page_name
+            request.rerun_script.query_string = ""
+            await ws.send(request.SerializeToString())
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), 3)  # quiet for 3 s: every rerun is done
+                except TimeoutError:
+                    break
+                message = ForwardMsg()
+                message.ParseFromString(raw)  # type: ignore[arg-type]
+                texts.append(str(message))
+        return "\n".join(texts)
+
+    return asyncio.run(run())

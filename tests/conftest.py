@@ -95,9 +95,13 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
         "REPLENS_DB": str(tmp_path / "env" / "replens.duckdb"),
         "REPLENS_CACHE": str(tmp_path / "env" / "cache"),
         **offline_hub_env(tmp_path / "env"),
+        # The Data page's server-path box reads only inside data roots; tests build folders here.
+        "REPLENS_DATA_ROOTS": str(tmp_path),
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    for name in ("REPLENS_PASSWORD", "REPLENS_PASSWORD_HASH", "REPLENS_ALLOW_OPEN"):
+        monkeypatch.delenv(name, raising=False)  # a developer's shell must not gate the AppTests
     return env
 
 
