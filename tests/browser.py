@@ -37,35 +37,41 @@ def free_port() -> int:
 def streamlit_server(db: Path, cache: Path, log_path: Path, script: str = "app.py") -> Iterator[str]:
     """``streamlit run`` against the given store; yields the base URL, stops the server after."""
     port = free_port()
-    env = {
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        script,
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    with _running(command, _server_env(db, cache), log_path, port) as url:
+        yield url
+
+
+def _server_env(db: Path, cache: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {
         **os.environ,
         "REPLENS_DB": str(db),
         "REPLENS_CACHE": str(cache),
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
     }
+
+
+@contextmanager
+def _running(command: list[str], env: dict[str, str], log_path: Path, port: int) -> Iterator[str]:
+    """Start ``command`` (a Streamlit server on ``port``), wait until it is healthy, stop it after."""
     with log_path.open("w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                script,
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-                "--browser.gatherUsageStats",
-                "false",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
             _wait_healthy(url, proc, log_path)
@@ -169,28 +175,9 @@ def streamlit_server_as_configured(
     """``streamlit run app.py --server.port N [args]`` with the repository's .streamlit/config.toml
     deciding the address (as ``make demo`` starts it); yields ``http://127.0.0.1:N``."""
     port = free_port()
-    full_env = {
-        **os.environ,
-        "REPLENS_DB": str(db),
-        "REPLENS_CACHE": str(cache),
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONUNBUFFERED": "1",
-        **(env or {}),
-    }
     command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), *args]
-    with log_path.open("w") as log:
-        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy(url, proc, log_path)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+    with _running(command, _server_env(db, cache, env), log_path, port) as url:
+        yield url
 
 
 def listening_addresses(port: int) -> set[str]:
