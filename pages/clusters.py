@@ -393,7 +393,11 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
         details.append(f"fitted in {float(run.metrics['seconds']):.2f}s")
     if run.parent_run_id:
         details.append(f"{run.method} of run `{run.parent_run_id}`")
-    shown = ", ".join(f"{k}={v}" for k, v in run.params.items() if v is not None and k != "parent_run_id")
+    # With k given, the k-choice settings played no part: listing them would say k was searched.
+    unused = {"k_selection", "k_min", "k_max"} if run.params.get("n_clusters") is not None else set()
+    shown = ", ".join(
+        f"{k}={v}" for k, v in run.params.items() if v is not None and k != "parent_run_id" and k not in unused
+    )
     st.caption(
         f"Run `{run.run_id}` · {run.method}"
         + (f" ({shown})" if shown else "")

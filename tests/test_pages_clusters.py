@@ -512,3 +512,12 @@ def test_imagenet_labels_from_the_page_are_their_own_set(store: Store) -> None:
     expected = {c.cluster: c.label for c in concepts.label_run(store, run.run_id, "imagenet", save=False)}
     shown = table_with(at, "candidates").set_index("cluster")["label"].to_dict()
     assert {int(c): n for c, n in shown.items()} == expected
+
+
+def test_a_fixed_k_run_does_not_list_k_search_settings(store: Store) -> None:
+    run = kmeans_run(store)
+    assert run.params.get("n_clusters") == 3 and "k_selection" in run.params  # stored, with defaults
+    at = open_page(run.run_id)
+    caption = next(c.value for c in at.caption if c.value.startswith("Run "))
+    assert "n_clusters=3" in caption
+    assert "k_selection" not in caption and "k_max" not in caption and "k_min" not in caption
