@@ -37,6 +37,7 @@ PAGES: list[tuple[str, str, str, str]] = [
     ("pages/bias.py", "Bias", ":material/balance:", "bias"),
     ("pages/snapshots.py", "Snapshots", ":material/photo_library:", "snapshots"),
     ("pages/diagnostics.py", "Diagnostics", ":material/monitoring:", "diagnostics"),
+    ("pages/jobs.py", "Jobs", ":material/pending_actions:", "jobs"),
 ]
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from core.cli import analysis, data, snapshots
+from core.cli import analysis, data, jobs, snapshots
 from core.cli.common import run
 
 __all__ = ["build_parser", "main"]
@@ -31,4 +31,5 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_commands(sub)
     analysis.add_commands(sub)
     snapshots.add_commands(sub)
+    jobs.add_commands(sub)
     return parser

@@ -17,6 +17,7 @@ from core.store.clusters import USER_LABEL_SET, ClustersMixin, LabelTakenError
 from core.store.connection import StoreConnection
 from core.store.datasets import DatasetsMixin
 from core.store.embeddings import EmbeddingsMixin, _gather_rows
+from core.store.jobs import JobsMixin
 from core.store.migrations import MIGRATIONS, SCHEMA_VERSION
 from core.store.preferences import PreferencesMixin
 from core.store.projections import ProjectionsMixin
@@ -44,6 +45,7 @@ class Store(
     SnapshotTablesMixin,
     RunsMixin,
     PreferencesMixin,
+    JobsMixin,
     StoreConnection,
 ):
     """A RepLens database. Cheap to construct; the file is opened on first use."""

@@ -260,6 +260,42 @@ def m006_label_sets(cur: duckdb.DuckDBPyConnection) -> None:
         cur.executemany("UPDATE cluster_runs SET label_set = ? WHERE run_id = ?", shown)
 
 
+def m007_jobs(cur: duckdb.DuckDBPyConnection) -> None:
+    # Long work (extraction, layouts, clustering, diagnostics, bias batteries) as jobs that
+    # outlive the browser tab: any session or the CLI can see, cancel and resume them.
+    # ``identity`` is (kind, dataset, parameters) hashed: starting the same job twice joins the
+    # one that is queued or running. ``owner`` is "pid@host" of the process running it and
+    # ``heartbeat_at`` the last time it said it was alive; a running job whose owner stopped
+    # beating is marked interrupted and can be resumed (committed work is kept by the job itself).
+    cur.execute(
+        """
+        CREATE TABLE jobs (
+            job_id VARCHAR PRIMARY KEY,
+            kind VARCHAR NOT NULL,            -- embed, layout, cluster, diagnostics, bias
+            dataset VARCHAR,
+            identity VARCHAR NOT NULL,
+            params JSON NOT NULL,
+            title VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,          -- queued, running, done, failed, cancelled, interrupted
+            done BIGINT NOT NULL DEFAULT 0,
+            total BIGINT,
+            unit VARCHAR,                     -- what done/total count ("images", "steps")
+            rate DOUBLE,                      -- units per second since the job (re)started
+            message VARCHAR,
+            result JSON,
+            error VARCHAR,
+            owner VARCHAR,
+            cancel_requested BOOLEAN NOT NULL DEFAULT false,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            created_at TIMESTAMPTZ NOT NULL,
+            started_at TIMESTAMPTZ,
+            heartbeat_at TIMESTAMPTZ,
+            finished_at TIMESTAMPTZ
+        );
+        """
+    )
+
+
 def _edited_row_set(candidates: str | None) -> str | None:
     """The labeller whose candidates an edited row kept, from keys only it writes; None if unknown."""
     try:
@@ -277,6 +313,7 @@ MIGRATIONS: tuple[Callable[[duckdb.DuckDBPyConnection], None], ...] = (
     m004_snapshots,
     m005_preferences,
     m006_label_sets,
+    m007_jobs,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
