@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from core.jobs import Job
 from ui.errors import user_errors
 from ui.jobs import get_runner, show_job
 from ui.resources import get_store
@@ -26,8 +27,7 @@ def main() -> None:
 def job_list() -> None:
     runner = get_runner()
     runner.recover()
-    frame = get_store().jobs(limit=100)
-    jobs = [runner.get(str(job_id)) for job_id in frame["job_id"]]
+    jobs = [Job.from_record(record) for record in get_store().job_records(limit=100)]
     active = [job for job in jobs if job.active]
     ended = [job for job in jobs if not job.active]
     st.subheader(f"Running and queued ({len(active)})")

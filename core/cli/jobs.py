@@ -50,8 +50,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     store = open_store()
     _runner(store).recover()
-    frame = store.jobs(dataset=args.dataset, active_only=args.active)
-    jobs = [Job.from_record(_record({str(k): v for k, v in row.items()})) for row in frame.to_dict(orient="records")]
+    jobs = [Job.from_record(r) for r in store.job_records(dataset=args.dataset, active_only=args.active)]
     emit(args, [_summary(job) for job in jobs], lambda: _print_table(jobs))
     return 0
 
@@ -118,21 +117,6 @@ def _follow(args: argparse.Namespace, runner: JobRunner, job_id: str, *, joined:
     close()
     emit(args, _summary(job, full=True), lambda: _print_outcome(job))
     return 0 if job.status == "done" else 1
-
-
-def _record(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in ("params", "result"):
-        if isinstance(out.get(key), str):
-            out[key] = json.loads(out[key])
-    return {k: (None if _missing(v) else v) for k, v in out.items()}
-
-
-def _missing(value: Any) -> bool:
-    try:
-        return bool(value != value)  # NaN / NaT
-    except (TypeError, ValueError):
-        return False
 
 
 def _summary(job: Job, *, full: bool = False) -> dict[str, Any]:

@@ -153,6 +153,13 @@ class JobsMixin(StoreConnection):
         sql += " ORDER BY created_at DESC LIMIT ?"
         return self._cursor().execute(sql, [*args, limit]).df()
 
+    def job_records(
+        self, *, dataset: str | None = None, active_only: bool = False, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """:meth:`jobs` as parsed records (``params``/``result`` as dicts), newest first."""
+        frame = self.jobs(dataset=dataset, active_only=active_only, limit=limit)
+        return [_job_dict(row) for _, row in frame.iterrows()]
+
     def active_job_owners(self) -> list[str]:
         rows = (
             self._cursor()
