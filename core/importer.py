@@ -7,10 +7,12 @@ the relative path, the file name or stem (when unique in the dataset), or the co
 from __future__ import annotations
 
 import json
+import math
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -92,6 +94,8 @@ def import_embeddings(
 def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None) -> tuple[list[str], np.ndarray]:
     suffix = path.suffix.lower()
     try:
+        if suffix in (".npy", ".npz"):
+            _check_declared_sizes(path, suffix)
         if suffix == ".npy":
             vectors = np.load(path, allow_pickle=False)
             paths = store.dataset_paths(dataset)["rel_path"].tolist()
@@ -117,9 +121,40 @@ def _read_vectors(path: Path, store: Store, dataset: str, id_column: str | None)
             raise ImportFormatError(f"{path.name}: unsupported format; use .csv, .tsv, .parquet, .npy or .npz.")
     except ImportFormatError:
         raise
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise ImportFormatError(f"Could not read {path.name}: {exc}") from exc
     return _frame_vectors(frame, path.name, id_column)
+
+
+def _check_declared_sizes(path: Path, suffix: str) -> None:
+    """Refuse arrays whose .npy header declares more data than the file holds, before numpy
+    allocates that much (a 100-byte file can declare terabytes)."""
+    if suffix == ".npy":
+        with path.open("rb") as fh:
+            _check_array_header(fh, path.stat().st_size, path.name, "the array")
+        return
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.filename.endswith(".npy"):
+                with zf.open(info) as fh:
+                    _check_array_header(fh, info.file_size, path.name, f"array {info.filename[:-4]!r}")
+
+
+def _check_array_header(fh: IO[bytes], n_bytes: int, name: str, what: str) -> None:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+    else:
+        raise ImportFormatError(f"{name}: {what} uses .npy format version {version}; save it with numpy.save.")
+    held = n_bytes - fh.tell()
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > held:
+        raise ImportFormatError(
+            f"{name}: {what} declares shape {shape} ({declared} bytes) but holds only {held} bytes of data; "
+            "the file is damaged or not a vectors file. Save the vectors again with numpy."
+        )
 
 
 _ID_COLUMNS = ("rel_path", "path", "id", "filename", "content_hash")

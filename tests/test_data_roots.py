@@ -16,7 +16,7 @@ from core.config import data_roots
 from core.errors import DataRootsNotConfiguredError, InvalidInputError, OutsideDataRootsError
 from core.roots import check_server_path
 from core.store import Store
-from tests.conftest import build_folder
+from conftest import build_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

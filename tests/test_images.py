@@ -136,7 +136,7 @@ def test_scan_folder_records_and_skips(dataset: Path) -> None:
     assert [r.rel_path for r in result.records] == EXPECTED_RECORDS
     assert [s.rel_path for s in result.skipped] == EXPECTED_SKIPPED
     reasons = {s.rel_path: s.reason for s in result.skipped}
-    assert reasons["bad/corrupt.jpg"] == "cannot identify image file"
+    assert reasons["bad/corrupt.jpg"].startswith("cannot identify image file: unknown file type (first bytes: ")
     assert reasons["bad/truncated.png"].startswith("truncated file")
 
 
@@ -235,21 +235,23 @@ def test_fifo_named_like_an_image_is_skipped_not_read(tmp_path: Path) -> None:
     assert result.skipped == [SkippedFile("pipe.png", "cannot read file: not a regular file")]
 
 
-def test_linked_folders_are_followed_but_loops_are_not(tmp_path: Path) -> None:
+def test_linked_folders_inside_the_root_are_followed_but_outside_ones_and_loops_are_not(tmp_path: Path) -> None:
     root = tmp_path / "root"
     write(root, "real/x.png", solid(RED, (4, 4), "PNG"))
     write(tmp_path, "elsewhere/y.png", solid(BLUE, (4, 4), "PNG"))
     try:
         (root / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
         (root / "real" / "loop").symlink_to(root, target_is_directory=True)
+        (root / "inside").symlink_to(root / "real", target_is_directory=True)
     except OSError:
         pytest.skip("cannot create symlinks here")
     result = scan(root)
-    assert [r.rel_path for r in result.records] == ["linked/y.png", "real/x.png"]
-    assert result.skipped == []
-
-
-# --------------------------------------------------------------------------- zip scan
+    assert [r.rel_path for r in result.records] == ["inside/x.png", "real/x.png"]
+    assert [(s.rel_path, s.reason.split(";")[0]) for s in result.skipped] == [
+        ("inside/loop", "symbolic link loop: it points back to a folder that contains it"),
+        ("linked", "symbolic link to a folder outside the dataset root"),
+        ("real/loop", "symbolic link loop: it points back to a folder that contains it"),
+    ]
 
 
 def test_zip_scan_matches_folder_scan(dataset: Path, tmp_path: Path) -> None:

@@ -239,7 +239,7 @@ def test_reimport_under_the_same_name_replaces_vectors(tmp_path: Path) -> None:
     from core.datasets import ingest_path
     from core.importer import import_embeddings
     from core.store import Store
-    from tests.conftest import build_folder
+    from conftest import build_folder
 
     root = tmp_path / "imgs"
     build_folder(root)

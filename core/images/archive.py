@@ -1,10 +1,13 @@
 """A .zip archive of images as a dataset source: its directory indexed once, members read on demand.
 
-Member names are untrusted: absolute, drive-letter and ``..`` names are reported and never read.
+Members are untrusted and judged from the directory before any is read: absolute, drive-letter
+and ``..`` names, stored links, encrypted members, unknown compression, nested archives and
+members whose declared sizes make them a bomb are reported and never read.
 """
 
 from __future__ import annotations
 
+import stat
 import threading
 import time
 import zipfile
@@ -19,10 +22,13 @@ from core.images.listing import (
     MAX_FILE_BYTES,
     Listing,
     NotReadable,
+    is_archive_name,
     is_ignored_name,
     is_image_name,
     is_relevant_suffix,
     listing_with_captions,
+    nested_archive_reason,
+    ratio_problem,
     too_big,
 )
 from core.images.records import SkippedFile
@@ -106,28 +112,57 @@ def zip_index(path: Path) -> ZipIndex:
 
 
 def _build_zip_index(path: Path) -> ZipIndex:
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise UnsupportedSourceError(
-            f"{path} is not a readable zip archive ({exc}). Re-create the archive, or extract it and pass the folder."
-        ) from exc
+    archive = _open_zip(path)
     members: dict[str, zipfile.ZipInfo] = {}
     skipped: list[SkippedFile] = []
     for info in archive.infolist():
-        if info.is_dir() or not is_relevant_suffix(info.filename):
+        if info.is_dir() or not (is_relevant_suffix(info.filename) or is_archive_name(info.filename)):
             continue
         rel_path, problem = _normalise_member_name(info.filename)
         if rel_path is None:
             continue  # hidden or __MACOSX
         if problem is None and rel_path in members:
             problem = f"duplicate entry for {rel_path!r} in the archive; the first one is used"
+        reported = is_image_name(info.filename) or is_archive_name(info.filename)
+        if problem is None and (problem := _member_problem(info)) is not None:
+            reported = True  # a caption that is a bomb, a link or encrypted is worth a line too
         if problem is not None:
-            if is_image_name(info.filename):
+            if reported:
                 skipped.append(SkippedFile(info.filename, problem))
             continue
         members[rel_path] = info
     return ZipIndex(archive, members, skipped)
+
+
+def _open_zip(path: Path) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except UnicodeDecodeError as exc:
+        # zipfile decodes every name up front; one that lies about being UTF-8 leaves nothing to read.
+        raise UnsupportedSourceError(
+            f"{path} is not a readable zip archive: a member name is marked as UTF-8 but is not "
+            f"({exc.object[exc.start : exc.end]!r}). Re-create the archive with a current zip tool."
+        ) from exc
+    except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
+        raise UnsupportedSourceError(
+            f"{path} is not a readable zip archive ({exc}). Re-create the archive, or extract it and pass the folder."
+        ) from exc
+
+
+_READABLE_METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    """Why a member is refused from its directory entry alone (nothing is read), or None."""
+    if is_archive_name(info.filename):
+        return nested_archive_reason(info.filename)
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "symbolic link stored in the archive; links are not followed"
+    if info.flag_bits & 0x1:
+        return "encrypted archive member; RepLens cannot read password-protected archives"
+    if info.compress_type not in _READABLE_METHODS:
+        return f"archive member uses compression method {info.compress_type}, which RepLens cannot read"
+    return ratio_problem(info.file_size, info.compress_size)
 
 
 def _normalise_member_name(name: str) -> tuple[str | None, str | None]:

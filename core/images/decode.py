@@ -1,8 +1,14 @@
-"""Decode image file bytes into an oriented RGB picture; every failure becomes one ``ImageDecodeError``."""
+"""Decode image file bytes into an oriented RGB picture; every failure becomes one ``ImageDecodeError``.
+
+Only the formats of ``SUPPORTED_EXTENSIONS`` are tried, whatever a file is named: Pillow can
+open dozens more, each a parser a hostile file could reach (EPS even runs Ghostscript). A file
+that is refused gets a reason that says what it is instead (empty, text, HTML, a damaged PNG…).
+"""
 
 from __future__ import annotations
 
 import io
+import re
 import threading
 import warnings
 from dataclasses import dataclass
@@ -16,6 +22,8 @@ _BACKGROUND = (128, 128, 128)  # neutral grey: no bias towards black or white fo
 _ORIENTATION_TAG = 0x0112
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _DRAFT_FORMATS = frozenset({"JPEG", "MPO"})  # MPO is the multi-picture JPEG many phones write
+# Pillow's format ids for SUPPORTED_EXTENSIONS (the JPEG opener also gives MPO, which has no opener).
+DECODED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 
 # catch_warnings mutates process-wide state, so the rare retry that needs it is serialised.
 _WARNINGS_LOCK = threading.Lock()
@@ -60,11 +68,11 @@ def decode_image(data: bytes, draft_size: tuple[int, int] | None) -> Decoded:
     except ImageDecodeError:
         raise
     except Exception as exc:  # Pillow raises many types on corrupt input; all mean "bad file"
-        raise _failure_from(exc) from exc
+        raise _failure_from(exc, data) from exc
 
 
 def _decode_unchecked(data: bytes, draft_size: tuple[int, int] | None) -> Decoded:
-    with Image.open(io.BytesIO(data)) as img:
+    with Image.open(io.BytesIO(data), formats=DECODED_FORMATS) as img:
         fmt = img.format or "UNKNOWN"
         full_w, full_h = img.size
         if draft_size is not None and fmt in _DRAFT_FORMATS:
@@ -119,18 +127,18 @@ def _composite_on_background(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def _failure_from(exc: BaseException) -> DecodeFailure:
+def _failure_from(exc: BaseException, data: bytes) -> DecodeFailure:
     if isinstance(exc, Image.DecompressionBombError):
         return DecodeFailure(
-            f"decompression bomb: {exc}",
+            f"decompression bomb: {exc} It was refused before its pixels were decoded",
             "The image has more pixels than Pillow's safety limit (PIL.Image.MAX_IMAGE_PIXELS) "
             "allows; downscale it, or raise that limit if you trust the file.",
         )
     if isinstance(exc, UnidentifiedImageError):
-        # Pillow's own message ends in a useless BytesIO repr.
+        # Pillow's own message ends in a useless BytesIO repr; say what the file is instead.
         return DecodeFailure(
-            "cannot identify image file",
-            "It is not an image Pillow can read; remove it or convert it to PNG or JPEG.",
+            f"cannot identify image file: {what_it_is(data)}",
+            "It is not an image RepLens can read; remove it or convert it to PNG or JPEG.",
         )
     message = str(exc).strip()
     if "truncated" in message.lower():
@@ -140,3 +148,77 @@ def _failure_from(exc: BaseException) -> DecodeFailure:
         )
     detail = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return DecodeFailure(detail, "Re-export the image as PNG or JPEG, or remove it.")
+
+
+# Leading bytes of the image formats RepLens reads: a file that starts like one but does not open
+# is a damaged image, not a file of another kind.
+_IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+)
+# Other kinds of files that end up named like images, by leading bytes no text starts with.
+_OTHER_MAGIC = (
+    (b"%PDF-", "a PDF document"),
+    (b"%!PS", "a PostScript file"),
+    (b"8BPS", "a Photoshop (PSD) file"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x1f\x8b", "gzip-compressed data"),
+    (b"\x00\x00\x01\x00", "a Windows icon (ICO)"),
+    (b"\x7fELF", "a program (ELF executable)"),
+)
+_ISO_MEDIA = {  # the brand after "ftyp" at offset 4
+    b"heic": "a HEIC image",
+    b"heix": "a HEIC image",
+    b"mif1": "a HEIF image",
+    b"avif": "an AVIF image",
+    b"isom": "an MP4 video",
+    b"mp42": "an MP4 video",
+    b"qt  ": "a QuickTime video",
+}
+_MARKUP = re.compile(rb"<\s*(!doctype\s+html|html|head|body|script|iframe|div|meta)\b", re.IGNORECASE)
+
+
+def what_it_is(data: bytes) -> str:
+    """What a file that Pillow cannot identify holds, judged from its first bytes (for a skip reason)."""
+    if not data:
+        return "the file is empty (0 bytes)"
+    for magic, fmt in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return f"it starts like a {fmt} image but its header is damaged"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "it starts like a WEBP image but its header is damaged"
+    if data[4:8] == b"ftyp":
+        kind = _ISO_MEDIA.get(data[8:12], "an ISO media file (video or HEIF)")
+        return f"the file is {kind}, not a format RepLens reads"
+    for magic, kind in _OTHER_MAGIC:
+        if data.startswith(magic):
+            return f"the file is {kind}, not an image"
+    head = data[:4096]
+    if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):  # markup, after any BOM and blank lines
+        if _MARKUP.search(head):
+            return "the file holds HTML markup, not an image"
+        if b"<svg" in head.lower():
+            return "the file is an SVG drawing (vector graphics), not a raster image RepLens reads"
+        return "the file holds XML or other markup, not an image"
+    if _is_text(head):
+        return "the file holds text, not an image"
+    if data.startswith(b"BM"):  # checked after text: two letters a text may start with
+        return "it starts like a BMP image but its header is damaged"
+    return f"unknown file type (first bytes: {data[:8].hex(' ')})"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not just a character cut off at the end of the sample
+            return False
+        text = head[: exc.start].decode("utf-8")
+    printable = sum(ch.isprintable() or ch in "\t\r\n" for ch in text)
+    return bool(text) and printable >= 0.95 * len(text)

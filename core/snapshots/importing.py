@@ -169,7 +169,12 @@ class BoundedReader:
         """``read``, refused unless the bytes match the size and sha256 that manifest.files gives."""
         data = self.read(info, cap)
         expected = manifest["files"][info.filename]
-        if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
+        if len(data) != expected["bytes"]:
+            raise SnapshotFormatError(
+                f"{info.filename} is {len(data)} bytes but manifest.json says {expected['bytes']}: the file was "
+                "altered or damaged. Ask for a fresh export."
+            )
+        if hashlib.sha256(data).hexdigest() != expected["sha256"]:
             raise SnapshotFormatError(
                 f"{info.filename} does not match the sha256 in manifest.json: the file was altered or damaged. "
                 "Ask for a fresh export."
