@@ -125,3 +125,32 @@ class OutsideDataRootsError(InvalidInputError):
             "count where they lead). Give a folder or .zip inside one of the folders listed above, or upload "
             "the images instead.",
         )
+
+
+class UploadTooLargeError(InvalidInputError):
+    """An uploaded file, or one upload's files together, larger than this server takes
+    (``REPLENS_MAX_FILE_MB`` / ``REPLENS_MAX_UPLOAD_MB``); nothing of the upload is kept."""
+
+    def __init__(self, message: str, *, page_message: str, name: str, size: int, limit: int) -> None:
+        self.name, self.size, self.limit = name, size, limit
+        super().__init__(message, page_message=page_message)
+
+
+class StorageError(RepLensError):
+    """RepLens could not write to its cache or database folder; what failed was left as it was."""
+
+
+class StorageFullError(StorageError):
+    """No room left on the disk (or quota) of the cache or database folder, found before or while writing."""
+
+
+class StorageNotWritableError(StorageError):
+    """The cache or database folder is read-only (a read-only mount) or not writable by RepLens."""
+
+
+class UnsafeCheckpointError(InvalidInputError):
+    """A checkpoint holding pickled Python objects beyond plain tensors: loading it could run code."""
+
+
+class WeightsPathRefusedError(InvalidInputError):
+    """A page asked to load a weights file that was neither uploaded here nor lies inside a data root."""

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import bias
+from core import bias, config
 from core.bias_runs import (
     CONCEPT_SET_PREFIX,
     MIN_CONCEPT_IMAGES,
@@ -44,6 +44,7 @@ from ui.gallery import gallery
 from ui.image_classes import bias_concept_sets
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
+from ui.text import md_escape
 from ui.widgets import dataset_picker, short_key
 
 BATTERY_KEY = "rl_bias_battery"
@@ -138,7 +139,8 @@ def _battery_builder(store: Store, dataset: str, images: pd.DataFrame) -> None:
             )
         )
         count = len(_hashes(images, extra, picked[role], below[role]))
-        column.caption(f"{count} image{'s' if count != 1 else ''}: {_describe(extra, picked[role], below[role])}")
+        described = md_escape(_describe(extra, picked[role], below[role]))
+        column.caption(f"{count} image{'s' if count != 1 else ''}: {described}")
     test_name = st.text_input("Test name", value=name if template is not None else "Custom test", key="w_bias_name")
     if st.button("Add test to battery", icon=":material/add:", key="w_bias_add"):
         st.session_state.setdefault(BATTERY_KEY, []).append(_make_test(images, extra, test_name, picked, below))
@@ -175,7 +177,11 @@ def _upload_section(store: Store, expanded: bool) -> None:
         columns = st.columns(4)
         uploads = {
             role: column.file_uploader(
-                ROLE_NAMES[role], accept_multiple_files="directory", type=UPLOAD_TYPES, key=f"w_bias_up_{role}_{round_}"
+                ROLE_NAMES[role],
+                accept_multiple_files="directory",
+                type=UPLOAD_TYPES,
+                key=f"w_bias_up_{role}_{round_}",
+                max_upload_size=config.max_file_mb(),  # core.uploads checks each file and the total again
             )
             for column, role in zip(columns, ROLES)
         }
@@ -215,11 +221,13 @@ def _add_stimuli(
     st.session_state[UPLOAD_ROUND_KEY] = st.session_state.get(UPLOAD_ROUND_KEY, 0) + 1
     skipped = f"; {added.n_skipped} file(s) skipped (see the Data page)" if added.n_skipped else ""
     refused = (
-        f" Refused {len(added.refused)} unsafe file name(s): {', '.join(added.refused[:5])}." if added.refused else ""
+        f" Refused {len(added.refused)} unsafe file name(s): {md_escape(', '.join(added.refused[:5]))}."
+        if added.refused
+        else ""
     )
     st.session_state[FLASH_KEY] = (
-        f"**{dataset}**: {added.n_paths} stimuli in {', '.join(added.folders.values())}, "
-        f"embedded with {', '.join(encoder_ids)}{skipped}. The roles below are filled in." + refused
+        f"**{md_escape(dataset)}**: {added.n_paths} stimuli in {md_escape(', '.join(added.folders.values()))}, "
+        f"embedded with {md_escape(', '.join(encoder_ids))}{skipped}. The roles below are filled in." + refused
     )
     st.rerun()
 

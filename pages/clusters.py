@@ -27,6 +27,7 @@ from ui.errors import user_errors
 from ui.gallery import gallery
 from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import CLUSTER_RUN_KEY, PAGE_SNAPSHOTS
+from ui.text import md_escape
 from ui.widgets import dataset_and_key, short_key
 
 RUN_KEY = CLUSTER_RUN_KEY  # shared with other pages (plain key, survives page switches)
@@ -212,7 +213,7 @@ def _shown_warnings() -> Iterator[None]:
         finally:  # also when the block ends with st.rerun()
             for item in caught:
                 if issubclass(item.category, (cluster.ClusteringWarning, concepts.LabellingWarning)):
-                    _flash("warning", str(item.message))
+                    _flash("warning", md_escape(str(item.message)))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -399,8 +400,8 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
         f"{k}={v}" for k, v in run.params.items() if v is not None and k != "parent_run_id" and k not in unused
     )
     st.caption(
-        f"Run `{run.run_id}` · {run.method}"
-        + (f" ({shown})" if shown else "")
+        f"Run `{run.run_id}` · {md_escape(run.method)}"
+        + (f" ({md_escape(shown)})" if shown else "")
         + (" · " + " · ".join(details) if details else "")
     )
     stable = run.metrics.get("stability")
@@ -569,7 +570,7 @@ def edit_controls(
         if st.button("Rename", key="cl_rename_go", disabled=chosen == NOISE, icon=":material/edit:"):
             with user_errors():
                 cluster.rename_cluster(store, run.run_id, chosen, new_name)
-                _done(f"Cluster {chosen} is now called “{new_name.strip()}”.")
+                _done(f"Cluster {chosen} is now called “{md_escape(new_name.strip())}”.")
     with merge:
         picked = st.multiselect(
             "Merge clusters",
@@ -630,7 +631,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
     clip_help = (
         "CLIP vocabulary labels (TAC-style) from the dataset's CLIP embeddings."
         if clip_keys
-        else f"Off: {dataset} has no CLIP embeddings. Extract clip-vitb32 on the Data page to enable it."
+        else f"Off: {md_escape(dataset)} has no CLIP embeddings. Extract clip-vitb32 on the Data page to enable it."
     )
     if clip.button(
         "CLIP labels",
@@ -643,7 +644,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         method, options = "clip", {"encoder_key": clip_keys[0]}
     if not clip_keys:
         st.caption(
-            f"CLIP labels are off: **{dataset}** has no CLIP embeddings (a key starting with `clip-`). "
+            f"CLIP labels are off: **{md_escape(dataset)}** has no CLIP embeddings (a key starting with `clip-`). "
             "Extract them with clip-vitb32 on the Data page."
         )
     if method is not None:
@@ -688,7 +689,7 @@ def concepts_section(store: Store, dataset: str, run: ClusterRun, table: pd.Data
         with user_errors():
             for c, label in changes:
                 store.set_cluster_label(run.run_id, c, label)
-            _done("Saved " + ", ".join(f"cluster {c} → “{label}”" for c, label in changes) + ".")
+            _done("Saved " + ", ".join(f"cluster {c} → “{md_escape(label)}”" for c, label in changes) + ".")
     provenance(stored)
 
 
@@ -710,7 +711,7 @@ def label_set_picker(store: Store, run: ClusterRun) -> None:
         key=key,
         required=True,
         on_change=show_picked,
-        format_func=lambda name: f"{name} ({counts[name]})",
+        format_func=lambda name: f"{md_escape(name)} ({counts[name]})",
         help="Each method keeps its own names; pick which the map, pickers and snapshots show. "
         "Renames go into this set.",
     )
@@ -727,10 +728,10 @@ def provenance(stored: pd.DataFrame) -> None:
             st.session_state["cl_prov_cluster"] = options[0]
         c = st.selectbox("Cluster", options, key="cl_prov_cluster")
         row = with_candidates[with_candidates["cluster"] == c].iloc[0]
-        st.caption(f"Computed by **{row['method']}**" + (" (since renamed by you)" if row["edited"] else ""))
+        st.caption(f"Computed by **{md_escape(row['method'])}**" + (" (since renamed by you)" if row["edited"] else ""))
         computed = row.get("computed_label")
         if isinstance(computed, str) and computed != row["label"]:
-            st.caption(f"The labeller said “{computed}”.")
+            st.caption(f"The labeller said “{md_escape(computed)}”.")
         st.dataframe(pd.DataFrame(row["candidates"]), hide_index=True, width="stretch", key="cl_prov_table")
 
 
@@ -792,8 +793,8 @@ def main() -> None:
     _show_flash()
     if runs.empty:
         st.info(
-            f"No clustering of **{dataset}** with {short_key(key)} yet. Pick a method in the sidebar "
-            "and press **Cluster**.",
+            f"No clustering of **{md_escape(dataset)}** with {md_escape(short_key(key))} yet. Pick a method in "
+            "the sidebar and press **Cluster**.",
             icon=":material/info:",
         )
         return

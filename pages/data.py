@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from core import encoders
+from core import config, encoders
 from core.config import data_roots
 from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_source, rename_dataset
 from core.errors import ROOTS_HOW_TO, InvalidInputError, RepLensError
@@ -26,15 +27,17 @@ from core.uploads import (
 )
 from core.weights import WEIGHT_TYPES, save_weights, saved_weights
 from ui import state
-from ui.errors import user_errors
+from ui.errors import show_error, user_errors
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
+from ui.text import md_code, md_escape
 from ui.widgets import describe_spec, pick_dataset, short_key
 
 FLASH_KEY = "rl_data_flash"
 ROUND_KEY = "rl_upload_round"  # bumped after an ingest so the uploaders start empty again
 WEIGHTS_KEY = "rl_weights"  # encoder id -> (saved weights path, file name as uploaded, upload id)
 WEIGHTS_ROUND_KEY = "rl_weights_round"  # bumped to empty the weights uploaders
+WEIGHTS_REFUSED_KEY = "rl_weights_refused"  # upload id -> why that weights file was refused
 
 
 def default_encoder_id() -> str:
@@ -111,8 +114,8 @@ def ingest_source(store: Store, dataset: str, source: Path | str, *, add: bool =
     finally:
         slot.empty()
     message = (
-        f"**{stats.dataset}**: {stats.added} added ({stats.duplicates} duplicates), {stats.unchanged} unchanged, "
-        f"{stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped."
+        f"**{md_escape(stats.dataset)}**: {stats.added} added ({stats.duplicates} duplicates), "
+        f"{stats.unchanged} unchanged, {stats.updated} updated, {stats.removed} removed, {len(scan.skipped)} skipped."
     )
     st.session_state[FLASH_KEY] = ("success", message)
     st.session_state[ROUND_KEY] = st.session_state.get(ROUND_KEY, 0) + 1
@@ -127,10 +130,10 @@ def add_choice(store: Store, name: str, key: str, *, rescan: bool = False) -> bo
     if not name or name not in store.dataset_names():
         return False
     if rescan:
-        st.caption(f"This is already a source of **{name}**: scanning it again picks up what changed.")
+        st.caption(f"This is already a source of **{md_escape(name)}**: scanning it again picks up what changed.")
         return False
     return st.checkbox(
-        f"Add to the existing dataset **{name}**",
+        f"Add to the existing dataset **{md_escape(name)}**",
         key=key,
         help="Leave unticked to keep datasets apart: then give these images a name of their own.",
     )
@@ -167,7 +170,9 @@ def render_add(store: Store) -> None:
             accept_multiple_files="directory",
             type=UPLOAD_TYPES,
             key=f"upload_folder_{st.session_state.get(ROUND_KEY, 0)}",
-            help="Pick a folder; every image under it is uploaded with its relative path.",
+            help=f"Pick a folder; every image under it is uploaded with its relative path (up to "
+            f"{config.max_file_mb()} MB a file, {config.max_upload_mb()} MB in all).",
+            max_upload_size=config.max_file_mb(),
         )
         suggested = _folder_name([f.name for f in files]) if files else ""
         name = st.text_input(
@@ -180,13 +185,17 @@ def render_add(store: Store) -> None:
         if st.button("Add folder", type="primary", disabled=not files, key="add_folder"):
             with user_errors():
                 name, created = checked_new_name(store, name.strip() or suggested, add)
-                dest, refused = save_upload(store, name, ((f.name, f.getvalue()) for f in files))
+                # Sizes, names and free space are checked before a byte is written; all files or none are kept.
+                dest, refused = save_upload(store, name, files)
                 if refused:
-                    st.warning(f"Refused {len(refused)} unsafe file name(s): {', '.join(refused[:5])}")
+                    st.warning(f"Refused {len(refused)} unsafe file name(s): {md_escape(', '.join(refused[:5]))}")
                 ingest_upload(store, name, created, dest)
     with zip_tab:
         archive = st.file_uploader(
-            "A .zip of images", type=["zip"], key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}"
+            "A .zip of images",
+            type=["zip"],
+            key=f"upload_zip_{st.session_state.get(ROUND_KEY, 0)}",
+            max_upload_size=config.max_upload_mb(),
         )
         suggested = Path(archive.name).stem if archive else ""
         name = st.text_input(
@@ -213,7 +222,7 @@ def render_server_path(store: Store) -> None:
     if roots:
         st.caption(
             "A folder or .zip on the machine that runs RepLens, inside "
-            + ", ".join(f"`{root}`" for root in roots)
+            + ", ".join(md_code(root) for root in roots)
             + "; files are read in place, not copied."
         )
     else:
@@ -298,13 +307,16 @@ def render_manage(store: Store, dataset: str) -> None:
             if st.button("Rename", key="rename_dataset", disabled=not new.strip()):
                 with user_errors():
                     renamed = rename_dataset(store, dataset, new)
-                    st.session_state[FLASH_KEY] = ("success", f"Renamed **{dataset}** to **{renamed}**.")
+                    st.session_state[FLASH_KEY] = (
+                        "success",
+                        f"Renamed **{md_escape(dataset)}** to **{md_escape(renamed)}**.",
+                    )
                     st.session_state[state.DATASET_KEY] = renamed
                     st.session_state.pop("w_data_dataset", None)
                     st.rerun()
         with right:
             sure = st.checkbox(
-                f"Yes, delete **{dataset}**",
+                f"Yes, delete **{md_escape(dataset)}**",
                 key=f"confirm_delete_{dataset}",
                 help="Removes its uploaded files, cluster runs and maps. Snapshots of it are kept.",
             )
@@ -313,8 +325,9 @@ def render_manage(store: Store, dataset: str) -> None:
                     counts = delete_dataset(store, dataset)
                     st.session_state[FLASH_KEY] = (
                         "success",
-                        f"Deleted **{dataset}** ({counts['paths']} paths, {counts['cluster_runs']} cluster runs); "
-                        "snapshots are kept. “Reclaim space” frees embeddings no dataset uses.",
+                        f"Deleted **{md_escape(dataset)}** ({counts['paths']} paths, "
+                        f"{counts['cluster_runs']} cluster runs); snapshots are kept. “Reclaim space” frees "
+                        "embeddings no dataset uses.",
                     )
                     st.session_state.pop(state.DATASET_KEY, None)
                     st.session_state.pop("w_data_dataset", None)
@@ -343,8 +356,9 @@ def render_unfinished(store: Store, dataset: str) -> None:
     for run in unfinished_extractions(store, dataset):
         with st.container(border=True):
             st.warning(
-                f"The extraction of **{dataset}** with `{short_key(run.encoder_key)}` did not finish: "
-                f"{run.reason}. {run.n_missing:,} of {run.n_images:,} images still have no embedding.",
+                f"The extraction of **{md_escape(dataset)}** with {md_code(short_key(run.encoder_key))} did not "
+                f"finish: {md_escape(run.reason)}. {run.n_missing:,} of {run.n_images:,} images still have no "
+                "embedding.",
                 icon=":material/pending:",
             )
             if st.button(
@@ -358,7 +372,7 @@ def render_unfinished(store: Store, dataset: str) -> None:
 
 
 def resume(store: Store, run: UnfinishedExtraction) -> None:
-    with st.spinner(f"Loading {run.encoder_id}…"):
+    with st.spinner(f"Loading {md_escape(run.encoder_id)}…"):
         encoder = get_encoder(run.encoder_id, run.layer, run.pooling, run.weights)
     bar = st.progress(0.0, text="Resuming…")
     report = resume_extraction(store, run, encoder, progress=embed_progress(bar))
@@ -373,24 +387,38 @@ def weights_choice(store: Store, spec: encoders.EncoderSpec) -> str | None:
         "Weights file (optional)",
         type=list(WEIGHT_TYPES),
         key=f"weights_upload_{spec.id}_{st.session_state.get(WEIGHTS_ROUND_KEY, 0)}",
+        max_upload_size=config.max_upload_mb(),
         help=f"No network on this server? Upload the checkpoint {spec.name} would download "
         f"({spec.source.split(':')[0]} format), and RepLens loads it instead. Vectors from a file are "
         "stored under their own key.",
     )
     if upload is not None and chosen.get(spec.id, ("", "", ""))[2] != upload.file_id:
-        with user_errors():
-            path = save_weights(store.cache_dir, upload.name, upload.getvalue())
-            chosen[spec.id] = (str(path), upload.name, upload.file_id)
+        keep_weights(store, spec.id, upload, chosen)
     path, name, _ = chosen.get(spec.id, ("", "", ""))
     if saved_weights(store.cache_dir, path) is None:
         chosen.pop(spec.id, None)
         return None
-    st.caption(f"Using the weights file **{name}** instead of downloading.")
+    st.caption(f"Using the weights file **{md_escape(name)}** instead of downloading.")
     if st.button("Download from the hub instead", key=f"weights_clear_{spec.id}"):
         chosen.pop(spec.id, None)
         st.session_state[WEIGHTS_ROUND_KEY] = st.session_state.get(WEIGHTS_ROUND_KEY, 0) + 1  # empty the uploader
         st.rerun()
     return path
+
+
+def keep_weights(store: Store, encoder_id: str, upload: Any, chosen: dict[str, tuple[str, str, str]]) -> None:
+    """Check and keep an uploaded weights file for ``encoder_id``. A refused one (unsafe pickle, too
+    large, not a checkpoint) is checked once per upload and its error shown while it stays in the box."""
+    refused: dict[str, RepLensError] = st.session_state.setdefault(WEIGHTS_REFUSED_KEY, {})
+    if upload.file_id not in refused:
+        try:
+            path = save_weights(store.cache_dir, upload.name, upload.getvalue())
+        except RepLensError as exc:
+            refused[upload.file_id] = exc
+        else:
+            chosen[encoder_id] = (str(path), upload.name, upload.file_id)
+            return
+    show_error(refused[upload.file_id])
 
 
 def render_extract(store: Store, dataset: str) -> None:
@@ -435,7 +463,7 @@ def render_extract(store: Store, dataset: str) -> None:
 def run_extraction(
     store: Store, dataset: str, encoder_id: str, layer: str, pooling: str, weights: str | None = None
 ) -> None:
-    with st.spinner(f"Loading {encoder_id}…"):
+    with st.spinner(f"Loading {md_escape(encoder_id)}…"):
         encoder = get_encoder(encoder_id, layer, pooling, weights)
     bar = st.progress(0.0, text="Starting…")
     # Leaving the page stops the script inside the progress callback; each committed chunk is
@@ -447,8 +475,8 @@ def run_extraction(
 def finish_extraction(store: Store, dataset: str, report: EmbedReport) -> None:
     """Flash the report, open the new embeddings on the other pages (also after a reload), rerun."""
     message = (
-        f"**{dataset}** × `{report.encoder}`: {report.encoded} embedded, {report.cached} already cached, "
-        f"{len(report.failed)} failed in {report.seconds:.1f}s "
+        f"**{md_escape(dataset)}** × {md_code(report.encoder)}: {report.encoded} embedded, "
+        f"{report.cached} already cached, {len(report.failed)} failed in {report.seconds:.1f}s "
         f"({report.images_per_s:.1f} img/s on {report.device})."
     )
     st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)

@@ -10,6 +10,7 @@ few narrow columns so that it fits the page without scrolling sideways.
 
 from __future__ import annotations
 
+import html
 import warnings
 from typing import Any
 
@@ -22,6 +23,7 @@ from core.errors import RepLensError
 from core.store import Store
 from ui.errors import user_errors
 from ui.resources import data_version, get_store
+from ui.text import md_code, md_escape
 from ui.widgets import dataset_picker, short_key
 
 # Normalised singular values below this are floating-point zeros, not structure.
@@ -180,7 +182,7 @@ def show_table(table: pd.DataFrame, key: str) -> None:
 
 def full_keys_caption(keys: list[str], names: dict[str, str]) -> str | None:
     """'short = full key' for every encoder whose shown name is not its key."""
-    pairs = [f"{names[k]} = `{k}`" for k in keys if names.get(k, k) != k]
+    pairs = [f"{md_escape(names[k])} = {md_code(k)}" for k in keys if names.get(k, k) != k]
     return "Full keys: " + "; ".join(pairs) if pairs else None
 
 
@@ -199,7 +201,7 @@ def spectrum_figure(results: pd.DataFrame, names: dict[str, str]) -> Any:
                 x=np.arange(1, len(values) + 1),
                 y=values,
                 mode="lines",
-                name=names.get(key, key),
+                name=html.escape(names.get(key, key)),  # Plotly renders legend names as HTML
                 hovertemplate="component %{x}<br>%{y:.2e}<extra>%{fullData.name}</extra>",
             )
         )
@@ -228,7 +230,7 @@ def pair_matrix(comparison: pd.DataFrame, keys: list[str], column: str) -> pd.Da
 def heatmap(matrix: pd.DataFrame, names: dict[str, str], title: str) -> Any:
     import plotly.graph_objects as go
 
-    labels = [names.get(k, k) for k in matrix.index]
+    labels = [html.escape(names.get(k, k)) for k in matrix.index]  # tick labels are rendered as HTML
     fig = go.Figure(
         go.Heatmap(
             z=matrix.to_numpy(),
@@ -258,9 +260,9 @@ def heatmap(matrix: pd.DataFrame, names: dict[str, str], title: str) -> Any:
 def render(results: pd.DataFrame, comparison: pd.DataFrame | None, messages: list[str], keys: list[str]) -> None:
     names = display_names(keys)
     for message in messages:
-        st.warning(message, icon=":material/warning:")
+        st.warning(md_escape(message), icon=":material/warning:")
     for problem in problems(results, names):
-        st.error(problem, icon=":material/error:")
+        st.error(md_escape(problem), icon=":material/error:")
     st.subheader("Per encoder")
     show_table(metrics_table(results, names), "dg_table")
     caption = full_keys_caption(keys, names)
@@ -352,7 +354,10 @@ def main() -> None:
         return
     keys = store.embedded_keys(dataset)
     if not keys:
-        st.info(f"**{dataset}** has no embeddings yet. Extract them on the **Data** page.", icon=":material/info:")
+        st.info(
+            f"**{md_escape(dataset)}** has no embeddings yet. Extract them on the **Data** page.",
+            icon=":material/info:",
+        )
         return
     with user_errors():
         version = data_version(store, dataset)
@@ -368,7 +373,7 @@ def main() -> None:
         if wanted not in st.session_state.get(_DONE, []):
             st.caption(
                 f"{len(keys)} encoder(s) embedded: "
-                + ", ".join(short_key(k) for k in keys)
+                + md_escape(", ".join(short_key(k) for k in keys))
                 + ". Press **Compute diagnostics** (the linear probe and kNN scale with the number of images)."
             )
             return

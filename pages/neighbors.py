@@ -8,15 +8,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import images
+from core import config, images
 from core.errors import InvalidInputError
 from core.extract import embed_images
 from core.neighbors import Neighbors, mean_similarity, overlap
 from core.store import Store
+from core.uploads import check_upload_sizes
 from ui.errors import user_errors
 from ui.gallery import gallery, thumbnail
 from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import QUERY_KEY
+from ui.text import md_escape
 from ui.widgets import dataset_and_key, remembered_select, short_key
 
 SOURCE_DATASET = "An image from the dataset"
@@ -43,10 +45,12 @@ def query_controls(frame: pd.DataFrame) -> Query | None:
             type=[e.lstrip(".") for e in sorted(images.SUPPORTED_EXTENSIONS)],
             key="nb_upload",
             help="Embedded on the fly with the same encoder; not added to the dataset.",
+            max_upload_size=config.max_file_mb(),
         )
         if upload is None:
             st.caption("Upload an image to find its nearest images in the dataset.")
             return None
+        check_upload_sizes([upload])  # the browser enforces the widget's limit; a client may not
         return Query(None, images.decode_rgb(upload.getvalue()), upload.name)
     hashes = frame["content_hash"].tolist()
     paths = dict(zip(frame["content_hash"], frame["rel_path"]))
@@ -70,7 +74,7 @@ def search(view: DatasetView, key: str, query: Query, k: int) -> tuple[pd.DataFr
             return None
         return frame, index.search_row(int(rows[0]), k)
     encoder = query_encoder(key)
-    with st.spinner(f"Embedding the query with {short_key(key)}…"):
+    with st.spinner(f"Embedding the query with {md_escape(short_key(key))}…"):
         vector = embed_images(encoder, [query.upload])
     return frame, index.search(vector, k)[0]
 
@@ -100,7 +104,7 @@ def similarity_summary(found: Neighbors) -> str:
 
 def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str, key: str) -> pd.DataFrame:
     table = results_table(frame, found)
-    st.markdown(f"**{title}**")
+    st.markdown(f"**{md_escape(title)}**")
     st.caption(f"{len(table)} neighbours · {similarity_summary(found)}")
     captions = [f"{s:.3f} · {p.rsplit('/', 1)[-1]}" for s, p in zip(table["Similarity"], table["Path"])]
     gallery(store, frame.iloc[found.indices], captions, key=f"{key}_gallery")
@@ -117,12 +121,12 @@ def show_results(store: Store, frame: pd.DataFrame, found: Neighbors, title: str
 
 def show_query(store: Store, frame: pd.DataFrame, query: Query) -> None:
     if query.upload is not None:
-        st.image(query.upload, width=160, caption=f"Query: {query.label} (uploaded)")
+        st.image(query.upload, width=160, caption=f"Query: {md_escape(query.label)} (uploaded)")
         return
     row = frame.loc[frame["content_hash"] == query.content_hash].iloc[0]
     path = thumbnail(store, row["content_hash"], row["source"], row["rel_path"])
     if path:
-        st.image(path, width=160, caption=f"Query: {row['rel_path']}")
+        st.image(path, width=160, caption=f"Query: {md_escape(row['rel_path'])}")
 
 
 def main() -> None:
@@ -162,8 +166,8 @@ def main() -> None:
         second = search(view, compare, query, k)
         if second is None:
             st.warning(
-                f"{query.label} has no vector under {short_key(compare)}; extract that encoder for "
-                "the whole dataset to compare."
+                f"{md_escape(query.label)} has no vector under {md_escape(short_key(compare))}; extract that "
+                "encoder for the whole dataset to compare."
             )
             show_results(store, *first, title=short_key(key), key="nb_a")
             return

@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image, ImageOps
 
-from core import images, mapfigure, snapshots
+from core import config, images, mapfigure, snapshots
 from core.errors import RepLensError
 from core.fsutil import safe_relative_path
 from core.mapfigure import MAX_MAP_POINTS
@@ -29,9 +29,11 @@ from core.palette import cluster_colour
 from core.reduce import stratified_sample
 from core.snapshots import Snapshot, SnapshotDiff
 from core.store import Store
-from ui.errors import user_errors
+from core.uploads import check_single_upload
+from ui.errors import show_error, user_errors
 from ui.gallery import THUMB_WIDTH
 from ui.resources import DatasetView, get_store
+from ui.text import md_code, md_escape
 from ui.widgets import selected_rows, short_key
 
 LINK_PARAM = "snapshot"  # ?snapshot=<id or prefix>
@@ -95,11 +97,6 @@ def import_upload(store: Store, name: str, data: bytes) -> str:
 
 # ---------------------------------------------------------------------------------------
 # Small formatters
-
-
-def md_escape(text: str) -> str:
-    """Text shown literally inside Streamlit markdown (titles, labels, paths are user data)."""
-    return re.sub(r"([\\`*_{}\[\]()<>#+\-.!|~$:])", r"\\\1", text)
 
 
 def file_stem(snap: Snapshot) -> str:
@@ -190,7 +187,7 @@ def thumbnail_grid(store: Store, hashes: list[str], captions: list[str], total: 
         return
     tiles = thumbnails(store, hashes)
     missing = sum(t is PLACEHOLDER for t in tiles)
-    st.image(tiles, caption=[tile_caption(c) for c in captions], width=THUMB_WIDTH)
+    st.image(tiles, caption=[md_escape(tile_caption(c)) for c in captions], width=THUMB_WIDTH)
     notes = []
     if total is not None and total > len(hashes):
         notes.append(f"Showing {len(hashes):,} of {total:,}; the HTML export has the rest.")
@@ -241,9 +238,10 @@ def map_section(store: Store, snap: Snapshot, key: str) -> None:
     n = snap.n_points
     rows = stratified_sample(snap.points["cluster"].to_numpy(), MAX_MAP_POINTS, seed=0)
     proj = snap.projection
-    params = scalar_items(proj.get("params") or {})
+    params = md_escape(scalar_items(proj.get("params") or {}))
+    method = md_escape(str(proj.get("method", "?")).upper())
     st.caption(
-        f"**{n:,} points** · map: {proj.get('method', '?').upper()}{f' ({params})' if params else ''}, "
+        f"**{n:,} points** · map: {method}{f' ({params})' if params else ''}, "
         "as saved · hover a point for its path and cluster; click or drag a box to see images"
     )
     if len(rows) < n:
@@ -278,10 +276,10 @@ def map_section(store: Store, snap: Snapshot, key: str) -> None:
 def header(snap: Snapshot) -> None:
     st.header(md_escape(snap.title), anchor=False)
     origin = "imported from a .replens file" if snap.origin == "imported" else "saved here"
-    st.caption(f"Read-only snapshot · {origin} · id `{snap.id[:12]}`")
+    st.caption(f"Read-only snapshot · {origin} · id {md_code(snap.id[:12])}")
     if snap.notes.strip():
         with st.container(border=True):
-            st.markdown(snap.notes)
+            st.markdown(md_escape(snap.notes, line_breaks=True))  # notes are shown as typed, never as Markdown
 
 
 def facts(snap: Snapshot) -> None:
@@ -291,7 +289,7 @@ def facts(snap: Snapshot) -> None:
     noise = c.get("noise_fraction")
     lines = [
         f"- **Dataset:** {md_escape(snap.dataset['name'])} · {snap.n_points:,} images",
-        f"- **Encoder:** {md_escape(str(encoder))} (`{snap.encoder['key']}`)",
+        f"- **Encoder:** {md_escape(str(encoder))} ({md_code(snap.encoder['key'])})",
         f"- **Clustering:** {md_escape(c['method'])} · {c['n_clusters']} clusters"
         + (f" · noise {noise:.1%}" if isinstance(noise, (int, float)) else ""),
         f"- **Parameters:** {md_escape(scalar_items(c.get('params') or {}) or 'none recorded')}",
@@ -429,7 +427,7 @@ def linked_view(store: Store, ref: str) -> None:
     try:
         snap = load(store, ref)
     except RepLensError as exc:
-        st.error(exc.for_page(), icon=":material/error:")
+        show_error(exc)
         st.caption(
             "Links work within one RepLens deployment. From another one, ask for the .replens file and "
             "import it here, or for the HTML page."
@@ -472,7 +470,7 @@ def browse_section(store: Store) -> None:
     listing = snapshots.list_snapshots(store, query)
     if listing.empty:
         if query.strip():
-            st.info(f"No snapshot mentions “{query.strip()}” in its title, notes or dataset.")
+            st.info(f"No snapshot mentions “{md_escape(query.strip())}” in its title, notes or dataset.")
         else:
             st.info(
                 "No snapshots yet. Save a cluster run as a snapshot on the **Clusters** page (or with "
@@ -490,7 +488,7 @@ def browse_section(store: Store) -> None:
     try:
         snap = _load(store, str(store.path), sid)
     except RepLensError as exc:  # deleted by another session since the list was read
-        st.error(exc.for_page(), icon=":material/error:")
+        show_error(exc)
         return
     st.divider()
     show_snapshot(store, snap, key="browse")
@@ -505,7 +503,7 @@ def delete_controls(store: Store, snap: Snapshot) -> None:
             st.rerun()
         return
     st.warning(
-        f"Delete “{snap.title}” ({snap.id[:12]})? This cannot be undone, and its link stops working. "
+        f"Delete “{md_escape(snap.title)}” ({snap.id[:12]})? This cannot be undone, and its link stops working. "
         "Download the .replens file first to keep a copy.",
         icon=":material/warning:",
     )
@@ -514,7 +512,7 @@ def delete_controls(store: Store, snap: Snapshot) -> None:
         st.session_state.pop(CONFIRM_KEY, None)
         with user_errors():
             snapshots.delete_snapshot(store, snap.id)
-            st.session_state[FLASH_KEY] = f"Deleted “{snap.title}”."
+            st.session_state[FLASH_KEY] = f"Deleted “{md_escape(snap.title)}”."
             st.session_state.pop(PICK_KEY, None)
             st.rerun()
     if c2.button("Cancel", key="snap_delete_no"):
@@ -527,28 +525,32 @@ def import_section(store: Store) -> None:
         "A .replens file from `Download .replens` (here or on another machine). It is checked in full "
         "before anything is stored; thumbnails come with it, the original images are not needed."
     )
-    upload = st.file_uploader("Import a .replens file", type=["replens"], key="snap_upload")
+    upload = st.file_uploader(
+        "Import a .replens file", type=["replens"], key="snap_upload", max_upload_size=config.max_upload_mb()
+    )
     if upload is None:
         return
     done: dict[str, tuple[str, str]] = st.session_state.setdefault(IMPORTS_KEY, {})
     if upload.file_id not in done:  # import once per upload, not on every rerun
         try:
-            with st.spinner(f"Checking and importing {upload.name}…"):
+            check_single_upload(upload.name, upload.size)  # before its bytes are copied or written
+            with st.spinner(f"Checking and importing {md_escape(upload.name)}…"):
                 done[upload.file_id] = ("ok", import_upload(store, upload.name, upload.getvalue()))
         except RepLensError as exc:
             done[upload.file_id] = ("error", exc.for_page())
     status, value = done[upload.file_id]
     if status == "error":
-        st.error(f"{upload.name} was not imported: {value}", icon=":material/error:")
+        st.error(f"{md_escape(upload.name)} was not imported: {md_escape(value)}", icon=":material/error:")
         return
     st.success(
-        f"Imported {upload.name}. It is now in the list (Browse) and opens by its link.", icon=":material/check_circle:"
+        f"Imported {md_escape(upload.name)}. It is now in the list (Browse) and opens by its link.",
+        icon=":material/check_circle:",
     )
     st.session_state[PICK_KEY] = value  # Browse opens it next
     try:
         snap = _load(store, str(store.path), value)
     except RepLensError as exc:
-        st.error(exc.for_page(), icon=":material/error:")
+        show_error(exc)
         return
     show_snapshot(store, snap, key="import")
 

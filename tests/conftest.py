@@ -100,7 +100,13 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    for name in ("REPLENS_PASSWORD", "REPLENS_PASSWORD_HASH", "REPLENS_ALLOW_OPEN"):
+    for name in (
+        "REPLENS_PASSWORD",
+        "REPLENS_PASSWORD_HASH",
+        "REPLENS_ALLOW_OPEN",
+        "REPLENS_MAX_FILE_MB",
+        "REPLENS_MAX_UPLOAD_MB",
+    ):
         monkeypatch.delenv(name, raising=False)  # a developer's shell must not gate the AppTests
     return env
 

@@ -16,6 +16,7 @@ import streamlit as st
 from core.jobs import Job, JobRunner
 from ui.progress import fmt_duration
 from ui.resources import get_store
+from ui.text import md_escape
 
 POLL_S = 1.0
 SEEN_KEY = "rl_jobs_seen_active"  # session state: jobs this session saw active (to notice them end)
@@ -51,7 +52,7 @@ def show_job(job: Job, *, key: str) -> None:
     """One job: title, progress with rate and ETA, and the button that fits its state."""
     runner = get_runner()
     with st.container(border=True):
-        st.markdown(f"**{_escape(job.title)}** · {job.status}")
+        st.markdown(f"**{md_escape(job.title)}** · {job.status}")
         if job.status in ("queued", "running"):
             st.progress(job.fraction, text=progress_text(job))
             if st.button("Cancel", key=f"{key}_cancel_{job.job_id}", icon=":material/stop:"):
@@ -60,7 +61,7 @@ def show_job(job: Job, *, key: str) -> None:
         elif job.status == "done":
             st.caption(_done_text(job))
         else:
-            st.caption(_escape(job.error or job.status))
+            st.caption(md_escape(job.error or job.status))
             if st.button("Resume", key=f"{key}_resume_{job.job_id}", icon=":material/play_arrow:"):
                 runner.resume(job.job_id)
                 st.rerun()
@@ -100,8 +101,3 @@ def _done_text(job: Job) -> str:
             f"{len(result.get('failed') or [])} failed ({result.get('images_per_s', 0):.1f} img/s)."
         )
     return "Finished."
-
-
-def _escape(text: str) -> str:
-    """Job titles and errors hold user text (dataset names): shown literally, never as Markdown."""
-    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!<>|~$" else ch for ch in text)

@@ -25,6 +25,7 @@ from core.keys import EncoderKey
 from core.neighbors import NeighborIndex
 from core.reduce import Projection, project
 from core.store import Store
+from core.weights import check_page_weights
 
 
 @st.cache_resource(show_spinner=False)
@@ -41,8 +42,11 @@ def get_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None =
     """A loaded encoder, shared by sessions (forward passes are serialised inside the encoder).
 
     ``weights``: a local weights file for a hub encoder (an upload kept by ``core.weights``);
-    part of the cache key, so each file is its own encoder.
+    part of the cache key, so each file is its own encoder. A page loads a file (this one, or the
+    one a ``timm-file:``/``onnx-file:`` id names) only when it was uploaded here or lies inside a
+    data root: anything else is refused before it is read.
     """
+    check_page_weights(encoder_id, weights, config.cache_dir(), config.data_roots())
     if weights and not Path(weights).is_file():
         raise EncoderUnavailableError(
             f"Weights file {weights} does not exist.",

@@ -170,7 +170,7 @@ def embed_words(
         return _TEXT_CACHE[key]
     path = Path(cache_dir) / "concepts" / f"words-{key}.npy" if cache_dir is not None else None
     if path is not None and path.is_file():
-        vectors = np.load(path)
+        vectors = np.load(path, allow_pickle=False)
     else:
         prompts = [t.format(w) for w in words for t in templates]
         chunks = [
