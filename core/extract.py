@@ -3,16 +3,21 @@
 ``embed_dataset`` embeds only what the store lacks for (image hash, encoder key): a rerun,
 or a restart after a crash, picks up where the last committed chunk ended. Decoding and
 preprocessing run in worker threads (Pillow releases the GIL) and overlap with the model's
-forward pass; vectors are written to DuckDB in chunks, each in its own transaction.
+forward pass; vectors are written to DuckDB in chunks, each in its own transaction, after
+which the store lets go of the database file so another process (the app while a command
+embeds, or the reverse) can use it until the next chunk is ready.
 
 Every call is recorded as an ``embed`` run: ``done`` when it embedded everything, ``failed`` with
 the error otherwise (an interruption, such as a browser reload stopping the Streamlit script or a
 ``should_stop`` request, is recorded as ``failed`` with an error starting "Interrupted").
 A process that is killed outright leaves its run ``running``. :func:`unfinished_extractions`
-tells such a run from one in progress: a run is in progress only while this process is executing
-it (:data:`_LIVE_RUNS`). No other process can be: the store holds the DuckDB file open with
-DuckDB's exclusive lock, so a ``running`` record written by another process (the pid and host
-are in its params) belongs to a process that has ended.
+tells such a run from one in progress. The store no longer holds the file for a process's
+whole life, so another process (a ``python -m core embed`` in a terminal, a second server) can
+be extracting at the same time: a ``running`` run is in progress when this process is
+executing it (:data:`_LIVE_RUNS`), or when the process its params name (pid, host, and the
+process's start time, so a reused pid does not count) is another process on this machine that
+is still alive. A ``running`` run recorded on another machine counts as ended (DuckDB's file
+lock does not reach across machines, so RepLens does not share a file between them).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +48,7 @@ ProgressCallback = Callable[[int, int], None]
 DEFAULT_CPU_BATCH = 32
 DEFAULT_GPU_BATCH = 256
 CHUNK_SIZE = 512  # vectors per transaction: a crash loses at most this much work
+CHUNK_SIZE_ENV = "REPLENS_EMBED_CHUNK"  # overrides CHUNK_SIZE (crash tests use small chunks)
 INTERRUPTED = "Interrupted"  # how the error of a run cut short (not failed) starts
 
 # The embed runs this process is executing now (see the module docstring).
@@ -114,6 +121,7 @@ def embed_dataset(
         encoder.dim,
         encoder.spec.to_dict(),
     )
+    _close_abandoned_runs(store, dataset, encoder.key)
     pending = store.pending_images(dataset, encoder.key)
     total = len(store.dataset_images(dataset))
     report = EmbedReport(
@@ -148,8 +156,63 @@ def embed_dataset(
 
 
 def _process_identity() -> dict[str, Any]:
-    """Who runs an extraction (recorded in its run; shown when it was cut short)."""
-    return {"pid": os.getpid(), "host": socket.gethostname()}
+    """Who runs an extraction, recorded in its run: tells a run in progress in another process
+    from one whose process has ended (:func:`_running_elsewhere`)."""
+    identity: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname()}
+    started = _process_start(os.getpid())
+    if started is not None:
+        identity["proc_start"] = started
+    return identity
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks after boot, field 22 of Linux's /proc/PID/stat),
+    or None when that cannot be read or the process is a zombie (it has ended). With the pid it
+    names one process: a pid reused by a later process has another start time."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[-1].split()  # after "pid (command name)", which may hold spaces
+    if len(fields) < 20 or fields[0] in {"Z", "X"} or not fields[19].isdigit():
+        return None
+    return int(fields[19])
+
+
+def _running_elsewhere(params: dict[str, Any]) -> bool:
+    """Whether the process that recorded ``params`` is another process on this machine that is
+    still running (so its ``running`` run is in progress, not abandoned)."""
+    pid = params.get("pid")
+    if params.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    recorded = params.get("proc_start")
+    if not Path("/proc/self/stat").exists():
+        return True  # no /proc (not Linux): the pid is all there is to go on
+    return _process_start(pid) == recorded if recorded is not None else _process_start(pid) is not None
+
+
+def _close_abandoned_runs(store: Store, dataset: str, encoder_key: str) -> None:
+    """Record as interrupted the runs of (dataset, key) left ``running`` by processes that ended
+    (killed, or a machine that went down): this extraction takes over what they left."""
+    runs = store.runs("embed")
+    mine = runs[(runs["dataset"] == dataset) & (runs["encoder_key"] == encoder_key) & (runs["status"] == "running")]
+    for _, run in mine.iterrows():
+        if not _in_progress(run):
+            store.finish_run(str(run["run_id"]), error=f"{INTERRUPTED}: {_reason(run)}")
+
+
+def _in_progress(run: Any) -> bool:
+    """Whether an ``embed`` run is being executed now, by this process or another one."""
+    with _LIVE_LOCK:
+        if run["run_id"] in _LIVE_RUNS:
+            return True
+    return run["status"] == "running" and _running_elsewhere(_params(run["params"]))
 
 
 @dataclass(frozen=True)
@@ -174,8 +237,8 @@ def unfinished_extractions(store: Store, dataset: str) -> list[UnfinishedExtract
 
     Per encoder key, the latest ``embed`` run counts: one that is not ``done`` (interrupted,
     failed, or left ``running`` by a process that ended; see the module docstring), that is not
-    in progress in this process, and after which images of the dataset still have no vector
-    under its key. Imported vectors are left out (RepLens cannot embed more of them).
+    in progress (in this process or another live one), and after which images of the dataset
+    still have no vector under its key. Imported vectors are left out (RepLens cannot embed more of them).
     """
     store.require_dataset(dataset)
     runs = store.runs("embed")
@@ -184,11 +247,8 @@ def unfinished_extractions(store: Store, dataset: str) -> list[UnfinishedExtract
     n_images = len(store.dataset_images(dataset)) if len(runs) else 0
     for key, group in runs.groupby("encoder_key", sort=True):
         last = group.sort_values("started_at").iloc[-1]
-        if last["status"] == "done":
+        if last["status"] == "done" or _in_progress(last):
             continue
-        with _LIVE_LOCK:
-            if last["run_id"] in _LIVE_RUNS:
-                continue  # in progress (another session of this server)
         parsed = EncoderKey.try_parse(str(key))
         if parsed is None or parsed.is_imported:
             continue
@@ -310,6 +370,7 @@ def _run(
     failures: list[tuple[PendingImage, str]] = []
     done = report.cached
     draft = (encoder.spec.input_size, encoder.spec.input_size)
+    chunk_size = _chunk_size()
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="replens-decode") as pool:
             for batch in _prepared_batches(pool, pending, encoder, batch_size, draft):
@@ -321,7 +382,7 @@ def _run(
                     chunk_hashes.extend(item.content_hash for item, _ in good)
                     chunk_vectors.append(vectors)
                 done += len(batch)
-                if len(chunk_hashes) >= CHUNK_SIZE:
+                if len(chunk_hashes) >= chunk_size:
                     report.encoded += _flush(store, encoder.key, chunk_hashes, chunk_vectors)
                 if progress:
                     progress(done, total)
@@ -354,7 +415,18 @@ def _flush(store: Store, key: str, hashes: list[str], vectors: list[np.ndarray])
     written = store.write_embeddings(key, hashes, np.concatenate(vectors))
     hashes.clear()
     vectors.clear()
+    store.release()  # the next chunk takes a while: let another process use the file meanwhile
     return written
+
+
+def _chunk_size() -> int:
+    """Vectors per transaction: :data:`CHUNK_SIZE`, or the ``REPLENS_EMBED_CHUNK`` environment variable."""
+    text = os.environ.get(CHUNK_SIZE_ENV, "").strip()
+    if not text:
+        return CHUNK_SIZE
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidInputError(f"{CHUNK_SIZE_ENV}={text!r} must be a whole number >= 1 (vectors per transaction).")
+    return int(text)
 
 
 def _prepare(item: PendingImage, encoder: BaseEncoder, draft: tuple[int, int]) -> _Prepared:

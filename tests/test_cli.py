@@ -251,13 +251,11 @@ def test_filesystem_problems_are_one_line_errors(ws: Workspace, cli, tmp_path: P
 
 
 def test_locked_database_is_one_line_error(cli, store: Store, db_file: Path, tmp_path: Path) -> None:
-    store.ingest("held", "/src", [], [])  # the test process now holds the file open
-    env = {"REPLENS_DB": str(db_file), "REPLENS_CACHE": str(tmp_path / "locked-cache")}
-    line = assert_one_line_error(cli(["datasets", "--json"], env), str(db_file), "another process")
+    env = {"REPLENS_DB": str(db_file), "REPLENS_CACHE": str(tmp_path / "locked-cache"), "REPLENS_DB_LOCK_TIMEOUT": "1"}
+    with store.connected():  # the test process holds the file open for the whole block
+        store.ingest("held", "/src", [], [])
+        line = assert_one_line_error(cli(["datasets", "--json"], env), str(db_file), "another process")
     assert "REPLENS_DB" in line
-
-
-# --------------------------------------------------------------------------- export / import
 
 
 def test_export_writes_parquet_with_the_stored_vectors(ws: Workspace, tmp_path: Path) -> None:

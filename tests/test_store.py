@@ -510,7 +510,8 @@ def test_threads_sharing_one_store_read_and_write_correctly(store: Store) -> Non
 
 
 def test_second_process_gets_a_clear_lock_error(store: Store, db_file: Path) -> None:
-    store.ingest("d", "/src", fake_records(1), [])  # opens (and locks) the file
+    """While this process holds the file (a unit of work), another process waits for it up to
+    REPLENS_DB_LOCK_TIMEOUT, then gets a clear error; once the unit ends it opens the file."""
     code = (
         "import sys\n"
         "from core.store import Store\n"
@@ -522,33 +523,25 @@ def test_second_process_gets_a_clear_lock_error(store: Store, db_file: Path) -> 
         "    print(exc)\n"
         "    sys.exit(3)\n"
     )
-    proc = subprocess.run(
-        [PYTHON, "-c", code],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
-    )
+    env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin", "REPLENS_DB_LOCK_TIMEOUT": "1"}
+    with store.connected():  # holds the file open until the block ends
+        store.ingest("d", "/src", fake_records(1), [])
+        proc = subprocess.run([PYTHON, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 3, proc.stderr
     message = proc.stdout.strip()
     assert str(db_file) in message
     assert "another process" in message and "REPLENS_DB" in message
-    # After this Store closes, the other process can open the file.
-    store.close()
+    # Once the unit of work has ended, the other process can open the file (waiting out the idle close).
     proc = subprocess.run(
         [PYTHON, "-c", code.replace("s.dataset_names()", "print(s.dataset_names())")],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"},
+        env={**env, "REPLENS_DB_LOCK_TIMEOUT": "30"},
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "['d']"
-
-
-# --------------------------------------------------------------------------- export, failures, runs
 
 
 def test_export_embeddings_writes_parquet_with_the_stored_vectors(store: Store, tmp_path: Path) -> None:
