@@ -38,7 +38,8 @@ def main() -> None:
             settle(page)
             page.get_by_text("PCA", exact=True).click()
             settle(page)
-            box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+            page.locator('button[data-mode="box"]').click()  # the big map's Box select
+            box = page.locator(".rl-overlay").first.bounding_box()
             page.mouse.move(box["x"] + 2, box["y"] + 2)
             page.mouse.down()
             page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, steps=8)

@@ -79,8 +79,11 @@ def colour_by_cluster(
     position = pd.Index(list(run_hashes)).get_indexer(pd.Index(frame["content_hash"]))
     ids = np.where(position >= 0, np.asarray(run_labels)[np.maximum(position, 0)], _OUTSIDE_RUN)
     lookup = {**{int(c): n for c, n in names.items()}, _OUTSIDE_RUN: NOT_IN_RUN}
-    categories = np.array([lookup.get(int(c), f"cluster {c}") for c in ids], dtype=object)
-    colours = {lookup.get(int(c), f"cluster {c}"): cluster_colour(int(c)) for c in np.unique(ids)}
+    # Named per distinct id, then spread by index: a million points cost one lookup per cluster.
+    distinct, inverse = np.unique(ids, return_inverse=True)
+    distinct_names = np.array([lookup.get(int(c), f"cluster {c}") for c in distinct], dtype=object)
+    categories = distinct_names[inverse.reshape(-1)]
+    colours = {str(name): cluster_colour(int(c)) for c, name in zip(distinct, distinct_names)}
     colours[NOT_IN_RUN] = OTHER_COLOUR
     return Colouring(title, categories=categories, colours=colours)
 
@@ -186,6 +189,47 @@ def _groups(colouring: Colouring, n_rows: int, rows: np.ndarray) -> list[tuple[s
     if rest:
         groups.append((f"other ({len(rest)} groups)", rows[np.isin(shown, rest)], OTHER_COLOUR))
     return groups
+
+
+@dataclass(frozen=True)
+class CategoryLegend:
+    """Categories of a colouring as the big map draws them: one code per row, one legend entry per group.
+
+    ``names`` are the distinct categories, largest first (``codes`` index them). Each category has an
+    ``entry`` in ``entries`` (name, colour, count): its own, or the shared grey "other (k groups)" one,
+    by the same rule as the Plotly traces (``_groups``): fixed colours kept, the rest coloured by rank.
+    """
+
+    codes: np.ndarray  # int64, one per row
+    names: list[str]
+    entry_of: np.ndarray  # int64, one per category
+    entries: list[tuple[str, str, int]]
+
+
+def category_legend(colouring: Colouring, n_rows: int) -> CategoryLegend:
+    """The legend of a categorical colouring (or of no colouring: one "images" group) for all rows."""
+    cats = colouring.categories if colouring.categories is not None else np.full(n_rows, "images", dtype=object)
+    raw_codes, uniques = pd.factorize(np.asarray(cats), sort=False)  # categories are text already
+    uniques = np.asarray([str(u) for u in uniques], dtype=object)
+    counts = np.bincount(raw_codes, minlength=len(uniques))
+    order = np.lexsort((uniques.astype(str), -counts))  # largest first, ties by name
+    rank_of = np.empty(len(order), dtype=np.int64)
+    rank_of[order] = np.arange(len(order))
+    names = [str(uniques[i]) for i in order]
+    sorted_counts = counts[order]
+    ranked = [n for n in names if n not in colouring.colours]
+    colour = {n: category_colour(i) for i, n in enumerate(ranked[:MAX_LEGEND_GROUPS])} | dict(colouring.colours)
+    entries: list[tuple[str, str, int]] = []
+    entry_of = np.empty(len(names), dtype=np.int64)
+    for i, name in enumerate(names):
+        if name in colour:
+            entry_of[i] = len(entries)
+            entries.append((name, colour[name], int(sorted_counts[i])))
+    rest = [i for i, name in enumerate(names) if name not in colour]
+    if rest:
+        entry_of[rest] = len(entries)
+        entries.append((f"other ({len(rest)} groups)", OTHER_COLOUR, int(sorted_counts[rest].sum())))
+    return CategoryLegend(rank_of[raw_codes], names, entry_of, entries)
 
 
 def default_hover(frame: pd.DataFrame) -> np.ndarray:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -15,24 +14,22 @@ from core.errors import RepLensError
 from core.exports import files_zip, paths_csv
 from core.mapfigure import (
     Colouring,
-    build_map_figure,
     colour_by_cluster,
     colour_by_folder,
     colour_by_keyword,
     colour_by_number,
-    default_hover,
-    display_rows,
 )
 from core.palette import OTHER_COLOUR
 from core.reduce import UMAP_METRICS
 from core.store import Store
 from ui import state
+from ui.bigmap import Blob, big_map, colours_payload, points_payload
 from ui.clusters import run_cluster_names, run_description
 from ui.errors import user_errors
 from ui.gallery import gallery
 from ui.image_classes import top_classes
 from ui.resources import DatasetView, get_store
-from ui.widgets import dataset_and_key, remembered_select, selected_rows
+from ui.widgets import dataset_and_key, remembered_select
 
 METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
 METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
@@ -40,6 +37,8 @@ COLOUR_OPTIONS = ("Folder", "Cluster", "ImageNet class", "Caption keyword", "Wid
 IMAGENET_LEVELS = ("Top-1 class", "Concepts with at least N images", "Under one concept")
 NO_CLASS = "no ImageNet class"
 NUMERIC = {"Width": ("width", "Width (px)"), "Height": ("height", "Height (px)"), "File size": ("n_bytes", "Bytes")}
+MAP_HEIGHT = 640
+DENSE_NOTE_ABOVE = 50_000  # points; from here on many share a screen pixel at the first view
 
 
 def layout_controls() -> tuple[str, dict[str, Any]]:
@@ -74,13 +73,13 @@ def layout_controls() -> tuple[str, dict[str, Any]]:
     return method, params
 
 
-def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> tuple[Colouring, np.ndarray | None]:
-    """The colouring, and hover lines when it adds to the default ones."""
+def colour_controls(store: Store, dataset: str, key: str, frame: pd.DataFrame) -> Colouring:
+    """The colouring picked in the sidebar (hover shows each point's category or value)."""
     st.sidebar.divider()
     choice = st.sidebar.selectbox("Colour by", COLOUR_OPTIONS, key="map_colour")
     if choice == "ImageNet class":
         return imagenet_colouring(store, dataset, frame)
-    return other_colouring(store, dataset, key, frame, choice), None
+    return other_colouring(store, dataset, key, frame, choice)
 
 
 def other_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame, choice: str) -> Colouring:
@@ -124,11 +123,11 @@ def cluster_colouring(store: Store, dataset: str, key: str, frame: pd.DataFrame)
     return colour_by_cluster(frame, run.hashes, run.labels, run_cluster_names(store, run))
 
 
-def imagenet_colouring(store: Store, dataset: str, frame: pd.DataFrame) -> tuple[Colouring, np.ndarray | None]:
+def imagenet_colouring(store: Store, dataset: str, frame: pd.DataFrame) -> Colouring:
     """Colour by each image's top-1 ImageNet class (EfficientNet-Lite0's head), or by a WordNet concept above it."""
     found = top_classes(store, dataset, st.sidebar, key="map_lite0_compute")
     if found is None:
-        return Colouring("All images"), None
+        return Colouring("All images")
     classes, tree = found
     level = st.sidebar.selectbox(
         "Concept level",
@@ -178,16 +177,7 @@ def imagenet_colouring(store: Store, dataset: str, frame: pd.DataFrame) -> tuple
     found_row = position >= 0
     safe = np.maximum(position, 0)
     categories = np.where(found_row, labels[safe], NO_CLASS).astype(object)
-    top_class = classes["class"].to_numpy(dtype=object)[safe]
-    probability = classes["probability"].to_numpy()[safe]
-    extra = np.array(
-        [
-            f"<br>top class: {html.escape(str(c))} ({p:.0%})" if ok else f"<br>{NO_CLASS}"
-            for c, p, ok in zip(top_class, probability, found_row)
-        ],
-        dtype=object,
-    )
-    return Colouring(title, categories=categories, colours=colours), default_hover(frame) + extra
+    return Colouring(title, categories=categories, colours=colours)
 
 
 PCA_INPUT = {
@@ -207,9 +197,9 @@ def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, s
     return f"**{n:,} points** · {METHOD_NAMES[method]}{f' ({shown}{seed})' if shown else ''} · {origin}"
 
 
-def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
-    """The image behind a clicked point (Plotly hovers cannot show images, so this panel does)."""
-    if not rows:
+def inspect_panel(store: Store, frame: pd.DataFrame, rows: np.ndarray) -> None:
+    """The image behind a clicked point (the map's hover names it; this panel shows it)."""
+    if not len(rows):
         st.caption(
             "Click a point to see its image here. To select a group, pick Box or Lasso select in the "
             "toolbar and drag; pick Pan to click single points again."
@@ -236,8 +226,8 @@ def inspect_panel(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
         st.switch_page(state.PAGE_NEIGHBORS)
 
 
-def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> None:
-    if not rows:
+def selection_section(store: Store, frame: pd.DataFrame, rows: np.ndarray) -> None:
+    if not len(rows):
         return
     chosen = frame.iloc[rows]
     # Other pages (Bias: "Map selection" as a stimulus set) read the selection by image hash.
@@ -253,7 +243,7 @@ def selection_section(store: Store, frame: pd.DataFrame, rows: list[int]) -> Non
     c1, c2, _ = st.columns([1, 1, 3])
     c1.download_button(
         "Paths (CSV)",
-        paths_csv(chosen),
+        lambda: paths_csv(chosen),  # built when clicked: 100k rows cost a rerun nothing
         file_name="selection.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -282,29 +272,32 @@ def main() -> None:
     with user_errors():
         view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
-        colouring, hover = colour_controls(store, dataset, key, frame)
+        colouring = colour_controls(store, dataset, key, frame)
         n = len(frame)
         with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
             proj = view.projection(key, method, params)
-        rows = display_rows(frame)
         st.caption(describe_layout(method, proj.params, n, proj.cached, proj.seconds))
-        if len(rows) < n:
+        if n > DENSE_NOTE_ABOVE:
             st.caption(
-                f"Drawing a stratified random sample of {len(rows):,} of {n:,} points (every folder keeps "
-                "its share) so the map stays fast; selections and exports cover the drawn points."
+                f"All {n:,} points are drawn, none sampled. Where several share a screen pixel the map blends "
+                "their colours into a density (the line under the map counts them); zoom in to separate them."
             )
+        # The points are sent once per layout (keyed by it), the colours once per colouring; the
+        # browser keeps both, so a rerun (a click, a page of the gallery) sends neither again.
+        points = points_payload(
+            f"{store.path}|{dataset}|{key}|{proj.key}|{view.version}", proj.coords, frame["rel_path"]
+        )
+        colours = colours_payload(colouring, n)
+        map_and_selection(store, frame, points, colours)
+
+
+@st.fragment  # a click or a box reruns the map and its gallery, not the pickers and the layout lookup
+def map_and_selection(store: Store, frame: pd.DataFrame, points: Blob, colours: Blob) -> None:
+    with user_errors():
         chart_col, panel_col = st.columns([3, 1])
-        # The figure must not depend on the selection: a changed figure would reset it.
-        fig = build_map_figure(proj.coords, frame, colouring, rows, hover=hover)
         with chart_col:
-            event = st.plotly_chart(
-                fig,
-                on_select="rerun",
-                selection_mode=("points", "box", "lasso"),
-                key="map_chart",
-                config={"scrollZoom": True, "displaylogo": False},
-            )
-        selected = selected_rows(event)
+            picked = big_map(points, colours, key="map_chart", height=MAP_HEIGHT)
+        selected = picked.rows if picked is not None else np.zeros(0, dtype=np.int64)
         with panel_col:
             inspect_panel(store, frame, selected)
         selection_section(store, frame, selected)

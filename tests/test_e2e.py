@@ -106,25 +106,19 @@ def test_upload_extract_map_select_neighbors(page: object, server: str, tmp_path
     settle(page)
     shot(page, "1-data")
 
-    # -- Map: every point drawn, read from Plotly's own data in the DOM --------------------
+    # -- Map: every point drawn, as the big map counts the points it drew --------------------
     page.get_by_role("link", name="Map").click()
     page.get_by_text("30 points").wait_for()
-    page.locator(".js-plotly-plot").first.wait_for()
+    big_map = "window.__replensBigmap?.maps.get('map_chart')"
+    page.wait_for_function(f"(n) => {{ const m = {big_map}; return !!m && m.stats.ready && m.stats.n === n; }}", arg=30)
     settle(page)
-    n_drawn = page.evaluate(
-        # _fullData: Plotly's decoded traces (the x arrays arrive as base64 typed arrays).
-        "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)"
-    )
-    assert n_drawn == 2 * PER_CLASS
-    webgl = page.evaluate("() => document.querySelectorAll('.js-plotly-plot canvas').length")
-    assert webgl > 0, "Scattergl did not create a WebGL canvas"
+    assert page.evaluate(f"() => {big_map}.stats.drawn") == 2 * PER_CLASS
     shot(page, "2-map")
 
     # -- Map: box-select everything by dragging over the plot ------------------------------
     # The map opens in pan mode (a click selects one point); box selection is a toolbar button.
-    page.locator(".js-plotly-plot").first.hover()
-    page.locator('.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
-    drag = page.locator(".js-plotly-plot .nsewdrag").first
+    page.locator('button[data-mode="box"]').click()
+    drag = page.locator(".rl-overlay").first
     box = drag.bounding_box()
     assert box is not None
     page.mouse.move(box["x"] + 5, box["y"] + 5)

@@ -5,7 +5,6 @@ head and Debian's WordNet 3.0 (wordnet-base); expected values from independent c
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -268,14 +267,12 @@ def _app(photos: dict, monkeypatch: pytest.MonkeyPatch, db: Path | None = None, 
 
 
 def _legend(at: AppTest) -> dict[str, int]:
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1
-    fig = json.loads(charts[0].proto.spec)
-    out = {}
-    for trace in fig["data"]:
-        name, _, count = trace["name"].rpartition(" (")
-        out[name] = int(count.rstrip(")"))
-    return out
+    """The Map's legend (name: count), as the page sends it to its big map."""
+    from ui.bigmap.sent import sent_maps
+
+    maps = sent_maps(at)
+    assert len(maps) == 1
+    return {entry["name"]: entry["count"] for entry in maps[0].colours["entries"]}
 
 
 def _expected_top1(photos: dict) -> dict[str, int]:

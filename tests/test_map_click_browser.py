@@ -1,9 +1,10 @@
 """Clicking one point on the Map shows its image, in a real browser (issue 10, item 2).
 
 Starts ``streamlit run app.py`` on a store with one dataset (8 images, pixels embeddings), opens
-the Map in Debian's Chromium and clicks a point's own screen position, computed from Plotly's
-axes (``l2p``) of the drawn figure, not guessed. The inspect panel must then name that point's
-image, and the toolbar must not cover the legend title (item 10b). Screenshot: ``test-output/map_click/``.
+the Map in Debian's Chromium and clicks a point's own screen position, computed by the drawn map
+from its view (``pagePoint``: the pixel the renderer paints the point on), not guessed. The
+inspect panel must then name that point's image, and the toolbar must not cover the legend title
+(item 10b). Screenshot: ``test-output/map_click/``.
 """
 
 from __future__ import annotations
@@ -25,18 +26,9 @@ SHOTS = ROOT / "test-output" / "map_click"
 TIMEOUT_MS = 90_000
 PIXELS_KEY = "pixels@v1/pixels/none"
 
-# The screen position (page pixels) of point ``i`` of trace ``t``, and that point's frame row
-# (customdata), from the figure Plotly drew: axes l2p map data to plot pixels; the plot area starts
-# at the drag layer's bounding box.
-POINT_JS = """([t, i]) => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const trace = gd._fullData[t];
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-  const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  const x = trace.x[i], y = trace.y[i];
-  return {px: box.left + xa.l2p(x), py: box.top + ya.l2p(y), row: trace.customdata[i],
-          n: trace._length, name: trace.name};
-}"""
+MAP = "window.__replensBigmap.maps.get('map_chart')"
+# The page position of point ``i`` (a row of the frame the Map draws), and whether it is in view.
+POINT_JS = f"(i) => {MAP}.pagePoint(i)"
 
 
 def _boxes_overlap(a: dict[str, float], b: dict[str, float]) -> bool:
@@ -62,7 +54,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
         frame, _ = store.load_embeddings("shapes", PIXELS_KEY)
     finally:
         store.close()
-    return {"base": base, "db": db, "cache": cache, "paths": frame["rel_path"].tolist()}
+    return {
+        "base": base,
+        "db": db,
+        "cache": cache,
+        "paths": frame["rel_path"].tolist(),
+        "labels": frame["label"].tolist(),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -74,33 +72,39 @@ def server(world: dict[str, object]) -> Iterator[str]:
 
 def test_clicking_one_point_shows_its_image(server: str, world: dict[str, object]) -> None:
     paths = list(world["paths"])  # type: ignore[call-overload]
+    labels = list(world["labels"])  # type: ignore[call-overload]
     with browser_page(width=1440, height=1400, timeout_ms=TIMEOUT_MS) as page:
         page.goto(f"{server}/map")
         page.get_by_text(f"{len(paths)} points").wait_for()
-        page.locator(".js-plotly-plot").first.wait_for()
+        page.wait_for_function(
+            f"(n) => {{ const m = window.__replensBigmap && {MAP}; return !!m && m.stats.ready && m.stats.n === n; }}",
+            arg=8,
+        )
         settle(page)
         page.get_by_text("Click a point to see its image here").wait_for()
 
         # The toolbar does not cover the legend title (item 10b).
-        page.locator(".js-plotly-plot .legendtitletext").first.wait_for()
-        title = page.locator(".js-plotly-plot .legendtitletext").first.bounding_box()
-        page.locator(".js-plotly-plot").first.hover()  # the toolbar shows while the pointer is on the plot
-        toolbar = page.locator(".js-plotly-plot .modebar").first.bounding_box()
+        title = page.locator(".rl-legend h4").first.bounding_box()
+        toolbar = page.locator(".rl-bar").first.bounding_box()
         assert title is not None and toolbar is not None
         assert not _boxes_overlap(title, toolbar), (title, toolbar)
 
-        # Click two different points, one after the other: each time the panel shows that image.
-        for trace, index in ((0, 0), (1, 0)):
-            point = page.evaluate(POINT_JS, [trace, index])
-            path = paths[int(point["row"])]
-            page.mouse.move(point["px"], point["py"])
+        # Click two points of different folders, one after the other: each time the panel shows that image.
+        first_of = {label: labels.index(label) for label in dict.fromkeys(labels)}
+        for row in list(first_of.values())[:2]:
+            point = page.evaluate(POINT_JS, row)
+            assert point["inView"]
+            page.mouse.move(point["x"], point["y"])
             page.wait_for_timeout(200)
-            page.mouse.click(point["px"], point["py"])
+            page.mouse.click(point["x"], point["y"])
             settle(page)
             page.get_by_text("Selection · 1 images").wait_for(timeout=20_000)
+            assert page.evaluate(f"() => Array.from({MAP}.selection)") == [row]
             shown = page.locator('[data-testid="stMarkdownContainer"] strong').filter(has_text=".png").first
             shown.wait_for()
-            assert shown.inner_text() == path
+            # The panel follows the click (the first click's panel is replaced, not kept).
+            page.locator('[data-testid="stMarkdownContainer"] strong').filter(has_text=paths[row]).first.wait_for()
+            assert shown.inner_text() == paths[row]
             page.locator('[data-testid="stImage"] img').first.wait_for()
         assert page.get_by_text("Click a point to see its image here").count() == 0
         SHOTS.mkdir(parents=True, exist_ok=True)

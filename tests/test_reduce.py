@@ -248,7 +248,6 @@ def test_too_few_rows_are_told_in_the_map_pages_words() -> None:
 
 def test_map_page_says_what_pca_projects_and_draws_it(isolated_env: dict[str, str]) -> None:
     """The Map page's PCA is the normalised one by default, says so, and offers raw vectors."""
-    import json
 
     from streamlit.testing.v1 import AppTest
 
@@ -273,12 +272,10 @@ def test_map_page_says_what_pca_projects_and_draws_it(isolated_env: dict[str, st
     assert not at.exception, [e.message for e in at.exception]
 
     def drawn() -> np.ndarray:
-        fig = json.loads(at.get("plotly_chart")[0].proto.spec)
-        coords = np.zeros((len(frame), 2))
-        for trace in fig["data"]:
-            rows = [int(r) for r in _decoded(trace["customdata"])]
-            coords[rows] = np.c_[_decoded(trace["x"]), _decoded(trace["y"])]
-        return coords
+        from ui.bigmap.sent import sent_maps
+
+        (sent,) = sent_maps(at)  # one point per frame row, in the frame's order
+        return sent.coords.astype(np.float64)
 
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
     assert any("PCA of the L2-normalised vectors" in c.value for c in at.caption)
@@ -287,11 +284,3 @@ def test_map_page_says_what_pca_projects_and_draws_it(isolated_env: dict[str, st
     assert not at.exception, [e.message for e in at.exception]
     assert any("PCA of the raw vectors" in c.value for c in at.caption)
     _same_up_to_sign(drawn(), _pca_by_svd(vectors), tol=1e-3)
-
-
-def _decoded(data: object) -> list:
-    if isinstance(data, dict) and "bdata" in data:  # plotly's typed-array encoding
-        import base64
-
-        return np.frombuffer(base64.b64decode(data["bdata"]), dtype=data["dtype"]).tolist()
-    return list(data)  # type: ignore[arg-type]
