@@ -9,7 +9,9 @@ so slower than a real GPU: a pessimistic check).
 Prints one JSON object.
 
     .venv/bin/python bench/map_bench.py [--umap-n 10000] [--cached-n 100000] [--fig-n 10000 100000] [--browser]
-    .venv/bin/python bench/map_bench.py --only-app --app-n 100000   # the real page, end to end
+
+The real Map page, end to end in Chromium (1M and 100k points, selection → gallery, against the
+old Plotly page in the same run): ``bench/map_scale.py``.
 """
 
 from __future__ import annotations
@@ -185,89 +187,6 @@ def bench_browser(payload: str) -> dict[str, object]:
     return {"first_draw_ms": round(ms[0]), "zoom_redraw_ms": round(ms[1]), "points_drawn": int(ms[2])}
 
 
-def bench_app(n: int) -> dict[str, object]:
-    """The real Map page in Chromium on an n-image dataset whose layout is already stored."""
-    import os
-    import socket
-    import subprocess
-    import urllib.request
-
-    from playwright.sync_api import sync_playwright
-
-    root = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "app.duckdb", Path(tmp) / "cache")
-        bench_cached_only(store, n)  # dataset + stored UMAP layout for the page's default parameters
-        store.close()
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        env = {**os.environ, "REPLENS_DB": str(Path(tmp) / "app.duckdb"), "REPLENS_CACHE": str(Path(tmp) / "cache")}
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamlit",
-                "run",
-                "app.py",
-                "--server.headless",
-                "true",
-                "--server.port",
-                str(port),
-                "--server.address",
-                "127.0.0.1",
-            ],
-            cwd=root,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(120):
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    time.sleep(0.5)
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(
-                    executable_path="/usr/bin/chromium",
-                    headless=True,
-                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"],
-                )
-                page = browser.new_page(viewport={"width": 1440, "height": 1000})
-                page.set_default_timeout(300_000)
-                drawn = (
-                    "() => { const p = document.querySelector('.js-plotly-plot');"
-                    " return p && p._fullData && p.querySelector('canvas') ? "
-                    "p._fullData.reduce((n, t) => n + t._length, 0) : 0 }"
-                )
-
-                def open_map() -> float:
-                    start = time.perf_counter()
-                    page.goto(f"{url}/map")
-                    page.get_by_text(f"{n:,} points", exact=True).wait_for()
-                    page.wait_for_function(f"() => ({drawn})() > 0")
-                    return round(time.perf_counter() - start, 2)
-
-                first = open_map()  # a fresh server: embeddings read from DuckDB
-                again = open_map()  # a new browser session: everything cached in the server
-                start = time.perf_counter()
-                combo = page.get_by_role("combobox", name="Colour by")
-                combo.click()
-                combo.fill("Width")
-                page.get_by_role("option", name="Width").first.click()
-                page.wait_for_selector(".js-plotly-plot .colorbar")
-                recolour = round(time.perf_counter() - start, 2)
-                points = page.evaluate(drawn)
-                browser.close()
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-    return {"n": n, "points_drawn": points, "first_open_s": first, "reopen_s": again, "recolour_s": recolour}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--umap-n", type=int, nargs="+", default=[10_000])
@@ -275,18 +194,7 @@ def main() -> None:
     parser.add_argument("--cached-n", type=int, nargs="+", default=[100_000])
     parser.add_argument("--fig-n", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--browser", action="store_true", help="also draw each figure in headless Chromium")
-    parser.add_argument(
-        "--app-n",
-        type=int,
-        nargs="*",
-        default=[],
-        help="open the real Map page (streamlit + Chromium) on datasets of these sizes",
-    )
-    parser.add_argument("--only-app", action="store_true", help="skip everything but --app-n")
     args = parser.parse_args()
-    if args.only_app:
-        print(json.dumps({"app": [bench_app(n) for n in args.app_n]}, indent=1))
-        return
     result: dict[str, object] = {"dim": DIM}
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "bench.duckdb", Path(tmp) / "cache")
@@ -304,8 +212,6 @@ def main() -> None:
             info["browser"] = bench_browser(payload)
         figures.append(info)
     result["figure"] = figures
-    if args.app_n:
-        result["app"] = [bench_app(n) for n in args.app_n]
     print(json.dumps(result, indent=1))
 
 
