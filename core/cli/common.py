@@ -18,7 +18,7 @@ import numpy as np
 
 from core import config
 from core.errors import EmbeddingsNotFoundError, InvalidInputError, RepLensError
-from core.keys import EncoderKey
+from core.keys import PRECISIONS, EncoderKey
 
 if TYPE_CHECKING:
     from core.store import Store
@@ -51,12 +51,32 @@ def dataset_option(*, required: bool = True, help: str | None = None) -> argpars
 
 
 def encoder_options(*, required: bool = True, help: str = STORED_ENCODER_HELP) -> argparse.ArgumentParser:
-    """``--encoder`` with the ``--layer``/``--pool`` that pick one of its stored keys."""
+    """``--encoder`` with the ``--layer``/``--pool``/``--precision`` that pick one of its keys."""
     parent = _parent()
     parent.add_argument("--encoder", required=required, help=help)
     parent.add_argument("--layer", help="last, or blockN for ViTs")
     parent.add_argument("--pool", help="cls/mean (ViT), avg/gem (CNN)")
+    _add_precision(parent)
     return parent
+
+
+def precision_option() -> argparse.ArgumentParser:
+    """``--precision`` alone, for commands that load encoders without ``encoder_options``."""
+    parent = _parent()
+    _add_precision(parent)
+    return parent
+
+
+def _add_precision(parent: argparse.ArgumentParser) -> None:
+    # The names from core.keys, not core.encoders.precision: building the parser stays cheap.
+    parent.add_argument(
+        "--precision",
+        choices=("auto", *PRECISIONS),
+        default="auto",
+        help="what the encoder computes in; part of the cache key. auto (default): bf16 where the device "
+        "computes it natively (CUDA compute capability 8+, a CPU with AMX/AVX512-BF16) and the encoder "
+        "offers it, else fp32. When reading stored vectors, auto takes whichever precision is stored.",
+    )
 
 
 def seed_option(*, help: str | None = None) -> argparse.ArgumentParser:
@@ -121,31 +141,53 @@ def progress_bar(desc: str, unit: str) -> tuple[Callable[[int, int], None], Call
     return update, bar.close
 
 
-def resolve_encoder_key(store: Store, dataset: str, encoder: str, layer: str | None, pool: str | None) -> str:
-    """Turn what a user typed (id, full key, import:NAME) into one stored cache key."""
+def resolve_encoder_key(
+    store: Store, dataset: str, encoder: str, layer: str | None, pool: str | None, precision: str | None = None
+) -> str:
+    """Turn what a user typed (id, full key, import:NAME) into one stored cache key.
+
+    ``precision`` None or "auto" matches any stored precision; "fp32"/"bf16" only that one.
+    """
     keys = store.embedded_keys(dataset)
     if encoder in keys:
         return encoder
-    candidates = [key for key in keys if _matches(key, encoder, layer, pool)]
+    wanted = None if precision in (None, "auto") else precision
+    candidates = [key for key in keys if _matches(key, encoder, layer, pool, wanted)]
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
         raise EmbeddingsNotFoundError(
             f"Dataset {dataset!r} has no embeddings for {encoder!r}"
-            f"{f' layer={layer}' if layer else ''}{f' pool={pool}' if pool else ''}. "
+            f"{f' layer={layer}' if layer else ''}{f' pool={pool}' if pool else ''}"
+            f"{f' precision={wanted}' if wanted else ''}. "
             f"Stored: {', '.join(keys) or 'none'}. "
             f"Run: python -m core embed --dataset {dataset} --encoder {encoder}"
+            f"{f' --precision {wanted}' if wanted else ''}"
         )
-    raise InvalidInputError(f"{encoder!r} matches several stored keys ({', '.join(candidates)}); add --layer/--pool.")
+    raise InvalidInputError(
+        f"{encoder!r} matches several stored keys ({', '.join(candidates)}); add --layer/--pool/--precision, "
+        "or give the whole key."
+    )
 
 
-def _matches(key: str, encoder_id: str, layer: str | None, pool: str | None) -> bool:
-    """Whether stored ``key`` holds ``encoder_id``'s vectors at the given layer/pooling (None: any).
-    Imported keys match only by their full text, handled before this."""
+def key_from_args(store: Store, args: argparse.Namespace) -> str:
+    """The stored key that ``--dataset``, ``--encoder``, ``--layer``, ``--pool`` and ``--precision`` pick."""
+    return resolve_encoder_key(
+        store, args.dataset, args.encoder, args.layer, args.pool, getattr(args, "precision", None)
+    )
+
+
+def _matches(key: str, encoder_id: str, layer: str | None, pool: str | None, precision: str | None = None) -> bool:
+    """Whether stored ``key`` holds ``encoder_id``'s vectors at the given layer/pooling/precision
+    (None: any). Imported keys match only by their full text, handled before this."""
     parsed = EncoderKey.try_parse(key)
     if parsed is None or parsed.is_imported or parsed.encoder_id != encoder_id:
         return False
-    return (not layer or parsed.layer == layer) and (not pool or parsed.pooling == pool)
+    return (
+        (not layer or parsed.layer == layer)
+        and (not pool or parsed.pooling == pool)
+        and (not precision or parsed.precision == precision)
+    )
 
 
 # --------------------------------------------------------------------------- errors and exit codes

@@ -11,13 +11,17 @@ Example::
     batch = np.stack([enc.preprocess(img) for img in images])
     vectors = enc.embed_batch(batch)          # (n, enc.dim) float32
 
-The cache key of a vector is ``Encoder.key`` = ``"{id}@{version}/{layer}/{pooling}"`` (core.keys).
+The cache key of a vector is ``Encoder.key`` = ``"{id}@{version}/{layer}/{pooling}"`` for fp32 vectors,
+plus ``"~bf16"`` (or another precision) when the encoder computes in something else (core.keys).
+``load_encoder(..., precision="auto")`` picks bf16 where the device computes it natively
+(``precision``: detection, choice and reason).
 
 Modules: ``spec`` (EncoderSpec, the Encoder protocol), ``preprocess``, ``base`` (BaseEncoder),
 ``adapters`` (timm ViT/CNN, open_clip, ONNX, pixels), ``registry`` (register/list/load, with
 plug-ins from entry-point group ``replens.encoders``), ``builtins`` (the shipped encoders),
 ``efficientnet`` (EfficientNet-Lite0/-Lite2 with their ImageNet-1k head), ``files``
-(``timm-file:``/``onnx-file:`` ids), ``deps`` (lazy heavy imports, hub reachability).
+(``timm-file:``/``onnx-file:`` ids), ``deps`` (lazy heavy imports, hub reachability),
+``precision`` (which precision an encoder runs at, what the device computes natively).
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ from core.encoders.deps import hub_unreachable as _hub_unreachable
 from core.encoders.efficientnet import (  # importing it registers EfficientNet-Lite0/-Lite2
     N_IMAGENET_CLASSES,
     EfficientNetLiteEncoder,
+)
+from core.encoders.precision import (
+    AUTO,
+    PRECISION_CHOICES,
+    Bf16Support,
+    PrecisionChoice,
+    bf16_support,
+    resolve_precision,
 )
 from core.encoders.preprocess import preprocess_image
 from core.encoders.registry import (
@@ -60,6 +72,12 @@ from core.encoders.spec import (
 )
 
 __all__ = [
+    "AUTO",
+    "PRECISION_CHOICES",
+    "Bf16Support",
+    "PrecisionChoice",
+    "bf16_support",
+    "resolve_precision",
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_ENCODER",

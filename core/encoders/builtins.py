@@ -32,6 +32,8 @@ from core.errors import EncoderUnavailableError
 DEFAULT_ENCODER = "opennsfw-resnet50"
 
 RANDOM_CNN_SEED = 0
+# What the torch adapters compute in: fp32, or bf16 autocast.
+TORCH_PRECISIONS = TimmCNNEncoder.supported_precisions
 
 
 def _timm_spec(
@@ -67,6 +69,7 @@ def _timm_spec(
         default_pooling="cls",
         crop_pct=0.875,
         interpolation="bicubic",
+        precisions=TORCH_PRECISIONS,
     )
 
 
@@ -192,6 +195,7 @@ for _id, _family, _url, _file, _lic, _origin in _TORCH_HUB_RESNETS:
             poolings=("avg", "gem"),
             default_pooling="avg",
             interpolation="bilinear",
+            precisions=TORCH_PRECISIONS,
         )
     )(_make_torch_hub_resnet_loader(_url, _file))
 
@@ -216,6 +220,7 @@ for _id, _family, _url, _file, _lic, _origin in _TORCH_HUB_RESNETS:
         poolings=("proj",),
         default_pooling="proj",
         crop_pct=1.0,
+        precisions=TORCH_PRECISIONS,
     )
 )
 def _load_clip(spec: EncoderSpec, device: str, layer: str, pooling: str, weights: Any) -> BaseEncoder:
@@ -353,6 +358,7 @@ def _load_pixels(spec: EncoderSpec, device: str, layer: str, pooling: str, weigh
         poolings=("avg", "gem"),
         default_pooling="avg",
         interpolation="bilinear",
+        precisions=TORCH_PRECISIONS,
     )
 )
 def _load_random_cnn(spec: EncoderSpec, device: str, layer: str, pooling: str, weights: Any) -> BaseEncoder:

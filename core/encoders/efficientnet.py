@@ -22,7 +22,7 @@ import numpy as np
 
 from core.encoders.adapters import TorchEncoder, _pool_map
 from core.encoders.base import BaseEncoder
-from core.encoders.builtins import _wheel_file
+from core.encoders.builtins import TORCH_PRECISIONS, _wheel_file
 from core.encoders.deps import import_package, import_torch
 from core.encoders.registry import register_encoder
 from core.encoders.spec import EncoderSpec
@@ -66,8 +66,7 @@ class EfficientNetLiteEncoder(TorchEncoder):
             raise InvalidInputError(f"expected a (n, 3, {size}, {size}) batch, got shape {batch.shape}")
         torch = import_torch()
         x = torch.from_numpy(batch).to(self.device).contiguous(memory_format=torch.channels_last)
-        use_amp = self.device.startswith("cuda")
-        with self._lock, torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+        with self._lock, torch.inference_mode(), self.autocast():
             pooled = self.model.extract_features(x).mean(dim=(2, 3))
             logits = self.model._fc(pooled)
         return _softmax(logits.float().cpu().numpy())
@@ -139,5 +138,6 @@ for _id, (_model, _package, _file, _size, _hash) in _LITE_MODELS.items():
             # The official EfficientNet eval transform: resize the short side to S + 32, centre-crop S, bicubic.
             crop_pct=_size / (_size + 32),
             interpolation="bicubic",
+            precisions=TORCH_PRECISIONS,
         )
     )(_make_lite_loader(_model, _package, _file))

@@ -70,6 +70,7 @@ def load_timm_file(encoder_id: str, device: str, layer: str | None, pooling: str
         default_pooling="cls" if is_vit else "avg",
         crop_pct=float(data_cfg.get("crop_pct", 0.875)),
         interpolation=str(data_cfg.get("interpolation", "bicubic")),
+        precisions=TimmCNNEncoder.supported_precisions,  # both adapters share TorchEncoder's
     )
     layer, pooling = layer or spec.default_layer, pooling or spec.default_pooling
     check_option("layer", layer, spec.layers, arch)

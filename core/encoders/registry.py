@@ -23,6 +23,7 @@ from core.encoders.files import (
     load_onnx_file,
     load_timm_file,
 )
+from core.encoders.precision import DEFAULT_PRECISION, check_offered, check_precision_name, resolve_precision
 from core.encoders.spec import EncoderRegistrationWarning, EncoderSpec, check_option
 from core.errors import EncoderUnavailableError, InvalidInputError, UnknownEncoderError
 from core.registry import Registry
@@ -105,6 +106,7 @@ def load_encoder(
     layer: str | None = None,
     pooling: str | None = None,
     weights: str | os.PathLike[str] | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> BaseEncoder:
     """Build the encoder ``encoder_id`` on ``device``.
 
@@ -117,13 +119,32 @@ def load_encoder(
         pooling: "cls" / "mean" for ViTs, "avg" / "gem" for CNNs; part of the cache key.
         weights: a local weights file sent through the encoder's hub loading path instead of
             downloading (for air-gapped machines and tests).
+        precision: "fp32" (default), "bf16" (see ``spec.precisions``), or "auto": bf16
+            where the device computes it natively (CUDA compute capability 8+, a CPU with
+            AMX/AVX512-BF16) and the encoder offers it, else fp32. Part of the cache key; the
+            encoder's ``precision`` and ``precision_reason`` say what was chosen and why.
 
-    Example: ``load_encoder("dinov2-vits14", "cuda", layer="block9", pooling="mean")``
+    Example: ``load_encoder("dinov2-vits14", "cuda", layer="block9", pooling="mean", precision="auto")``
     """
+    check_precision_name(precision)
     if encoder_id.startswith(TIMM_FILE_PREFIX):
-        return load_timm_file(encoder_id, resolve_device(device), layer, pooling)
-    if encoder_id.startswith(ONNX_FILE_PREFIX):
-        return load_onnx_file(encoder_id, resolve_device(device), layer, pooling)
+        encoder = load_timm_file(encoder_id, resolve_device(device), layer, pooling)
+    elif encoder_id.startswith(ONNX_FILE_PREFIX):
+        encoder = load_onnx_file(encoder_id, resolve_device(device), layer, pooling)
+    else:
+        encoder = _load_registered(encoder_id, device, layer, pooling, weights, precision)
+    encoder.use_precision(resolve_precision(precision, encoder.device, encoder.spec.precisions, encoder.spec.id))
+    return encoder
+
+
+def _load_registered(
+    encoder_id: str,
+    device: str | None,
+    layer: str | None,
+    pooling: str | None,
+    weights: str | os.PathLike[str] | None,
+    precision: str,
+) -> BaseEncoder:
     entry = _REGISTRY.get(encoder_id)
     if entry is None:
         raise UnknownEncoderError(_unknown_message(encoder_id))
@@ -132,6 +153,7 @@ def load_encoder(
     pooling = pooling or spec.default_pooling
     check_option("layer", layer, spec.layers, spec.id)
     check_option("pooling", pooling, spec.poolings, spec.id)
+    check_offered(precision, spec.precisions, spec.id)  # before any weights load
     if weights and not Path(weights).is_file():
         raise EncoderUnavailableError(f"Weights file {weights} does not exist; pass the path of a local checkpoint.")
     if weights:

@@ -50,6 +50,9 @@ class EncoderSpec:
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
     bgr_0_255: bool = False  # Caffe-style input: BGR channel order, 0-255 scale
+    # Numeric precisions it can run at (load_encoder's ``precision``; part of the cache key).
+    # fp32 only unless the adapter and the weights were checked at another one.
+    precisions: tuple[str, ...] = ("fp32",)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -62,6 +65,7 @@ class Encoder(Protocol):
     layer: str
     pooling: str
     device: str
+    precision: str  # what the forward pass computes in: "fp32", "bf16"
 
     @property
     def key(self) -> str: ...
