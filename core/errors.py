@@ -154,3 +154,12 @@ class UnsafeCheckpointError(InvalidInputError):
 
 class WeightsPathRefusedError(InvalidInputError):
     """A page asked to load a weights file that was neither uploaded here nor lies inside a data root."""
+
+
+class EngineUnavailableError(RepLensError):
+    """An extraction engine whose optional packages are not installed here."""
+
+
+class RayJobError(RepLensError):
+    """The Ray job stopped (a worker's error, actors that could not start, the cluster went away);
+    the vectors that reached the store before are kept."""

@@ -7,6 +7,7 @@ import argparse
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.cli.common import (
     SubParsers,
@@ -18,7 +19,11 @@ from core.cli.common import (
     progress_bar,
     resolve_encoder_key,
 )
+from core.engines import ENGINES, SCALE_EXTRA_HINT
 from core.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from core.store import Store
 
 
 def add_commands(sub: SubParsers) -> None:
@@ -61,6 +66,24 @@ def add_commands(sub: SubParsers) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, default=4, help="decode threads")
     p.add_argument("--weights", help="local weights file fed through the encoder's hub loading path")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="local",
+        help="local (default): this process; pipelined: this process, with reading, decoding (nvjpeg on CUDA), "
+        "preprocessing, the model and DuckDB writes overlapping; "
+        f"ray: a Ray cluster's GPUs or CPUs ({SCALE_EXTRA_HINT})",
+    )
+    p.add_argument(
+        "--address",
+        help="with --engine ray: the cluster (auto, ray://HOST:10001, or local for a new instance on this machine); "
+        "default: RAY_ADDRESS, else a cluster started here with `ray start`, else a new local instance",
+    )
+    p.add_argument(
+        "--ray-actors",
+        type=int,
+        help="with --engine ray: encoder actors (default: one per GPU; one per 4 CPUs on a cluster without GPUs)",
+    )
 
     p = add_command(
         sub, "import-embeddings", cmd_import, "bring your own vectors (csv, parquet, npy, npz)", [dataset_option()]
@@ -204,31 +227,95 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from core.encoders import load_encoder
-    from core.extract import embed_dataset
-
+    if args.engine != "ray" and (args.address is not None or args.ray_actors is not None):
+        raise InvalidInputError("--address and --ray-actors apply to --engine ray only; add --engine ray.")
     store = open_store()
     store.require_dataset(args.dataset)
-    encoder = load_encoder(args.encoder, args.device, layer=args.layer, pooling=args.pool, weights=args.weights)
-    update, close = progress_bar(f"embedding with {encoder.spec.id}", "img")
+    options = _encoder_options(args)
+    on = " on ray" if args.engine == "ray" else ""
+    update, close = progress_bar(f"embedding with {args.encoder}{on}", "img")
     try:
-        report = embed_dataset(
-            store, args.dataset, encoder, batch_size=args.batch_size, workers=args.workers, progress=update
-        )
+        payload = (_embed_on_ray if args.engine == "ray" else _embed_here)(store, args, options, update)
     finally:
         close()
 
     def human() -> None:
+        where = payload["device"]
+        if payload.get("engine") == "ray":
+            cluster = payload["cluster"] or {}
+            where = f"{payload['actors']} ray {where} actor(s); cluster: " + (
+                ", ".join(f"{k}={cluster[k]:g}" for k in ("nodes", "CPU", "GPU") if k in cluster) or "not contacted"
+            )
         print(
-            f"{args.dataset} × {report.encoder}: {report.encoded} encoded, {report.cached} cached, "
-            f"{len(report.failed)} failed in {report.seconds:.1f}s "
-            f"({report.images_per_s:.1f} img/s on {report.device})"
+            f"{args.dataset} × {payload['encoder']}: {payload['encoded']} encoded, {payload['cached']} cached, "
+            f"{len(payload['failed'])} failed in {payload['seconds']:.1f}s "
+            f"({payload['images_per_s']:.1f} img/s on {where})"
         )
-        for f in report.failed:
+        for f in payload["failed"]:
             print(f"  failed {f['path']}: {f['reason']}")
 
-    emit(args, report.to_dict(), human)
+    emit(args, payload, human)
     return 0
+
+
+def _encoder_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``load_encoder``'s keyword arguments, as given: both engines load the encoder from them
+    (the ray engine in every actor), so an option added there reaches every worker unchanged."""
+    options: dict[str, Any] = {
+        "encoder_id": args.encoder,
+        "device": args.device,
+        "layer": args.layer,
+        "pooling": args.pool,
+        "weights": args.weights,
+    }
+    # Encoder options other commands' parsers may add (e.g. --precision) travel the same way.
+    options.update({name: getattr(args, name) for name in _EXTRA_ENCODER_OPTIONS if getattr(args, name, None)})
+    return options
+
+
+_EXTRA_ENCODER_OPTIONS = ("precision",)
+
+
+def _embed_here(
+    store: Store, args: argparse.Namespace, options: dict[str, Any], update: Callable[[int, int], None]
+) -> dict[str, Any]:
+    from core.encoders import load_encoder
+    from core.extract import embed_dataset
+
+    encoder = load_encoder(**options)
+    run = embed_dataset
+    if args.engine == "pipelined":
+        from core.gpupipe import embed_dataset_pipelined
+
+        run = embed_dataset_pipelined
+    report = run(
+        store,
+        args.dataset,
+        encoder,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=update,
+        weights=args.weights,
+    )
+    return report.to_dict()
+
+
+def _embed_on_ray(
+    store: Store, args: argparse.Namespace, options: dict[str, Any], update: Callable[[int, int], None]
+) -> dict[str, Any]:
+    from core.engines.ray_engine import embed_dataset_ray
+
+    report = embed_dataset_ray(
+        store,
+        args.dataset,
+        options,
+        address=args.address,
+        actors=args.ray_actors,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=update,
+    )
+    return report.to_dict()
 
 
 def cmd_import(args: argparse.Namespace) -> int:
