@@ -3,7 +3,8 @@
 Thin page: pick stimulus sets (folders, clusters, the Map selection, images whose top-1
 ImageNet class is under a WordNet concept, or four folders uploaded here), pick encoders, run
 ``core.bias_runs.run_battery``, render the table, the null distribution and the images that
-drive each effect.
+drive each effect. The battery runs as a ``bias`` job on the server; its stored result (table,
+permutation nulls, driving images) is what the page draws.
 """
 
 from __future__ import annotations
@@ -30,11 +31,11 @@ from core.bias_runs import (
     folder_hashes,
     folder_options,
     make_test,
-    run_battery,
 )
 from core.concepts.image_classes import missing_lite0_images
 from core.encoders import DEFAULT_ENCODER, BaseEncoder, get_spec, list_encoders
 from core.errors import InvalidInputError
+from core.jobs import Job
 from core.stimuli import ROLE_NAMES, SCAN_STAGE, StimulusProgress, ingest_stimulus_folders
 from core.store import Store
 from core.uploads import UPLOAD_TYPES
@@ -42,6 +43,7 @@ from ui import state
 from ui.errors import user_errors
 from ui.gallery import gallery
 from ui.image_classes import bias_concept_sets
+from ui.jobs import page_jobs, submit_job, watch_jobs
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
 from ui.text import md_escape
@@ -52,6 +54,8 @@ RESULT_KEY = "rl_bias_result"
 MAP_SELECTION = "(Map selection)"
 UPLOAD_ROUND_KEY = "rl_bias_upload_round"
 FLASH_KEY = "rl_bias_flash"
+JOB_FLASH_KEY = "rl_bias_job_flash"  # (kind, message) of how a battery job this session watched ended
+JOBS_PANEL = "bias_jobs"
 
 
 def main() -> None:
@@ -65,6 +69,9 @@ def main() -> None:
     flash = st.session_state.pop(FLASH_KEY, None)
     if flash:
         st.success(flash, icon=":material/check_circle:")
+    ended = st.session_state.pop(JOB_FLASH_KEY, None)
+    if ended:
+        (st.error if ended[0] == "error" else st.info)(md_escape(ended[1]))
     dataset = dataset_picker(store)
     with user_errors():
         _upload_section(store, expanded=dataset is None)
@@ -344,27 +351,60 @@ def _run_section(store: Store, dataset: str, keys: list[str]) -> None:
     if st.button(
         "Run battery", type="primary", disabled=not (battery and chosen), icon=":material/play_arrow:", key="w_bias_run"
     ):
-        bar = st.progress(0.0, text="Running…")
-        result = run_battery(
-            store,
-            dataset,
-            chosen,
-            battery,
-            n_samples=n_samples,
-            seed=seed,
-            progress=lambda done, total: bar.progress(done / total, text=f"{done}/{total} tests"),
-        )
-        bar.empty()
-        st.session_state[RESULT_KEY] = result
+        st.session_state.pop(RESULT_KEY, None)
+        submit_job("bias", dataset, battery_params(battery, chosen, n_samples, seed), key=JOBS_PANEL)
+        st.rerun()
+    watch_jobs(
+        lambda: [job.job_id for job in page_jobs(dataset, "bias", keep=("interrupted",))],
+        key=JOBS_PANEL,
+        on_end=battery_ended,
+    )
+
+
+def battery_params(battery: list[BatteryTest], encoder_keys: list[str], n_samples: int, seed: int) -> dict[str, Any]:
+    """A ``bias`` job's parameters: each test's four sets as content hashes (whatever they were picked
+    from: folders, clusters, the Map selection, concepts) with what each role was."""
+    return {
+        "encoder_keys": list(encoder_keys),
+        "tests": [
+            {"name": t.name, "sets": {role: list(hashes) for role, hashes in t.sets().items()}, "roles": t.roles}
+            for t in battery
+        ],
+        "n_samples": n_samples,
+        "seed": seed,
+    }
+
+
+def battery_ended(job: Job) -> None:
+    """Show the results of a battery this session ran (or joined), or why it did not finish."""
+    if job.status == "done":
+        st.session_state[RESULT_KEY] = job.job_id
+    elif job.status == "failed":
+        st.session_state[JOB_FLASH_KEY] = ("error", job.error or "The battery failed.")
+    elif job.status == "cancelled":
+        st.session_state[JOB_FLASH_KEY] = ("info", "The battery was cancelled.")
+
+
+def _shown_result() -> dict[str, Any] | None:
+    """The stored result of the battery job this session shows, if it finished."""
+    job_id = st.session_state.get(RESULT_KEY)
+    if not isinstance(job_id, str):
+        return None
+    record = get_store().job(job_id)
+    if record is None or record["status"] != "done" or not record.get("result"):
+        return None
+    result: dict[str, Any] = record["result"]
+    return result
 
 
 def _results(store: Store) -> None:
-    result = st.session_state.get(RESULT_KEY)
+    result = _shown_result()
     if result is None:
         return
     st.subheader("3 · Results")
-    table = result.table.assign(encoder=result.table["encoder"].map(short_key))
-    holm_family = _holm_family(result.table)
+    raw = pd.DataFrame(result["table"], columns=result.get("columns") or None)
+    table = raw.assign(encoder=raw["encoder"].map(short_key))
+    holm_family = _holm_family(raw)
     st.dataframe(
         table,
         hide_index=True,
@@ -380,29 +420,31 @@ def _results(store: Store) -> None:
         },
     )
     st.caption(f"**p (Holm):** {holm_family}  \n**CI:** {bias.coverage_note()}")
-    unreachable = result.table[result.table["min_p_value"] > 0.05]
+    unreachable = raw[raw["min_p_value"] > 0.05]
     if len(unreachable):
         st.warning(
             f"{len(unreachable)} test(s) cannot reach p < 0.05 with these set sizes (see 'min attainable p'); "
             "add stimuli before reading a large p as 'no association'."
         )
     left, right = st.columns(2)
-    left.download_button("Download CSV", result.table.to_csv(index=False).encode(), "ieat_results.csv", "text/csv")
+    left.download_button("Download CSV", raw.to_csv(index=False).encode(), "ieat_results.csv", "text/csv")
     right.download_button(
         "Download JSON",
-        json.dumps(result.table.to_dict(orient="records"), default=float, indent=1),
+        json.dumps(raw.to_dict(orient="records"), default=float, indent=1),
         "ieat_results.json",
         "application/json",
     )
-    labels = [f"{o.test} · {short_key(o.encoder_key)}" for o in result.outcomes]
+    outcomes = result["outcomes"]
+    labels = [f"{o['test']} · {short_key(o['encoder_key'])}" for o in outcomes]
     index = st.selectbox("Inspect", range(len(labels)), format_func=labels.__getitem__, key="w_bias_inspect")
-    outcome = result.outcomes[index]
-    st.plotly_chart(_null_figure(outcome.result), key="w_bias_null")
+    outcome = outcomes[index]
+    st.plotly_chart(_null_figure(outcome), key="w_bias_null")
     st.markdown("**Images that drive the effect** (largest |s(w)|: association with A minus B)")
+    drivers = pd.DataFrame(outcome["drivers"])
     gallery(
         store,
-        outcome.drivers,
-        [f"{s} · s={v:+.3f}" for s, v in zip(outcome.drivers["set"], outcome.drivers["score"])],
+        drivers,
+        [f"{s} · s={v:+.3f}" for s, v in zip(drivers["set"], drivers["score"])],
         key="w_bias_drivers",
     )
 
@@ -417,15 +459,15 @@ def _holm_family(table: pd.DataFrame) -> str:
     )
 
 
-def _null_figure(result: bias.AssociationResult) -> go.Figure:
-    null = np.asarray(result.null_statistics)
-    kind = "exact" if result.exact else "sampled"
+def _null_figure(outcome: dict[str, Any]) -> go.Figure:
+    """The permutation null of S (the sample of it the job kept) with the observed S marked."""
+    null = np.asarray(outcome["null"], dtype=float)
+    statistic = float(outcome["statistic"])
+    kind = "exact" if outcome["exact"] else "sampled"
     fig = go.Figure(go.Histogram(x=null, nbinsx=40, marker_color="#A1A1AA", name=f"null ({kind})"))
-    fig.add_vline(
-        x=result.statistic, line_color="#E11D48", line_width=3, annotation_text=f"observed S = {result.statistic:.3f}"
-    )
+    fig.add_vline(x=statistic, line_color="#E11D48", line_width=3, annotation_text=f"observed S = {statistic:.3f}")
     fig.update_layout(
-        title=f"Permutation null of S ({len(null)} partitions shown of {result.n_permutations})",
+        title=f"Permutation null of S ({len(null)} partitions shown of {outcome['n_permutations']})",
         xaxis_title="S",
         yaxis_title="partitions",
         height=320,

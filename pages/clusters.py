@@ -2,6 +2,8 @@
 (concept labels with provenance) and freeze the result as a snapshot.
 
 Thin page: widgets -> ``core.cluster`` / ``core.concepts`` / ``core.snapshots`` -> render.
+Clustering (the sidebar's Cluster button, a re-run with k picked on the curve) runs as a ``cluster``
+job on the server; the page selects the run when the job ends.
 The selected run is shared with other pages under ``st.session_state["rl_cluster_run"]``.
 """
 
@@ -19,12 +21,14 @@ import streamlit as st
 
 from core import cluster, concepts
 from core.cluster import NOISE, ClusterRun, KCurve, RunData
+from core.jobs import Job
 from core.mapfigure import NOISE_NAME, build_map_figure, cluster_names, colour_by_cluster, display_rows
 from core.snapshots import save_snapshot
 from core.store import Store
 from ui.clusters import run_description
 from ui.errors import user_errors
 from ui.gallery import gallery
+from ui.jobs import page_jobs, submit_job, watch_jobs
 from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import CLUSTER_RUN_KEY, PAGE_SNAPSHOTS
 from ui.text import md_escape
@@ -35,6 +39,8 @@ _RUN_WIDGET = "w_cl_run"
 _PENDING = "cl_pending_run"  # a run made in this session, to select on the next run of the script
 _FLASH = "cl_flash"  # messages to show once after an action's rerun
 _SNAPSHOT = "cl_last_snapshot"  # (run_id, snapshot_id) of the last snapshot saved here
+_JOBS = "cl_jobs"  # the clustering jobs' panel
+_FROM_CURVE = "cl_from_curve"  # job id -> the run whose k-curve it refits (for its message)
 
 METHOD_LABELS = {
     "hdbscan": "HDBSCAN (density, finds noise)",
@@ -330,7 +336,7 @@ def method_params(method: str) -> dict[str, Any]:
     return params
 
 
-def run_controls(store: Store, view: DatasetView, dataset: str, key: str) -> None:
+def run_controls(dataset: str, key: str) -> None:
     """Sidebar: choose a method and its parameters, and cluster."""
     st.sidebar.divider()
     st.sidebar.subheader("Run a clustering")
@@ -339,22 +345,52 @@ def run_controls(store: Store, view: DatasetView, dataset: str, key: str) -> Non
     with user_errors():
         params = method_params(method)
         if st.sidebar.button("Cluster", key="cl_go", type="primary", icon=":material/hub:", width="stretch"):
-            frame, vectors = view.embeddings(key)
-            with (
-                st.spinner(f"Clustering {len(frame):,} images with {METHOD_LABELS.get(method, method)}…"),
-                _shown_warnings(),
-            ):
-                run = cluster.run_clustering(store, dataset, key, method, params, images=frame, vectors=vectors)
-            st.session_state[_PENDING] = run.run_id
-            if run.reused:
-                _flash(
-                    "info",
-                    f"Same method, parameters and images as stored run `{run.run_id}` ({run.n_clusters} clusters): "
-                    "reopened it, nothing was recomputed. Change a parameter or the seed for a new run.",
-                )
-            else:
-                seconds = float(run.metrics.get("seconds") or 0)
-                _flash("success", f"New run `{run.run_id}`: {run.n_clusters} clusters in {seconds:.1f}s.")
+            start_clustering(dataset, key, method, params)
+
+
+def start_clustering(dataset: str, key: str, method: str, params: dict[str, Any], curve_of: str | None = None) -> None:
+    """Cluster as a job on the server (joining the same one if it runs) and rerun; its panel shows it,
+    and when it ends the new (or reopened) run is selected. ``curve_of``: the run whose k-curve asked."""
+    job_id = submit_job("cluster", dataset, {"encoder_key": key, "method": method, "params": params}, key=_JOBS)
+    if curve_of is not None:
+        st.session_state.setdefault(_FROM_CURVE, {})[job_id] = curve_of
+    st.rerun()
+
+
+def clustering_jobs(dataset: str, key: str) -> list[Job]:
+    """Clusterings of this dataset × encoder that run or are queued, or were interrupted (to resume)."""
+    return page_jobs(dataset, "cluster", keep=("interrupted",), match=lambda job: job.params.get("encoder_key") == key)
+
+
+def clustering_ended(job: Job) -> None:
+    """Select the run a clustering job made (or reopened) and say so; or say why it did not."""
+    curve_of = st.session_state.get(_FROM_CURVE, {}).pop(job.job_id, None)
+    if job.status == "cancelled":
+        _flash("info", "The clustering was cancelled.")
+    if job.status != "done" or not job.result:
+        if job.status == "failed":
+            _flash("error", md_escape(job.error or "The clustering failed."))
+        return
+    result = job.result
+    for message in result.get("warnings") or []:
+        _flash("warning", md_escape(str(message)))
+    run_id, n_clusters = str(result["run_id"]), int(result.get("n_clusters") or 0)
+    st.session_state[_PENDING] = run_id
+    if curve_of is not None:
+        again = f" Reopen `{curve_of}` under Stored runs to see this curve again."
+        if result.get("reused"):
+            _flash("info", f"Reopened stored run `{run_id}` with k = {n_clusters}.{again}")
+        else:
+            _flash("success", f"New run `{run_id}` with k = {n_clusters} from the curve.{again}")
+    elif result.get("reused"):
+        _flash(
+            "info",
+            f"Same method, parameters and images as stored run `{run_id}` ({n_clusters} clusters): "
+            "reopened it, nothing was recomputed. Change a parameter or the seed for a new run.",
+        )
+    else:
+        seconds = float((result.get("metrics") or {}).get("seconds") or 0)
+        _flash("success", f"New run `{run_id}`: {n_clusters} clusters in {seconds:.1f}s.")
 
 
 def run_picker(runs: pd.DataFrame) -> str:
@@ -442,7 +478,7 @@ def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, s
     return proj.key if all(h in covered for h in run.hashes) else None
 
 
-def k_choice_section(store: Store, view: DatasetView, dataset: str, key: str, run: ClusterRun) -> None:
+def k_choice_section(dataset: str, key: str, run: ClusterRun) -> None:
     """The curve an automatic k came from, the chosen k marked, and a refit with another k picked from it."""
     curve = cluster.k_curve(run.metrics, run.params)
     if curve is None or run.method not in cluster.clustering_methods():
@@ -484,17 +520,10 @@ def k_choice_section(store: Store, view: DatasetView, dataset: str, key: str, ru
             disabled=picked == run.n_clusters,
             help="This run already has that k." if picked == run.n_clusters else None,
         ):
-            params = cluster.fixed_k_params(run.params, int(picked))
-            frame, vectors = view.embeddings(key)
-            with st.spinner(f"Clustering with k = {picked}…"), user_errors(), _shown_warnings():
-                new = cluster.run_clustering(store, dataset, key, run.method, params, images=frame, vectors=vectors)
-                again = f" Reopen `{run.run_id}` under Stored runs to see this curve again."
-                if new.reused:
-                    _flash("info", f"Reopened stored run `{new.run_id}` with k = {new.n_clusters}.{again}")
-                else:
-                    _flash("success", f"New run `{new.run_id}` with k = {new.n_clusters} from the curve.{again}")
-                st.session_state[_PENDING] = new.run_id
-                st.rerun()
+            with user_errors():
+                start_clustering(
+                    dataset, key, run.method, cluster.fixed_k_params(run.params, int(picked)), curve_of=run.run_id
+                )
 
 
 def browser(
@@ -778,7 +807,7 @@ def main() -> None:
         return
     dataset, key = picked
     view = DatasetView(store, dataset)
-    run_controls(store, view, dataset, key)
+    run_controls(dataset, key)
     runs = cluster.list_runs(store, dataset)
     runs = runs[runs["encoder_key"] == key].reset_index(drop=True)
     layout = LAYOUTS[
@@ -791,6 +820,7 @@ def main() -> None:
         )
     ]
     _show_flash()
+    watch_jobs(lambda: [job.job_id for job in clustering_jobs(dataset, key)], key=_JOBS, on_end=clustering_ended)
     if runs.empty:
         st.info(
             f"No clustering of **{md_escape(dataset)}** with {md_escape(short_key(key))} yet. Pick a method in "
@@ -809,7 +839,7 @@ def main() -> None:
         )
         metrics_panel(run, lambda: data.vectors)
         projection_key = cluster_map(view, key, run, names, layout)
-        k_choice_section(store, view, dataset, key, run)
+        k_choice_section(dataset, key, run)
         tab_browse, tab_concepts, tab_snapshot = st.tabs(
             ["Browse clusters", "Concepts", "Save snapshot"], key="cl_section", on_change="rerun"
         )

@@ -1,4 +1,9 @@
-"""Data: add image folders, see what RepLens holds, rename or delete datasets, extract embeddings."""
+"""Data: add image folders, see what RepLens holds, rename or delete datasets, extract embeddings.
+
+An extraction runs as a job on the server (``core.jobs``): the page starts it and shows its
+progress, a reload or a closed tab does not stop it, any session sees it, and an interrupted one
+is resumed from here.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +16,10 @@ import streamlit as st
 from core import config, encoders
 from core.config import data_roots
 from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_source, rename_dataset
-from core.errors import ROOTS_HOW_TO, InvalidInputError, RepLensError
-from core.extract import EmbedReport, UnfinishedExtraction, embed_dataset, resume_extraction, unfinished_extractions
+from core.errors import ROOTS_HOW_TO, EncoderUnavailableError, InvalidInputError, RepLensError
+from core.extract import UnfinishedExtraction, resume_extraction, unfinished_extractions
+from core.jobs import Job
+from core.keys import FP32, EncoderKey
 from core.names import check_dataset_name
 from core.roots import check_server_path
 from core.store import Store
@@ -25,9 +32,10 @@ from core.uploads import (
     shown_sources,
     upload_dir,
 )
-from core.weights import WEIGHT_TYPES, save_weights, saved_weights
+from core.weights import WEIGHT_TYPES, check_page_weights, save_weights, saved_weights
 from ui import state
 from ui.errors import show_error, user_errors
+from ui.jobs import get_runner, page_jobs, submit_job, watch_jobs
 from ui.progress import embed_progress, scan_progress
 from ui.resources import get_encoder, get_store
 from ui.text import md_code, md_escape
@@ -38,6 +46,8 @@ ROUND_KEY = "rl_upload_round"  # bumped after an ingest so the uploaders start e
 WEIGHTS_KEY = "rl_weights"  # encoder id -> (saved weights path, file name as uploaded, upload id)
 WEIGHTS_ROUND_KEY = "rl_weights_round"  # bumped to empty the weights uploaders
 WEIGHTS_REFUSED_KEY = "rl_weights_refused"  # upload id -> why that weights file was refused
+JOBS_PANEL = "data_jobs"  # the extraction jobs' panel (and the key its watched jobs are noticed by)
+AUTO = encoders.AUTO  # precision: bf16 where the server computes it natively, else fp32
 
 
 def default_encoder_id() -> str:
@@ -350,10 +360,71 @@ def render_storage(store: Store) -> None:
                 st.rerun()
 
 
-def render_unfinished(store: Store, dataset: str) -> None:
-    """A warning per extraction that was cut short (a reload, a stopped server), with a Resume
-    button that embeds only the images still missing."""
+def extraction_jobs(dataset: str) -> list[Job]:
+    """The dataset's extractions to show: running or queued, and the last of each encoder setting
+    when it was interrupted, cancelled or failed (with Resume)."""
+    return page_jobs(dataset, "embed")
+
+
+def render_jobs(dataset: str) -> list[Job]:
+    """The extraction jobs of ``dataset``, live: progress with images/s and ETA, Cancel, Resume.
+    They run on the server, so a reload or a closed tab does not stop them, and every session sees
+    them. When one this session watches ends, its result is flashed and the page reruns."""
+    get_runner()  # its start marks interrupted the extractions a stopped server left running
+    jobs = extraction_jobs(dataset)
+    watch_jobs(lambda: [job.job_id for job in extraction_jobs(dataset)], key=JOBS_PANEL, on_end=extraction_ended)
+    return jobs
+
+
+def extraction_ended(job: Job) -> None:
+    """Flash how an extraction job ended (its panel shows an interruption, with Resume)."""
+    dataset = str(job.dataset)
+    if job.status == "done" and job.result:
+        flash_report(job.result)
+    elif job.status == "cancelled":
+        st.session_state[FLASH_KEY] = (
+            "info",
+            f"The extraction of **{md_escape(dataset)}** was cancelled after {job.done:,} of {job.total or 0:,} "
+            "images; the vectors computed so far are kept.",
+        )
+    elif job.status == "failed":
+        st.session_state[FLASH_KEY] = (
+            "error",
+            f"The extraction of **{md_escape(dataset)}** failed: {md_escape(job.error or 'unknown error')}",
+        )
+
+
+def covered_by_job(run: UnfinishedExtraction, jobs: list[Job]) -> bool:
+    """Whether an extraction job of the page writes the same vectors as ``run`` (same encoder, layer,
+    pooling, weights file and precision): resuming or finishing that job completes the run too, so
+    the page shows the job alone, not two messages for one interruption."""
+    key = EncoderKey.try_parse(run.encoder_key)
+    return key is not None and any(_same_vectors(key, run.weights, job.params) for job in jobs)
+
+
+def _same_vectors(key: EncoderKey, weights: str | None, params: dict[str, Any]) -> bool:
+    if params.get("encoder_id") != key.encoder_id or (params.get("weights") or None) != (weights or None):
+        return False
+    try:
+        spec = encoders.get_spec(key.encoder_id)
+    except RepLensError:  # an id from a file (timm-file:, onnx-file:) or an encoder no longer installed
+        return params.get("layer") == key.layer and params.get("pooling") == key.pooling
+    precision = params.get("precision") or FP32  # load_encoder's default
+    return (
+        (params.get("layer") or spec.default_layer) == key.layer
+        and (params.get("pooling") or spec.default_pooling) == key.pooling
+        and precision in (AUTO, key.precision)
+    )
+
+
+def render_unfinished(store: Store, dataset: str, jobs: list[Job]) -> None:
+    """A warning per extraction that was cut short outside a job (a reload of the page while it
+    embedded in the browser session, before extractions ran as jobs; a stopped command), with a
+    Resume button that embeds only the images still missing. An interruption a job covers is
+    shown by the job's panel instead."""
     for run in unfinished_extractions(store, dataset):
+        if covered_by_job(run, jobs):
+            continue
         with st.container(border=True):
             st.warning(
                 f"The extraction of **{md_escape(dataset)}** with {md_code(short_key(run.encoder_key))} did not "
@@ -376,7 +447,9 @@ def resume(store: Store, run: UnfinishedExtraction) -> None:
         encoder = get_encoder(run.encoder_id, run.layer, run.pooling, run.weights)
     bar = st.progress(0.0, text="Resuming…")
     report = resume_extraction(store, run, encoder, progress=embed_progress(bar))
-    finish_extraction(store, run.dataset, report)
+    store.remember_encoder_key(run.dataset, report.encoder)
+    flash_report(report.to_dict())
+    st.rerun()
 
 
 def weights_choice(store: Store, spec: encoders.EncoderSpec) -> str | None:
@@ -423,7 +496,8 @@ def keep_weights(store: Store, encoder_id: str, upload: Any, chosen: dict[str, t
 
 def render_extract(store: Store, dataset: str) -> None:
     st.subheader("Extract embeddings")
-    render_unfinished(store, dataset)
+    jobs = render_jobs(dataset)
+    render_unfinished(store, dataset, jobs)
     specs = {s.id: s for s in encoders.list_encoders()}
     ids = list(specs)
     left, right = st.columns([1, 1])
@@ -450,6 +524,7 @@ def render_extract(store: Store, dataset: str) -> None:
             key=f"pool_{encoder_id}",
             help="How tokens or feature maps become one vector.",
         )
+        precision = precision_choice(spec)
         weights = weights_choice(store, spec) if spec.needs_network else None
         go = st.button("Extract", type="primary", key="extract", icon=":material/play_arrow:")
     with right:
@@ -457,39 +532,73 @@ def render_extract(store: Store, dataset: str) -> None:
             st.markdown(describe_spec(spec))
     if go:
         with user_errors():
-            run_extraction(store, dataset, encoder_id, layer, pooling, weights)
+            start_extraction(dataset, encoder_id, layer, pooling, weights, precision)
 
 
-def run_extraction(
-    store: Store, dataset: str, encoder_id: str, layer: str, pooling: str, weights: str | None = None
-) -> None:
-    with st.spinner(f"Loading {md_escape(encoder_id)}…"):
-        encoder = get_encoder(encoder_id, layer, pooling, weights)
-    bar = st.progress(0.0, text="Starting…")
-    # Leaving the page stops the script inside the progress callback; each committed chunk is
-    # kept, the run is recorded as interrupted, and the page offers to resume it.
-    report = embed_dataset(store, dataset, encoder, progress=embed_progress(bar), weights=weights)
-    finish_extraction(store, dataset, report)
-
-
-def finish_extraction(store: Store, dataset: str, report: EmbedReport) -> None:
-    """Flash the report, open the new embeddings on the other pages (also after a reload), rerun."""
-    message = (
-        f"**{md_escape(dataset)}** × {md_code(report.encoder)}: {report.encoded} embedded, "
-        f"{report.cached} already cached, {len(report.failed)} failed in {report.seconds:.1f}s "
-        f"({report.images_per_s:.1f} img/s on {report.device})."
+def precision_choice(spec: encoders.EncoderSpec) -> str:
+    """The precision picker, for an encoder that offers more than fp32 (part of the cache key)."""
+    offered = tuple(getattr(spec, "precisions", (FP32,)))
+    if len(offered) < 2:
+        return AUTO  # fp32 is all it computes in
+    return str(
+        st.selectbox(
+            "Precision",
+            [AUTO, *offered],
+            key=f"precision_{spec.id}",
+            help="auto: bf16 where this server computes it natively (a recent GPU, a CPU with AMX), else fp32. "
+            "Vectors of each precision are stored under their own key.",
+        )
     )
-    st.session_state[FLASH_KEY] = ("success" if not report.failed else "warning", message)
-    st.session_state[state.ENCODER_KEY] = report.encoder
-    store.remember_encoder_key(dataset, report.encoder)
+
+
+def start_extraction(
+    dataset: str,
+    encoder_id: str,
+    layer: str,
+    pooling: str,
+    weights: str | None = None,
+    precision: str = AUTO,
+) -> str:
+    """Start the extraction as a job on the server (or join the same one running) and rerun; the
+    job's panel shows its progress. -> the job id."""
+    if weights:  # what get_encoder checks before loading: refused here, before a job is recorded
+        check_page_weights(encoder_id, weights, config.cache_dir(), config.data_roots())
+        if not Path(weights).is_file():
+            raise EncoderUnavailableError(
+                f"Weights file {weights} does not exist.",
+                page_message="The weights file given for this encoder is no longer on the server; upload it again.",
+            )
+    params: dict[str, Any] = {
+        "encoder_id": encoder_id,
+        "layer": layer,
+        "pooling": pooling,
+        "device": "auto",
+        "precision": precision,
+    }
+    if weights:
+        params["weights"] = weights
+    job_id = submit_job("embed", dataset, params, key=JOBS_PANEL)
     st.rerun()
+    return job_id
+
+
+def flash_report(report: dict[str, Any]) -> None:
+    """Flash an extraction's report and open its embeddings on the other pages."""
+    failed = report.get("failed") or []
+    message = (
+        f"**{md_escape(str(report['dataset']))}** × {md_code(str(report['encoder']))}: {report['encoded']} embedded, "
+        f"{report['cached']} already cached, {len(failed)} failed in {float(report['seconds']):.1f}s "
+        f"({float(report['images_per_s']):.1f} img/s on {report['device']})."
+    )
+    st.session_state[FLASH_KEY] = ("success" if not failed else "warning", message)
+    st.session_state[state.ENCODER_KEY] = report["encoder"]
 
 
 def render_flash() -> None:
     flash = st.session_state.pop(FLASH_KEY, None)
     if flash:
         kind, message = flash
-        (st.success if kind == "success" else st.warning)(message)
+        {"success": st.success, "warning": st.warning, "info": st.info}.get(kind, st.error)(message)
 
 
 def main() -> None:

@@ -4,31 +4,31 @@ Thin page over ``core.diagnostics``: label-free metrics for every embedded encod
 local intrinsic dimension, hubness), kNN accuracy and a linear probe when the images sit in two
 or more folders, the effective rank (RankMe against its isotropic reference) with the
 eigen-spectrum it is computed from (dimensional collapse), and the encoder comparison (linear
-CKA, mutual-kNN overlap). Computed on request, cached per dataset version. Each table keeps to a
-few narrow columns so that it fits the page without scrolling sideways.
+CKA, mutual-kNN overlap). Computed on request by a ``diagnostics`` job on the server, whose stored
+result every session shows for that dataset version. Each table keeps to a few narrow columns so
+that it fits the page without scrolling sideways.
 """
 
 from __future__ import annotations
 
 import html
-import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import diagnostics
-from core.errors import RepLensError
-from core.store import Store
+from core.jobs import Job
 from ui.errors import user_errors
+from ui.jobs import page_jobs, submit_job, watch_jobs
 from ui.resources import data_version, get_store
 from ui.text import md_code, md_escape
 from ui.widgets import dataset_picker, short_key
 
 # Normalised singular values below this are floating-point zeros, not structure.
 SPECTRUM_FLOOR = 1e-10
-_DONE = "dg_done"  # "dataset|version" entries this session asked to diagnose
+_JOBS = "dg_jobs"  # the diagnostics jobs' panel
+_FLASH = "dg_flash"  # (kind, message) of how a job this session watched ended
 COLUMN_HELP = {
     "Encoder": "Short encoder name; the full keys are listed under the table when they differ.",
     "Images": "Images embedded under this encoder.",
@@ -66,32 +66,40 @@ WIDTHS = {"Images": 70, "Dim": 70, "Linear probe": 110, "kNN accuracy": 100, "Ra
 
 
 # ---------------------------------------------------------------------------------------
-# Computation (cached by dataset version: new images or vectors recompute)
+# Computation: a ``diagnostics`` job per dataset version (new images or vectors: a new job). Its
+# stored result is what every session shows for that version, so nothing is computed twice.
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def _diagnose(
-    _store: Store, where: str, dataset: str, version: str, keys: tuple[str, ...]
-) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
-    """(one row per encoder, pairwise comparison or None, messages to show)."""
-    rows: list[dict[str, Any]] = []
-    messages: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", diagnostics.DiagnosticsWarning)
-        for key in keys:
-            try:
-                found = diagnostics.dataset_diagnostics(_store, dataset, keys=[key], include_spectrum=True)
-                rows.append(found.iloc[0].to_dict())
-            except RepLensError as exc:
-                rows.append({"encoder": key, "error": exc.for_page()})
-        comparison = None
-        if len(keys) >= 2:
-            try:
-                comparison = diagnostics.compare_encoders(_store, dataset, list(keys))
-            except RepLensError as exc:
-                messages.append(f"Encoder comparison: {exc}")
-    messages += [str(w.message) for w in caught if issubclass(w.category, diagnostics.DiagnosticsWarning)]
-    return pd.DataFrame(rows), comparison, messages
+def job_params(keys: list[str], version: str) -> dict[str, Any]:
+    """The job's parameters: every embedded encoder with its spectrum, the comparison, and the
+    dataset version (so a changed dataset is a new job, not the old result)."""
+    return {"encoder_keys": keys, "options": {"include_spectrum": True}, "compare": True, "version": version}
+
+
+def latest_result(dataset: str, params: dict[str, Any]) -> Job | None:
+    """The newest finished diagnostics job of ``dataset`` with these parameters, if any."""
+    for record in get_store().job_records(dataset=dataset, limit=200):
+        job = Job.from_record(record)
+        if job.kind == "diagnostics" and job.status == "done" and job.params == params:
+            return job
+    return None
+
+
+def diagnostics_ended(job: Job) -> None:
+    if job.status == "failed":
+        st.session_state[_FLASH] = ("error", job.error or "The diagnostics failed.")
+    elif job.status == "cancelled":
+        st.session_state[_FLASH] = ("info", "The diagnostics were cancelled.")
+
+
+def from_result(result: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame | None, list[str]]:
+    """(one row per encoder, pairwise comparison or None, messages) from a job's stored result."""
+    comparison = result.get("comparison")
+    return (
+        pd.DataFrame(result.get("rows") or []),
+        None if comparison is None else pd.DataFrame(comparison, columns=result.get("comparison_columns") or None),
+        [str(m) for m in result.get("messages") or []],
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -360,25 +368,36 @@ def main() -> None:
         )
         return
     with user_errors():
-        version = data_version(store, dataset)
-        wanted = f"{dataset}|{version}"
-        if st.button(
+        flash = st.session_state.pop(_FLASH, None)
+        if flash:
+            (st.error if flash[0] == "error" else st.info)(md_escape(flash[1]))
+        params = job_params(keys, data_version(store, dataset))
+        done = latest_result(dataset, params)
+        if done is None and st.button(
             "Compute diagnostics",
             key="dg_go",
             type="primary",
             icon=":material/monitoring:",
-            help="Runs once per dataset version (new images or embeddings recompute); then cached.",
+            help="Runs on the server once per dataset version (new images or embeddings recompute); every "
+            "session then reads the stored result.",
         ):
-            st.session_state[_DONE] = [*st.session_state.get(_DONE, []), wanted][-20:]
-        if wanted not in st.session_state.get(_DONE, []):
+            submit_job("diagnostics", dataset, params, key=_JOBS)
+            st.rerun()
+        watch_jobs(
+            lambda: [j.job_id for j in page_jobs(dataset, "diagnostics", match=lambda j: j.params == params)],
+            key=_JOBS,
+            on_end=diagnostics_ended,
+        )
+        if done is None or not done.result:
             st.caption(
                 f"{len(keys)} encoder(s) embedded: "
                 + md_escape(", ".join(short_key(k) for k in keys))
                 + ". Press **Compute diagnostics** (the linear probe and kNN scale with the number of images)."
             )
             return
-        with st.spinner(f"Diagnosing {len(keys)} encoder(s)…"):
-            results, comparison, messages = _diagnose(store, str(store.path), dataset, version, tuple(keys))
+        if done.finished_at is not None:
+            st.caption(f"Computed {done.finished_at:%Y-%m-%d %H:%M} for the dataset as it is now.")
+        results, comparison, messages = from_result(done.result)
         render(results, comparison, messages, keys)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ from core import fsutil, images, stimuli, uploads
 from core.encoders import load_encoder
 from core.errors import InvalidInputError
 from core.extract import embed_dataset
+from core.jobs import Job
 from core.store import Store
 from ui import resources
 
@@ -73,6 +73,22 @@ def table_with(at: AppTest, column: str, nth: int = 0) -> pd.DataFrame:
     found = [d.value for d in at.dataframe if column in d.value.columns]
     assert len(found) > nth, f"no dataframe #{nth} with column {column!r}"
     return found[nth]
+
+
+def finish_jobs(at: AppTest, timeout: float = 60) -> None:
+    """After a click that started background jobs: wait until every job the session watches has
+    ended on the server's runner (this process), then rerun the page until it has noticed each end
+    (it then shows the job's result). A job that ended before the click's own rerun needs no wait."""
+    from ui.jobs import WATCHED_KEY, get_runner
+
+    for _ in range(5):
+        watched = dict(at.session_state.get(WATCHED_KEY) or {})
+        if not watched:
+            return
+        for job_id in watched:
+            get_runner().wait(job_id, timeout=timeout)
+        at.run()
+    raise AssertionError(f"the page never noticed its jobs end: {at.session_state.get(WATCHED_KEY)}")
 
 
 def run_page(page: str | None = None, **state: object) -> AppTest:
@@ -163,16 +179,31 @@ def test_server_path_ingest_then_extract_pixels(tmp_path: Path) -> None:
     assert "**more**: 6 added" in at.success[0].value
     at.selectbox(key="encoder_id").set_value("pixels").run()
     at.button(key="extract").click().run()
+    finish_jobs(at)  # the extraction runs as a job on the server, not in the page's own run
     assert not at.exception and not at.error
-    assert "6 embedded" in at.success[0].value
+    assert "6 embedded, 0 already cached, 0 failed" in at.success[0].value
     status = table_with(at, "Coverage").set_index("Key")
     assert int(status.loc[PIXELS_KEY, "Embedded"]) == 6
+    assert at.session_state["rl_encoder_key"] == PIXELS_KEY  # the other pages open the new vectors
+    store = resources.get_store()
+    job = Job.from_record(store.job_records(dataset="more")[0])
+    assert job.kind == "embed" and job.status == "done" and job.result and job.result["encoded"] == 6
+    assert (job.params["encoder_id"], job.params["device"]) == ("pixels", "auto")
+    assert store.last_encoder_key("more") == PIXELS_KEY
 
 
 def _figure(at: AppTest) -> dict:
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1
-    return json.loads(charts[0].proto.spec)
+    """The Map's points per legend entry, decoded from what the page sends its big map."""
+    from ui.bigmap.sent import legend_traces
+
+    assert not at.exception, [e.message for e in at.exception]
+    traces = legend_traces(at)
+    return {
+        "data": [
+            {"name": t["name"], "x": t["x"], "y": t["y"], "customdata": t["rows"], "marker": {"color": t["colour"]}}
+            for t in traces
+        ]
+    }
 
 
 def test_map_renders_every_point(env: dict[str, str]) -> None:
@@ -182,7 +213,7 @@ def test_map_renders_every_point(env: dict[str, str]) -> None:
     assert len(xs) == 16
     names = sorted(t["name"] for t in fig["data"])
     assert names == ["blues (8)", "reds (8)"]
-    assert all(t["type"] == "scattergl" for t in fig["data"])
+    assert [e.proto.component_name for e in at.get("bidi_component")][0] == "replens_bigmap"
     assert any("16 points" in c.value for c in at.caption)
     # Every point carries its row number, so a selection maps back to an image.
     rows = sorted(int(r) for t in fig["data"] for r in _decode(t["customdata"]))

@@ -313,9 +313,7 @@ def test_resuming_on_the_page_loads_no_weights_file_from_outside_the_data_roots(
         assert recorded_loads == [(HUB_ID, str(weights))]
 
 
-def test_a_remembered_weights_path_outside_the_cache_is_ignored(
-    tmp_path: Path, isolated_env: dict[str, str], recorded_loads: list[tuple[str, object]]
-) -> None:
+def test_a_remembered_weights_path_outside_the_cache_is_ignored(tmp_path: Path, isolated_env: dict[str, str]) -> None:
     build_folder(tmp_path / "pics")
     store = Store(isolated_env["REPLENS_DB"], isolated_env["REPLENS_CACHE"])
     ingest_path(store, "pics", tmp_path / "pics")
@@ -328,4 +326,7 @@ def test_a_remembered_weights_path_outside_the_cache_is_ignored(
     at.selectbox(key="encoder_id").set_value(HUB_ID).run()
     assert not any("planted" in c.value for c in at.caption)
     at.button(key="extract").click().run()
-    assert recorded_loads == [(HUB_ID, None)]  # the hub, never the planted file
+    from ui.jobs import get_runner
+
+    job = get_runner().wait(next(iter(at.session_state["rl_jobs_watched"])), timeout=60)
+    assert job.kind == "embed" and "weights" not in job.params  # the hub, never the planted file

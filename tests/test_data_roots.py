@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from conftest import build_folder
 from core.config import data_roots
 from core.errors import DataRootsNotConfiguredError, InvalidInputError, OutsideDataRootsError
 from core.roots import check_server_path
 from core.store import Store
-from conftest import build_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")

@@ -236,10 +236,10 @@ def test_reimport_under_the_same_name_replaces_vectors(tmp_path: Path) -> None:
     """A second import with new numbers must not silently keep the old ones."""
     import numpy as np
 
+    from conftest import build_folder
     from core.datasets import ingest_path
     from core.importer import import_embeddings
     from core.store import Store
-    from conftest import build_folder
 
     root = tmp_path / "imgs"
     build_folder(root)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+from test_app import finish_jobs
 
 from core import encoders, images
 from core.encoders import load_encoder
@@ -77,6 +78,7 @@ def test_a_hub_encoder_extracts_offline_from_a_weights_file_given_on_the_page(
     at.run()
     at.selectbox(key="encoder_id").set_value(HUB_ID).run()
     at.button(key="extract").click().run()
+    finish_jobs(at)
     assert not at.exception
     assert at.error and "weights file" in at.error[0].value
     assert "--weights" not in at.error[0].value
@@ -89,7 +91,9 @@ def test_a_hub_encoder_extracts_offline_from_a_weights_file_given_on_the_page(
     at.run()
     at.selectbox(key="encoder_id").set_value(HUB_ID).run()
     assert any("dino_vits16.safetensors" in c.value for c in at.caption)
+    at.selectbox(key=f"precision_{HUB_ID}").set_value("fp32").run()
     at.button(key="extract").click().run()
+    finish_jobs(at, timeout=300)
     assert not at.exception, [e.message for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert "5 embedded" in at.success[0].value

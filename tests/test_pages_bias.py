@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from streamlit.testing.v1 import AppTest
+from test_pages_clusters import finish_jobs
 
 from core import bias
 from core.datasets import ingest_path
@@ -76,14 +77,22 @@ def test_battery_across_two_encoders_in_apptest(prepared: dict[str, Path], monke
     at.run()
     at.button(key="w_bias_run").click()
     at.run()
+    finish_jobs(at)  # the battery runs as a job on the server; its results show when it ends
     assert not at.exception, [e.message for e in at.exception]
     table = next(d.value for d in at.dataframe if "effect_size" in d.value.columns)
     assert len(table) == 2
+    assert list(table.columns[:7]) == ["test", "encoder", "effect_size", "ci_low", "ci_high", "p_value", "p_holm"]
     expected = _direct_effect_sizes(prepared)
     np.testing.assert_allclose(sorted(table["effect_size"]), sorted(expected.values()), atol=1e-9)
     np.testing.assert_allclose(table["p_holm"], bias.holm_correction(table["p_value"]))
     assert (table["exact"]).all() and (table["n_permutations"] == 252).all()  # C(10, 5) ≤ 300: exact
-    assert len(at.get("plotly_chart")) >= 1  # the permutation null with the observed S
+    null = json.loads(at.get("plotly_chart")[0].proto.spec)  # the permutation null with the observed S
+    assert "(252 partitions shown of 252)" in null["layout"]["title"]["text"]  # exact: every partition
+    from ui.resources import get_store  # the page's store
+
+    job = next(r for r in get_store().job_records(dataset="stimuli") if r["kind"] == "bias")
+    assert job["status"] == "done" and job["params"]["encoder_keys"] == list(KEYS)
+    assert {len(h) for h in job["params"]["tests"][0]["sets"].values()} == {5}  # the four folders, as hashes
     # The Holm family is stated next to the adjusted p: every test x encoder of the battery.
     captions = " ".join(c.value for c in at.caption)
     assert "family of 2 p-values: all 1 test × 2 encoders" in captions
@@ -156,6 +165,7 @@ def test_a_cluster_of_the_clusters_page_is_a_stimulus_set(
     at.run()
     at.button(key="w_bias_run").click()
     at.run()
+    finish_jobs(at)
     assert not at.exception, [e.message for e in at.exception]
     table = next(d.value for d in at.dataframe if "effect_size" in d.value.columns)
     assert int(table.loc[0, "n_x"]) == int((labels == 0).sum())

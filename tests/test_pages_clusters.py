@@ -96,6 +96,25 @@ def assert_clean(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def finish_jobs(at: AppTest, timeout: float = 60) -> None:
+    """After a click that started background jobs: wait until every job the session watches has
+    ended on the runner (this process), then rerun the page until it has noticed each end."""
+    from ui.jobs import WATCHED_KEY, get_runner
+
+    for _ in range(5):
+        watched = dict(at.session_state.get(WATCHED_KEY) or {})
+        if not watched:
+            return
+        for job_id in watched:
+            get_runner().wait(job_id, timeout=timeout)
+        at.run()
+    raise AssertionError(f"the page never noticed its jobs end: {at.session_state.get(WATCHED_KEY)}")
+
+
+def cluster_jobs(store: Store) -> list[dict]:
+    return [r for r in store.job_records(dataset=DATASET) if r["kind"] == "cluster"]
+
+
 def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
@@ -113,12 +132,22 @@ def test_kmeans_from_the_page_stores_a_run_whose_metrics_are_shown(store: Store)
     at.radio(key="cl_k_mode").set_value("Fixed k").run()
     at.number_input(key="cl_k").set_value(3).run()
     at.toggle(key="cl_umap_kmeans").set_value(False).run()
+    jobs_before = len(cluster_jobs(store))
     at.button(key="cl_go").click().run()
+    finish_jobs(at)  # the clustering runs as a job on the server; the page selects its run when it ends
     assert_clean(at)
 
     new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
     assert len(new) == 1
     run_id = new.pop()
+    jobs = cluster_jobs(store)
+    assert len(jobs) == jobs_before + 1 and jobs[0]["status"] == "done" and jobs[0]["result"]["run_id"] == run_id
+    assert jobs[0]["params"] == {
+        "encoder_key": PIXELS_KEY,
+        "method": "kmeans",
+        "params": {"n_clusters": 3, "reduce": "pca", "random_state": 0},
+    }
+    assert any(f"New run `{run_id}`: 3 clusters" in s.value for s in at.success)
     assert at.session_state["rl_cluster_run"] == run_id
     assert at.selectbox(key="w_cl_run").value == run_id
     meta, _, labels = store.load_cluster_run(run_id)
@@ -151,8 +180,10 @@ def test_user_error_is_shown_not_raised(store: Store) -> None:
     at.radio(key="cl_k_mode").set_value("Fixed k").run()
     at.number_input(key="cl_k").set_value(50).run()  # more clusters than the 18 images
     at.button(key="cl_go").click().run()
+    finish_jobs(at)
     assert not at.exception
     assert at.error and "n_clusters=50" in at.error[0].value
+    assert cluster_jobs(store)[0]["status"] == "failed"
 
 
 def test_rename_persists(store: Store) -> None:
@@ -377,11 +408,13 @@ def test_clustering_twice_with_the_same_settings_reopens_the_stored_run(store: S
     at.number_input(key="cl_seed").set_value(11).run()
     before = set(cluster.list_runs(store, DATASET)["run_id"])
     at.button(key="cl_go").click().run()
+    finish_jobs(at)
     assert_clean(at)
     new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
     assert len(new) == 1
     run_id = new.pop()
     at.button(key="cl_go").click().run()
+    finish_jobs(at)
     assert_clean(at)
     assert set(cluster.list_runs(store, DATASET)["run_id"]) - before == {run_id}  # no second run
     assert at.session_state["rl_cluster_run"] == run_id
@@ -456,6 +489,7 @@ def test_picking_k_on_the_curve_and_rerunning_stores_a_run_with_that_k(store: St
     assert not at.button(key="cl_k_rerun").disabled
     before = set(cluster.list_runs(store, DATASET)["run_id"])
     at.button(key="cl_k_rerun").click().run()
+    finish_jobs(at)
     assert_clean(at)
 
     new = set(cluster.list_runs(store, DATASET)["run_id"]) - before
@@ -521,3 +555,20 @@ def test_a_fixed_k_run_does_not_list_k_search_settings(store: Store) -> None:
     caption = next(c.value for c in at.caption if c.value.startswith("Run "))
     assert "n_clusters=3" in caption
     assert "k_selection" not in caption and "k_max" not in caption and "k_min" not in caption
+
+
+def test_the_engines_warnings_reach_the_page_from_the_job(store: Store) -> None:
+    at = open_page()
+    at.selectbox(key="cl_method").set_value("hdbscan").run()
+    at.toggle(key="cl_umap_hdbscan").set_value(False).run()
+    at.number_input(key="cl_mcs").set_value(10).run()  # larger than each folder's 6 images: all noise
+    at.button(key="cl_go").click().run()
+    finish_jobs(at)
+    assert not at.exception, [e.message for e in at.exception]
+    job = cluster_jobs(store)[0]
+    said = job["result"]["warnings"]  # what the clusterer warned, recorded in the job's thread
+    assert job["status"] == "done" and len(said) == 1 and "called all n_samples=18 points noise" in said[0]
+    from ui.text import md_escape
+
+    assert md_escape(said[0]) in [w.value for w in at.warning]  # shown as the page showed it inline
+    assert at.session_state["rl_cluster_run"] == job["result"]["run_id"]

@@ -17,7 +17,7 @@ for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from test_pages_clusters import DATASET, PIXELS_KEY, build_store  # noqa: E402
+from test_pages_clusters import DATASET, PIXELS_KEY, build_store, finish_jobs  # noqa: E402
 
 from core import diagnostics  # noqa: E402
 from core.cluster import folder_truth  # noqa: E402
@@ -89,6 +89,7 @@ def test_diagnostics_table_matches_core_and_is_cached(store: Store, monkeypatch:
     at = open_page()
     assert not [d for d in at.dataframe if "RankMe" in d.value.columns]  # nothing computed before the button
     at.button(key="dg_go").click().run()
+    finish_jobs(at)  # computed by a job on the server; the page shows its result when it ends
     assert not at.exception and not at.error, [e.message for e in at.exception]
 
     keys = store.embedded_keys(DATASET)
@@ -145,6 +146,7 @@ def test_diagnostics_table_matches_core_and_is_cached(store: Store, monkeypatch:
 
     # The comparison matches core.
     pairs = table_with(at, "Linear CKA")
+    assert list(pairs.columns) == ["Encoder A", "Encoder B", "Images", "Linear CKA", "Mutual kNN"]
     expected = diagnostics.compare_encoders(store, DATASET)
     assert pairs["Linear CKA"].iloc[0] == pytest.approx(expected["cka"].iloc[0])
     assert pairs["Mutual kNN"].iloc[0] == pytest.approx(expected["mutual_knn"].iloc[0])
@@ -155,6 +157,13 @@ def test_diagnostics_table_matches_core_and_is_cached(store: Store, monkeypatch:
     at.run()
     assert not at.exception and len(calls) == computed
     assert table_with(at, "RankMe").shape[0] == 2
+    # The result is stored with its job: another session shows it without computing anything.
+    other = open_page()
+    assert len(calls) == computed
+    assert not [b for b in other.button if b.key == "dg_go"]  # nothing left to compute for this version
+    pd.testing.assert_frame_equal(table_with(other, "RankMe"), table_with(at, "RankMe"))
+    jobs = [r for r in store.job_records(dataset=DATASET) if r["kind"] == "diagnostics"]
+    assert len(jobs) == 1 and jobs[0]["status"] == "done" and jobs[0]["params"]["encoder_keys"] == keys
 
 
 def test_metric_helpers() -> None:
@@ -224,9 +233,13 @@ def test_every_table_fits_the_page_in_chromium(tmp_path: Path) -> None:
         for width in (1024, 1440):
             with browser_page(width=width, height=1300) as page:
                 page.goto(f"{url}/diagnostics")
-                page.get_by_role("button", name="Compute diagnostics").click()
+                if width == 1024:
+                    page.get_by_role("button", name="Compute diagnostics").click()
                 page.get_by_role("heading", name="Encoder comparison").wait_for()
                 settle(page)
+                # Once computed, the result is stored for this dataset version: the second session (1440)
+                # shows it without a click, and neither offers to compute it again.
+                assert page.get_by_role("button", name="Compute diagnostics").count() == 0
                 page.wait_for_function(
                     "() => document.querySelectorAll('[data-testid=\"stDataFrame\"] .dvn-scroller').length >= 2"
                 )

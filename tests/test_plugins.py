@@ -177,6 +177,9 @@ def test_the_data_page_offers_and_runs_the_plugin_encoder(
         picker.set_value(PLUGIN_ID).run()
         assert "Mean colour (plug-in demo)" in " ".join(m.value for m in at.markdown)
         at.button(key="extract").click().run()
+        from test_app import finish_jobs
+
+        finish_jobs(at)
         assert not at.exception, [e.message for e in at.exception]
         assert not at.error, [e.value for e in at.error]
         store = Store(config.db_path(), config.cache_dir())

@@ -3,8 +3,6 @@ reload or a restart reopens them), and an extraction cut short is offered for re
 
 from __future__ import annotations
 
-import base64
-import json
 from pathlib import Path
 
 import numpy as np
@@ -67,14 +65,12 @@ def fresh_app(page: str | None = None) -> AppTest:
 
 
 def map_point_count(at: AppTest) -> int:
-    """How many points the Map draws (plotly sends coordinates as typed arrays or lists)."""
-    charts = at.get("plotly_chart")
-    assert len(charts) == 1
-    total = 0
-    for trace in json.loads(charts[0].proto.spec)["data"]:
-        xs = trace["x"]
-        total += len(np.frombuffer(base64.b64decode(xs["bdata"]), dtype=xs["dtype"])) if "bdata" in xs else len(xs)
-    return total
+    """How many points the Map draws (the coordinates the page sends its big map)."""
+    from ui.bigmap.sent import sent_maps
+
+    maps = sent_maps(at)
+    assert len(maps) == 1
+    return len(maps[0].coords)
 
 
 # --------------------------------------------------------------------------- the store
@@ -231,3 +227,66 @@ def test_a_finished_extraction_is_not_flagged(half_embedded: dict[str, object]) 
     at = fresh_app()
     assert not [w for w in at.warning if "did not finish" in w.value]
     assert not [b for b in at.button if b.key and b.key.startswith("resume_")]
+
+
+def _dead_owner() -> str:
+    """A job owner ("pid@host") whose process has exited on this host."""
+    import socket
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return f"{child.pid}@{socket.gethostname()}"
+
+
+def test_an_interrupted_extraction_job_is_shown_once_and_resumed_as_a_job(half_embedded: dict[str, object]) -> None:
+    from test_app import finish_jobs
+
+    from core.encoders import get_spec
+    from core.jobs import job_identity
+
+    # What a server killed mid-extraction leaves: its job 'running' under a dead process, and the
+    # embed run the job was executing left 'running' too (the 4 vectors it committed are stored).
+    spec = get_spec("pixels")
+    params = {
+        "encoder_id": "pixels",
+        "layer": spec.default_layer,
+        "pooling": spec.default_pooling,
+        "device": "auto",
+        "precision": "auto",
+    }
+    store = Store()
+    try:
+        job_id, _ = store.create_job("embed", "d", job_identity("embed", "d", params), params, "Extract pixels on d")
+        assert store.claim_job(job_id, _dead_owner())
+        store.update_job_progress(job_id, 4, 9, "images", 3.0)
+    finally:
+        store.close()
+
+    at = fresh_app()
+    # One message for one interruption: the job's (with its Resume), not the run's as well.
+    assert not [w for w in at.warning if "did not finish" in w.value]
+    assert not [b for b in at.button if b.key and b.key.startswith("resume_")]
+    text = " ".join(m.value for m in at.markdown)
+    assert "Extract pixels on d" in text and "interrupted" in text
+    assert any("4 of 9 images were done" in c.value for c in at.caption)
+    resume = [b for b in at.button if b.key == f"data_jobs_resume_{job_id}"]
+    assert len(resume) == 1
+    resume[0].click().run()
+    finish_jobs(at)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert "5 embedded, 4 already cached, 0 failed" in at.success[0].value
+    assert not [b for b in at.button if b.key and "resume_" in b.key]  # nothing left to resume
+
+    store = Store()
+    try:
+        job = store.job(job_id)
+        assert job is not None and job["status"] == "done" and job["attempts"] == 2
+        assert (job["result"]["cached"], job["result"]["encoded"]) == (4, 5)
+        frame, _ = store.load_embeddings("d", str(half_embedded["key"]))
+        assert len(frame) == 9 and frame["content_hash"].is_unique
+        assert set(half_embedded["first"]) <= set(frame["content_hash"])  # the committed vectors were kept
+        assert unfinished_extractions(store, "d") == []  # the run the kill left 'running' is closed too
+    finally:
+        store.close()

@@ -59,22 +59,17 @@ ROLES = {
     "b": ("Attribute B", "cool", False),  # cool/ only, not cool/deep/
 }
 
-# Screen position (page pixels) and frame row (customdata) of every drawn map point, from the
-# figure Plotly drew: the axes' l2p map data to plot pixels; the plot area is the drag layer.
-POINTS_JS = """() => {
-  const gd = document.querySelector('.js-plotly-plot');
-  const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-  const box = gd.querySelector('.nsewdrag').getBoundingClientRect();
-  const out = [];
-  gd._fullData.forEach(trace => {
-    for (let i = 0; i < trace._length; i++) {
-      out.push({px: box.left + xa.l2p(trace.x[i]), py: box.top + ya.l2p(trace.y[i]),
-                row: trace.customdata[i]});
-    }
-  });
-  return {points: out, box: {x: box.left, y: box.top, width: box.width, height: box.height}};
-}"""
 DRAWN_JS = "() => document.querySelector('.js-plotly-plot')._fullData.reduce((n, t) => n + t._length, 0)"
+# The Map's big map: each point's page position (the pixel it is drawn on) and frame row.
+BIG_MAP = "window.__replensBigmap?.maps.get('map_chart')"
+BIG_MAP_READY_JS = f"(n) => {{ const m = {BIG_MAP}; return !!m && m.stats.ready && m.stats.n === n; }}"
+BIG_MAP_POINTS_JS = f"""() => {{
+  const m = {BIG_MAP};
+  const box = m.el.overlay.getBoundingClientRect();
+  const out = [];
+  for (let i = 0; i < m.stats.n; i++) {{ const p = m.pagePoint(i); out.push({{px: p.x, py: p.y, row: i}}); }}
+  return {{points: out, box: {{x: box.left, y: box.top, width: box.width, height: box.height}}}};
+}}"""
 GALLERY_JS = "() => [...document.querySelectorAll('.rl-gallery figcaption')].map(f => f.innerText)"
 
 
@@ -238,10 +233,10 @@ class Walk:
         page = self.page
         page.get_by_role("link", name="Map").click()
         page.get_by_text(f"{N_IMAGES} points").wait_for()
-        page.locator(".js-plotly-plot").first.wait_for()
+        page.wait_for_function(BIG_MAP_READY_JS, arg=N_IMAGES)
         settle(page)
-        assert page.evaluate(DRAWN_JS) == N_IMAGES
-        drawn = page.evaluate(POINTS_JS)
+        assert page.evaluate(f"() => {BIG_MAP}.stats.drawn") == N_IMAGES
+        drawn = page.evaluate(BIG_MAP_POINTS_JS)
         point = drawn["points"][len(drawn["points"]) // 2]
         page.mouse.move(point["px"], point["py"])
         page.wait_for_timeout(200)
@@ -264,8 +259,7 @@ class Walk:
         right = (xs[split] + xs[split + 1]) / 2
         inside = [p for p in drawn["points"] if p["px"] < right]
         assert 3 <= len(inside) < N_IMAGES
-        page.locator(".js-plotly-plot").first.hover()
-        page.locator('.js-plotly-plot .modebar-btn[data-title="Box Select"]').click()
+        page.locator('button[data-mode="box"]').click()
         page.mouse.move(box["x"] + 3, box["y"] + 3)
         page.mouse.down()
         page.mouse.move((box["x"] + right) / 2, box["y"] + box["height"] / 2, steps=6)

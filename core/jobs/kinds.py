@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import warnings
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +21,7 @@ from core.jobs.model import JobCancelled, JobContext
 from core.jsonsafe import dumps_canonical, jsonable
 
 if TYPE_CHECKING:
+    from core.bias_runs import BatteryTest
     from core.encoders import BaseEncoder
     from core.store import Store
 
@@ -91,7 +94,7 @@ def _run_embed(store: Store, dataset: str | None, params: dict[str, Any], ctx: J
         dataset,
         encoder,
         batch_size=params.get("batch_size"),
-        progress=ctx.progress,
+        progress=_counting(ctx),
         should_stop=ctx.should_stop,
         weights=params.get("weights"),
     )
@@ -99,6 +102,18 @@ def _run_embed(store: Store, dataset: str | None, params: dict[str, Any], ctx: J
         raise JobCancelled(ctx.job_id)
     store.remember_encoder_key(dataset, report.encoder)
     return report.to_dict()
+
+
+def _counting(ctx: JobContext) -> Callable[[int, int], None]:
+    """``ctx.progress`` that always records the first count (done and total): the context writes at
+    most twice a second, and a model loaded from memory reports it right after "Loading the encoder"."""
+    first = [True]
+
+    def progress(done: int, total: int) -> None:
+        ctx.progress(done, total, message="Embedding" if first[0] else None)
+        first[0] = False
+
+    return progress
 
 
 def _title_embed(dataset: str | None, params: dict[str, Any]) -> str:
@@ -125,47 +140,84 @@ def _run_layout(store: Store, dataset: str | None, params: dict[str, Any], ctx: 
 
 
 def _run_cluster(store: Store, dataset: str | None, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from core.cluster import run_clustering
+    from core.cluster import ClusteringWarning, run_clustering
 
     dataset = _required_dataset(dataset)
     ctx.progress(0, 1, message="Clustering")
-    run = run_clustering(
-        store,
-        dataset,
-        params["encoder_key"],
-        params["method"],
-        params.get("params") or {},
-        stability_seeds=tuple(params.get("stability_seeds") or ()),
-    )
+    with _recorded(ClusteringWarning) as said:
+        run = run_clustering(
+            store,
+            dataset,
+            params["encoder_key"],
+            params["method"],
+            params.get("params") or {},
+            stability_seeds=tuple(params.get("stability_seeds") or ()),
+        )
     ctx.progress(1, 1)
-    return {"run_id": run.run_id, "method": run.method, "metrics": jsonable(getattr(run, "metrics", {}))}
+    return {
+        "run_id": run.run_id,
+        "method": run.method,
+        "n_clusters": int(run.n_clusters),
+        "reused": bool(run.reused),  # a stored run of the same inputs was reopened, nothing fitted
+        "metrics": jsonable(getattr(run, "metrics", {})),
+        "warnings": said,  # e.g. "HDBSCAN left 60% noise", for the page to show
+    }
 
 
 def _run_diagnostics(store: Store, dataset: str | None, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    from core.diagnostics import dataset_diagnostics
+    """Per encoder, ``dataset_diagnostics`` with ``params["options"]`` (an encoder whose vectors it
+    cannot use gets a row with its ``error``); with ``params["compare"]``, the pairwise comparison too."""
+    from core.diagnostics import DiagnosticsWarning, compare_encoders, dataset_diagnostics
+    from core.errors import RepLensError
 
     dataset = _required_dataset(dataset)
     keys = list(params.get("encoder_keys") or store.embedded_keys(dataset))
+    compare = bool(params.get("compare")) and len(keys) >= 2
+    steps = len(keys) + int(compare)
     rows: list[dict[str, Any]] = []
-    for done, key in enumerate(keys):
-        ctx.progress(done, len(keys), message=f"Diagnosing {key}")
-        ctx.check_cancelled()
-        table = dataset_diagnostics(store, dataset, [key], **(params.get("options") or {}))
-        rows.extend(jsonable(table.to_dict(orient="records")))
-    ctx.progress(len(keys), len(keys))
-    return {"rows": rows}
+    comparison: list[dict[str, Any]] | None = None
+    comparison_columns: list[str] = []
+    messages: list[str] = []
+    with _recorded(DiagnosticsWarning) as said:
+        for done, key in enumerate(keys):
+            ctx.progress(done, steps, message=f"Diagnosing {key}")
+            ctx.check_cancelled()
+            try:
+                table = dataset_diagnostics(store, dataset, keys=[key], **(params.get("options") or {}))
+                rows.extend(jsonable(table.to_dict(orient="records")))
+            except RepLensError as exc:
+                rows.append({"encoder": key, "error": exc.for_page()})
+        if compare:
+            ctx.progress(len(keys), steps, message="Comparing encoders")
+            ctx.check_cancelled()
+            try:
+                pairs = compare_encoders(store, dataset, keys)
+                comparison, comparison_columns = jsonable(pairs.to_dict(orient="records")), list(pairs.columns)
+            except RepLensError as exc:
+                messages.append(f"Encoder comparison: {exc.for_page()}")
+    ctx.progress(steps, steps)
+    return {
+        "rows": rows,
+        "comparison": comparison,
+        "comparison_columns": comparison_columns,  # records come back with sorted keys
+        "messages": messages + said,
+    }
+
+
+# The permutation null a bias result keeps for its histogram (the p-value used all of it).
+NULL_SHOWN = 5000
 
 
 def _run_bias(store: Store, dataset: str | None, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """A battery; ``params["tests"]`` holds per test a name and either four folder paths (``x``, ``y``,
+    ``a``, ``b``, optional ``subfolders``) or four lists of content hashes (``sets``, with ``roles``
+    saying what each set is). The result has the table and, per (test, encoder), what the Bias page
+    draws: the observed statistic, a sample of the null and the images that drive the effect."""
     from core.bias import DEFAULT_N_SAMPLES
-    from core.bias_runs import folder_test, run_battery
+    from core.bias_runs import run_battery
 
     dataset = _required_dataset(dataset)
-    paths = store.dataset_paths(dataset)
-    tests = [
-        folder_test(paths, t["name"], t["x"], t["y"], t["a"], t["b"], subfolders=t.get("subfolders", True))
-        for t in params["tests"]
-    ]
+    tests = _battery_tests(store, dataset, params["tests"])
 
     def progress(done: int, total: int) -> None:
         ctx.progress(done, total)
@@ -181,7 +233,65 @@ def _run_bias(store: Store, dataset: str | None, params: dict[str, Any], ctx: Jo
         alternative=params.get("alternative", "greater"),
         progress=progress,
     )
-    return {"table": jsonable(result.table.to_dict(orient="records"))}
+    return {
+        "table": jsonable(result.table.to_dict(orient="records")),
+        "columns": [str(c) for c in result.table.columns],  # records come back with sorted keys
+        "outcomes": [
+            {
+                "test": outcome.test,
+                "encoder_key": outcome.encoder_key,
+                "statistic": jsonable(outcome.result.statistic),
+                "exact": bool(outcome.result.exact),
+                "n_permutations": int(outcome.result.n_permutations),
+                "null": jsonable(_shown_null(outcome.result.null_statistics)),
+                "drivers": jsonable(outcome.drivers.to_dict(orient="records")),
+            }
+            for outcome in result.outcomes
+        ],
+    }
+
+
+def _battery_tests(store: Store, dataset: str, specs: list[dict[str, Any]]) -> list[BatteryTest]:
+    from core.bias_runs import ROLES, folder_test, make_test
+
+    paths = None
+    tests: list[BatteryTest] = []
+    for t in specs:
+        if "sets" in t:  # as the Bias page builds them: folders, clusters, a map selection, concepts
+            tests.append(make_test(t["name"], {r: tuple(t["sets"][r]) for r in ROLES}, t.get("roles") or {}))
+            continue
+        paths = store.dataset_paths(dataset) if paths is None else paths
+        tests.append(
+            folder_test(paths, t["name"], t["x"], t["y"], t["a"], t["b"], subfolders=t.get("subfolders", True))
+        )
+    return tests
+
+
+def _shown_null(null: Any) -> Any:
+    """At most :data:`NULL_SHOWN` statistics of a null distribution, a seeded uniform sample."""
+    import numpy as np
+
+    values = np.asarray(null, dtype=float)
+    if values.size <= NULL_SHOWN:
+        return values
+    return values[np.sort(np.random.default_rng(0).choice(values.size, NULL_SHOWN, replace=False))]
+
+
+@contextmanager
+def _recorded(category: type[Warning]) -> Iterator[list[str]]:
+    """The messages of the warnings of ``category`` raised in the block (the list fills on exit).
+
+    ``warnings.catch_warnings`` swaps process-wide state: a warning another thread raises meanwhile
+    may land here too, and this job's may be missed by it. The pages did the same in their script
+    threads; a message shown on the wrong page is the worst outcome.
+    """
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        try:
+            yield messages
+        finally:
+            messages.extend(str(w.message) for w in caught if issubclass(w.category, category))
 
 
 def _required_dataset(dataset: str | None) -> str:
