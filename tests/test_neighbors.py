@@ -88,11 +88,11 @@ def test_ann_recall_and_disk_cache(tmp_path: Path) -> None:
     np.testing.assert_array_equal(again.search(queries[0], k)[0].indices, index.search(queries[0], k)[0].indices)
 
 
-def test_index_key_changes_with_images_and_encoder() -> None:
-    base = neighbors.index_key("a@1/l/p", ["x", "y"])
-    assert base != neighbors.index_key("b@1/l/p", ["x", "y"])
-    assert base != neighbors.index_key("a@1/l/p", ["x", "z"])
-    assert base != neighbors.index_key("a@1/l/p", ["y", "x"])  # rows are keyed by position
+def test_index_key_names_one_file_per_encoder_and_scope() -> None:
+    base = neighbors.index_key("a@1/l/p", "cats")
+    assert base == neighbors.index_key("a@1/l/p", "cats")
+    assert base != neighbors.index_key("b@1/l/p", "cats")
+    assert base != neighbors.index_key("a@1/l/p", "dogs")
 
 
 def test_overlap_hand_case() -> None:

@@ -99,7 +99,9 @@ def _embeddings(db: str, cache: str, dataset: str, key: str, version: str) -> tu
 @st.cache_resource(show_spinner=False, max_entries=6)
 def _neighbor_index(db: str, cache: str, dataset: str, key: str, version: str) -> NeighborIndex:
     frame, vectors = _embeddings(db, cache, dataset, key, version)
-    return NeighborIndex(vectors, encoder_key=key, hashes=frame["content_hash"].tolist(), cache_dir=cache)
+    return NeighborIndex(
+        vectors, encoder_key=key, hashes=frame["content_hash"].tolist(), cache_dir=cache, scope=dataset
+    )
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

@@ -18,6 +18,8 @@ from core.images.sources import open_source
 from core.images.thumbnails import ensure_thumbnail, thumbnail_path
 
 ProgressCallback = Callable[[int, int], None]
+# Enough queued work that no worker waits for the next file, few enough that each ``wait`` is cheap.
+_FUTURES_PER_WORKER = 8
 
 
 def scan(
@@ -68,11 +70,20 @@ def _run_pool(
     previous: Mapping[str, ImageRecord],
 ) -> Iterator[_Outcome]:
     total = len(candidates)
+    # A bounded window of futures: ``wait`` walks every pending future on each call, so
+    # submitting a million files at once made a scan quadratic (and held a million futures).
+    window = workers * _FUTURES_PER_WORKER
+    todo = iter(candidates)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replens-scan") as pool:
-        pending: set[Future[_Outcome]] = {
-            pool.submit(_scan_one, src, candidate, cache_dir, previous.get(candidate.rel_path))
-            for candidate in candidates
-        }
+
+        def submit_next(pending: set[Future[_Outcome]]) -> None:
+            for candidate in todo:
+                pending.add(pool.submit(_scan_one, src, candidate, cache_dir, previous.get(candidate.rel_path)))
+                if len(pending) >= window:
+                    return
+
+        pending: set[Future[_Outcome]] = set()
+        submit_next(pending)
         done_count = 0
         try:
             while pending:
@@ -82,6 +93,7 @@ def _run_pool(
                     done_count += 1
                     if progress is not None:
                         progress(done_count, total)
+                submit_next(pending)
         finally:
             # On error or cancellation, do not decode the rest of a large dataset first.
             for future in pending:

@@ -14,6 +14,10 @@ from core.images.decode import decode_rgb, to_rgb
 from core.images.records import THUMBNAIL_SIZE
 
 _THUMBNAIL_QUALITY = 80
+# libwebp's effort (0 fast .. 6 small). Measured on 128 px thumbnails of small photos: method 1
+# encodes in 1.9 ms where the default 4 took 6.4 ms, for files 11% larger (1.5 KB vs 1.4 KB);
+# at a million images that is an hour of CPU saved for 130 MB of cache.
+_WEBP_METHOD = 1
 _SAFE_HASH = re.compile(r"^[0-9A-Za-z]{2,}$")
 
 
@@ -63,4 +67,4 @@ def _resize_longest_side(img: Image.Image, size: int) -> Image.Image:
 def _write_atomically(img: Image.Image, path: Path) -> None:
     # A reader (or a concurrent writer of the same hash) must never see a half-written file.
     with atomic_path(path) as tmp:
-        img.save(tmp, format="WEBP", quality=_THUMBNAIL_QUALITY, method=4)
+        img.save(tmp, format="WEBP", quality=_THUMBNAIL_QUALITY, method=_WEBP_METHOD)

@@ -1,0 +1,64 @@
+"""The sampled UMAP layout for large maps, and the Map page's size rule that picks it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import reduce
+from core.errors import InvalidInputError
+
+N_CLUSTERS = 6
+
+
+def _clusters(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` 64-d points around well-separated centres, and each point's centre."""
+    rng = np.random.default_rng(seed)
+    centres = 4.0 * rng.standard_normal((N_CLUSTERS, 64)).astype(np.float32)
+    labels = rng.integers(0, N_CLUSTERS, n)
+    return centres[labels] + rng.standard_normal((n, 64)).astype(np.float32), labels
+
+
+def test_points_outside_the_sample_land_beside_their_own_cluster() -> None:
+    x, labels = _clusters(3_000)
+    reducer = reduce.SampledUMAPReducer(sample_size=1_000, random_state=7)
+    coords = reducer.fit_transform(x)
+    assert coords.shape == (3_000, 2) and coords.dtype == np.float32 and np.isfinite(coords).all()
+    sample = np.sort(np.random.RandomState(7).choice(3_000, 1_000, replace=False))
+    rest = np.setdiff1d(np.arange(3_000), sample)
+    # Each placed point's nearest fitted point on the map is from its own cluster.
+    gaps = np.linalg.norm(coords[rest][:, None, :] - coords[sample][None, :, :], axis=2)
+    nearest_fitted = sample[np.argmin(gaps, axis=1)]
+    assert np.mean(labels[nearest_fitted] == labels[rest]) >= 0.99
+    # Reproducible for a seed: the map of a large dataset does not move between sessions.
+    np.testing.assert_array_equal(coords, reduce.SampledUMAPReducer(sample_size=1_000, random_state=7).fit_transform(x))
+
+
+def test_below_the_sample_size_it_is_plain_umap() -> None:
+    x, _ = _clusters(300, seed=1)
+    sampled = reduce.SampledUMAPReducer(n_neighbors=10, sample_size=1_000, random_state=3).fit_transform(x)
+    plain = reduce.UMAPReducer(n_neighbors=10, random_state=3).fit_transform(x)
+    np.testing.assert_array_equal(sampled, plain)
+
+
+def test_it_is_registered_and_refuses_what_it_cannot_do() -> None:
+    assert "umap-sampled" in reduce.reduction_methods()
+    assert isinstance(reduce.make_reducer("umap-sampled", {"sample_size": 2_000}), reduce.SampledUMAPReducer)
+    x, _ = _clusters(2_000, seed=2)
+    with pytest.raises(InvalidInputError, match="choose one of cosine, euclidean, correlation"):
+        reduce.SampledUMAPReducer(metric="manhattan", sample_size=1_000).fit_transform(x)
+    with pytest.raises(InvalidInputError, match="sample_size=10"):
+        reduce.SampledUMAPReducer(sample_size=10).fit_transform(x)
+
+
+def test_the_map_switches_to_the_sampled_layout_above_the_threshold_and_says_so() -> None:
+    params = {"n_neighbors": 20, "min_dist": 0.3, "metric": "cosine", "random_state": 5}
+    small = reduce.layout_for_size("umap", params, reduce.LARGE_MAP_THRESHOLD)
+    assert (small.method, small.params, small.note) == ("umap", params, None)
+    big = reduce.layout_for_size("umap", params, reduce.LARGE_MAP_THRESHOLD + 1)
+    assert big.method == "umap-sampled" and big.params == {**params, "sample_size": 20_000}
+    assert big.note is not None and f"{reduce.LARGE_MAP_THRESHOLD + 1:,} points" in big.note
+    # The swapped method takes every parameter the page set for UMAP.
+    assert reduce.make_reducer(big.method, big.params).get_params()["min_dist"] == 0.3
+    pca = reduce.layout_for_size("pca", {"normalize": False}, 10 * reduce.LARGE_MAP_THRESHOLD)
+    assert (pca.method, pca.params, pca.note) == ("pca", {"normalize": False}, None)
