@@ -98,17 +98,21 @@ def add_dataset(store: Store, name: str, n: int, seed: int, source: Path) -> Non
     hashes = [r.content_hash for r in recs]
     vectors = np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
     store.write_embeddings(KEY, hashes, vectors)
-    params = reduce.make_reducer("umap", UMAP_DEFAULTS).get_params()
+    # The layout the Map page asks for at this size (above 100k points, the sampled UMAP), and the
+    # plain UMAP the old Plotly page (the baseline) asks for at every size.
     frame, _ = store.load_embeddings(name, KEY)
-    key = reduce.projection_key(frame["content_hash"].tolist(), KEY, "umap", params)
-    store.save_projection(key, name, KEY, "umap", params, hashes, coords, 0.0)
+    choice = reduce.layout_for_size("umap", UMAP_DEFAULTS, n)
+    for method, wanted in {(choice.method, json.dumps(choice.params)), ("umap", json.dumps(UMAP_DEFAULTS))}:
+        params = reduce.make_reducer(method, json.loads(wanted)).get_params()
+        key = reduce.projection_key(frame["content_hash"].tolist(), KEY, method, params)
+        store.save_projection(key, name, KEY, method, params, hashes, coords, 0.0)
 
 
 def build_store(workdir: Path, n_points: int, n_small: int) -> dict[str, Path]:
     """The synthetic store (reused when ``workdir`` already holds one of these sizes)."""
     paths = {"db": workdir / "map_scale.duckdb", "cache": workdir / "cache", "source": workdir / "images"}
     marker = workdir / "built.json"
-    wanted = {"n": n_points, "small": n_small, "dim": DIM}
+    wanted = {"n": n_points, "small": n_small, "dim": DIM, "layout": "as the page picks it, and plain umap"}
     if marker.exists() and json.loads(marker.read_text()) == wanted and paths["db"].exists():
         return paths
     for stale in (paths["db"], Path(f"{paths['db']}.wal")):

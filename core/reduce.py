@@ -17,7 +17,7 @@ import inspect
 import json
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,6 +185,7 @@ class TSNEReducer(Reducer):
 # 682 s and the 20k-point fit + placement 56 s, hence relative times). A full fit grows faster
 # than linearly with n; up to 100k points it takes about 1.5 minutes and keeps more local detail.
 LARGE_MAP_THRESHOLD = 100_000
+ProgressReport = Callable[[int, "int | None", "str | None"], None]  # (done, total, message); may raise to stop
 SAMPLED_METRICS: dict[str, str] = {"cosine": "cos", "euclidean": "l2sq", "correlation": "pearson"}
 
 
@@ -221,6 +222,12 @@ class SampledUMAPReducer(Reducer):
         self.metric = metric
         self.sample_size = sample_size
         self.random_state = random_state
+        # Not a parameter (it does not change the layout): a job sets it to report progress and stop.
+        self.on_progress: ProgressReport | None = None
+
+    def _report(self, done: int, total: int | None, message: str | None = None) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, total, message)
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         X = _map_matrix(X, minimum=3)
@@ -238,15 +245,23 @@ class SampledUMAPReducer(Reducer):
             return umap_part.fit_transform(X)
         sample = np.sort(check_random_state(self.random_state).choice(n, self.sample_size, replace=False))
         coords = np.empty((n, 2), dtype=np.float32)
+        self._report(0, None, f"Fitting UMAP on {self.sample_size:,} randomly drawn points")
         coords[sample] = umap_part.fit_transform(X[sample])
         rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
-        neighbours, distances = _nearest_in_sample(X, sample, rest, self.metric, self.n_neighbors)
+        # Counted from here only: the rate (and so the ETA) is that of placing points, not of the fit.
+        self._report(0, len(rest), f"Placing the other {len(rest):,} points beside their nearest sampled ones")
+        neighbours, distances = _nearest_in_sample(X, sample, rest, self.metric, self.n_neighbors, self._report)
         coords[rest] = _weighted_positions(coords[sample], neighbours, distances)
         return coords
 
 
 def _nearest_in_sample(
-    X: np.ndarray, sample: np.ndarray, rest: np.ndarray, metric: str, k: int
+    X: np.ndarray,
+    sample: np.ndarray,
+    rest: np.ndarray,
+    metric: str,
+    k: int,
+    report: ProgressReport | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(positions in ``sample``, distances), each (len(rest), k): the nearest sampled points of each other point."""
     from usearch.index import Index
@@ -262,6 +277,8 @@ def _nearest_in_sample(
         found = index.search(X[chunk], k)
         keys[start : start + len(chunk)] = np.asarray(found.keys, dtype=np.int64).reshape(len(chunk), k)
         distances[start : start + len(chunk)] = np.asarray(found.distances, dtype=np.float32).reshape(len(chunk), k)
+        if report is not None:
+            report(start + len(chunk), len(rest), None)
     # A point with fewer than k reachable neighbours gets its nearest one repeated (weight unchanged in sum).
     missing = (keys < 0) | (keys >= len(sample))
     keys = np.where(missing, keys[:, :1], keys)
@@ -386,28 +403,47 @@ def project(
     *,
     images: pd.DataFrame | None = None,
     vectors: np.ndarray | None = None,
+    progress: ProgressReport | None = None,
 ) -> Projection:
     """The 2-D layout of ``dataset`` under ``encoder_key``, from the store or computed once.
 
     ``images``/``vectors`` may be passed when the caller already loaded them (the app caches
-    them); otherwise they are read from the store.
+    them); otherwise they are read from the store. ``progress`` hears how far a reducer that
+    reports progress (the sampled UMAP) has got.
     """
     reducer = make_reducer(method, params)
+    if progress is not None and hasattr(reducer, "on_progress"):
+        reducer.on_progress = progress
     full_params = reducer.get_params()
     if images is None or vectors is None:
         images, vectors = store.load_embeddings(dataset, encoder_key)
+    found = cached_projection(store, encoder_key, method, params, images)
+    if found is not None:
+        return found
     hashes = images["content_hash"].tolist()
     key = projection_key(hashes, encoder_key, method, full_params)
-    stored = store.load_projection(key)
-    if stored is not None:
-        coords = _align(stored[0], stored[1], hashes)
-        if coords is not None:
-            return Projection(key, method, full_params, images, coords, cached=True, seconds=0.0)
     started = time.perf_counter()
     coords = reducer.fit_transform(vectors)
     seconds = time.perf_counter() - started
     store.save_projection(key, dataset, encoder_key, method, full_params, hashes, coords, seconds)
     return Projection(key, method, full_params, images, coords, cached=False, seconds=seconds)
+
+
+def cached_projection(
+    store: Store, encoder_key: str, method: str, params: dict[str, Any] | None, images: pd.DataFrame
+) -> Projection | None:
+    """The stored layout of ``images`` (``load_embeddings`` rows) under ``encoder_key``, or None when
+    it has not been computed: lets a page decide how to compute a missing layout (here, or as a job)."""
+    full_params = make_reducer(method, params).get_params()
+    hashes = images["content_hash"].tolist()
+    key = projection_key(hashes, encoder_key, method, full_params)
+    stored = store.load_projection(key)
+    if stored is None:
+        return None
+    coords = _align(stored[0], stored[1], hashes)
+    if coords is None:
+        return None
+    return Projection(key, method, full_params, images, coords, cached=True, seconds=0.0)
 
 
 def _align(stored_hashes: list[str], stored_coords: np.ndarray, hashes: list[str]) -> np.ndarray | None:

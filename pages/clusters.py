@@ -29,6 +29,7 @@ from ui.clusters import run_description
 from ui.errors import user_errors
 from ui.gallery import gallery
 from ui.jobs import page_jobs, submit_job, watch_jobs
+from ui.layouts import page_layout
 from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import CLUSTER_RUN_KEY, PAGE_SNAPSHOTS
 from ui.text import md_escape
@@ -40,6 +41,7 @@ _PENDING = "cl_pending_run"  # a run made in this session, to select on the next
 _FLASH = "cl_flash"  # messages to show once after an action's rerun
 _SNAPSHOT = "cl_last_snapshot"  # (run_id, snapshot_id) of the last snapshot saved here
 _JOBS = "cl_jobs"  # the clustering jobs' panel
+_LAYOUT_JOBS = "cl_layout_jobs"  # the panel of the layout job a big dataset's cluster map waits for
 _FROM_CURVE = "cl_from_curve"  # job id -> the run whose k-curve it refits (for its message)
 
 METHOD_LABELS = {
@@ -466,8 +468,9 @@ def metrics_panel(run: ClusterRun, vectors_for_stability: Callable[[], np.ndarra
 def cluster_map(view: DatasetView, key: str, run: ClusterRun, names: dict[int, str], layout: str) -> str | None:
     """The map coloured by cluster (noise grey); returns the projection's key for snapshots."""
     frame, _ = view.embeddings(key)
-    with st.spinner(f"Laying out {len(frame):,} points with {layout.upper()} (computed once, then cached)…"):
-        proj = view.projection(key, layout, {})
+    proj = page_layout(view, key, layout, {}, len(frame), panel=_LAYOUT_JOBS)
+    if proj is None:
+        return None
     colouring = colour_by_cluster(frame, run.hashes, run.labels, names)
     rows = display_rows(frame)
     fig = build_map_figure(proj.coords, frame, colouring, rows, height=520)

@@ -28,11 +28,12 @@ from ui.clusters import run_cluster_names, run_description
 from ui.errors import user_errors
 from ui.gallery import gallery
 from ui.image_classes import top_classes
+from ui.layouts import method_name, page_layout
 from ui.resources import DatasetView, get_store
 from ui.widgets import dataset_and_key, remembered_select
 
 METHOD_LABELS = {"UMAP": "umap", "PCA": "pca", "t-SNE": "tsne"}
-METHOD_NAMES = {v: k for k, v in METHOD_LABELS.items()}
+_LAYOUT_JOBS = "map_layout_jobs"  # the panel of the layout job a big map waits for
 COLOUR_OPTIONS = ("Folder", "Cluster", "ImageNet class", "Caption keyword", "Width", "Height", "File size", "None")
 IMAGENET_LEVELS = ("Top-1 class", "Concepts with at least N images", "Under one concept")
 NO_CLASS = "no ImageNet class"
@@ -194,7 +195,7 @@ def describe_layout(method: str, params: dict[str, Any], n: int, cached: bool, s
     shown = ", ".join(f"{k}={v}" for k, v in params.items() if k != "random_state")
     seed = f", seed {params['random_state']}" if "random_state" in params and method != "pca" else ""
     origin = "loaded from cache" if cached else f"computed in {seconds:.1f}s, now cached"
-    return f"**{n:,} points** · {METHOD_NAMES[method]}{f' ({shown}{seed})' if shown else ''} · {origin}"
+    return f"**{n:,} points** · {method_name(method)}{f' ({shown}{seed})' if shown else ''} · {origin}"
 
 
 def inspect_panel(store: Store, frame: pd.DataFrame, rows: np.ndarray) -> None:
@@ -274,9 +275,10 @@ def main() -> None:
         frame, _ = view.embeddings(key)
         colouring = colour_controls(store, dataset, key, frame)
         n = len(frame)
-        with st.spinner(f"Laying out {n:,} points with {METHOD_NAMES[method]} (computed once, then cached)…"):
-            proj = view.projection(key, method, params)
-        st.caption(describe_layout(method, proj.params, n, proj.cached, proj.seconds))
+        proj = page_layout(view, key, method, params, n, panel=_LAYOUT_JOBS)
+        if proj is None:
+            return
+        st.caption(describe_layout(proj.method, proj.params, n, proj.cached, proj.seconds))
         if n > DENSE_NOTE_ABOVE:
             st.caption(
                 f"All {n:,} points are drawn, none sampled. Where several share a screen pixel the map blends "

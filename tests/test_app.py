@@ -283,6 +283,48 @@ def test_map_caption_keyword_colouring(env: dict[str, str]) -> None:
     assert sorted(t["name"] for t in _figure(at)["data"]) == ["has “RED” (8)", "no “RED” (8)"]
 
 
+def test_map_too_big_to_lay_out_in_the_page_runs_a_layout_job(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above the page's size limit the layout runs as a job (joined, not repeated, on a rerun), and
+    the map appears when it ends; above the UMAP limit, the sampled UMAP, and the page says so."""
+    from core import reduce
+    from ui import layouts
+
+    monkeypatch.setattr(layouts, "INLINE_MAX_POINTS", 10)
+    monkeypatch.setattr(reduce, "LARGE_MAP_THRESHOLD", 10)
+    at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
+    notes = " ".join(i.value for i in at.info)
+    assert "16 points is more than a full UMAP fit handles" in notes
+    assert "runs on the server as a job" in notes
+    assert not at.get("bidi_component")  # no map until its layout exists
+    store = resources.get_store()
+
+    def layout_jobs() -> list[dict]:
+        return [r for r in store.job_records(dataset="shapes") if r["kind"] == "layout"]
+
+    jobs = layout_jobs()
+    assert len(jobs) == 1 and jobs[0]["params"]["method"] == "umap-sampled"
+    assert jobs[0]["params"]["encoder_key"] == PIXELS_KEY
+    at.run()  # a rerun while it runs (or after) starts nothing new
+    finish_jobs(at)
+    assert len(layout_jobs()) == 1 and layout_jobs()[0]["status"] == "done"
+    fig = _figure(at)
+    assert sum(len(_decode(t["x"])) for t in fig["data"]) == 16
+    caption = " ".join(c.value for c in at.caption)
+    assert "UMAP (sampled)" in caption and "loaded from cache" in caption
+    # What is drawn is the layout the job stored, row for row.
+    frame, _ = store.load_embeddings("shapes", PIXELS_KEY)
+    params = reduce.make_reducer("umap-sampled", reduce.layout_for_size("umap", {}, 16).params).get_params()
+    stored = reduce.cached_projection(store, PIXELS_KEY, "umap-sampled", params, frame)
+    assert stored is not None
+    for trace in fig["data"]:
+        rows = _decode(trace["customdata"])
+        np.testing.assert_allclose(np.c_[_decode(trace["x"]), _decode(trace["y"])], stored.coords[rows], atol=1e-4)
+    at.run()
+    assert len(layout_jobs()) == 1
+
+
 def test_neighbors_query_first_with_similarity_one(env: dict[str, str]) -> None:
     store = resources.get_store()
     frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)

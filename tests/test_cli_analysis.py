@@ -151,6 +151,35 @@ def test_project_caches_the_layout_the_map_page_opens_with(env_store: str, capsy
     assert shown == sorted(round(float(x), 4) for x in coords[:, 0])
 
 
+def test_project_above_the_umap_limit_makes_the_sampled_layout_the_map_asks_for(
+    env_store: str, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    from core import reduce
+
+    monkeypatch.setattr(reduce, "LARGE_MAP_THRESHOLD", 4)  # d has 8 images
+    assert main(["project", "--dataset", "d", "--encoder", "pixels", "--json"]) == 0
+    printed = capsys.readouterr()
+    out = json.loads(printed.out)
+    assert out["method"] == "umap-sampled" and out["params"]["sample_size"] == 20_000 and out["cached"] is False
+    assert "8 points is more than a full UMAP fit handles" in printed.err
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["rl_dataset"], at.session_state["rl_encoder_key"] = "d", env_store
+    at.run()
+    at.switch_page("pages/map.py")
+    at.run()
+    assert not at.exception
+    captions = [c.value for c in at.caption]
+    assert any("UMAP (sampled)" in c and "loaded from cache" in c for c in captions), captions
+    sized = run_json(
+        capsys, "project", "--dataset", "d", "--encoder", "pixels", "--method", "umap-sampled", "--sample-size", "1000"
+    )
+    assert sized["params"]["sample_size"] == 1_000 and sized["projection_key"] != out["projection_key"]
+
+
 def test_project_options_and_errors(env_store: str, capsys) -> None:
     pca = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels", "--method", "pca")
     assert pca["params"] == {"normalize": True, "random_state": 0} and pca["cached"] is False  # unit vectors
@@ -170,7 +199,7 @@ def test_project_options_and_errors(env_store: str, capsys) -> None:
     )
     assert umap["params"] == {"n_neighbors": 4, "min_dist": 0.0, "metric": "cosine", "random_state": 7}
     assert main(["project", "--dataset", "d", "--encoder", "pixels", "--method", "pca", "--n-neighbors", "5"]) == 2
-    assert "--n-neighbors applies to umap, not pca" in capsys.readouterr().err
+    assert "--n-neighbors applies to umap, umap-sampled, not pca" in capsys.readouterr().err
     assert main(["project", "--dataset", "d", "--encoder", "pixels", "--metric", "hamming"]) == 2
     assert "UMAP metric 'hamming' is not offered" in capsys.readouterr().err
 

@@ -300,3 +300,51 @@ def test_jobs_page_lists_jobs_and_resumes_an_interrupted_one() -> None:
     resume[0].click().run()
     job = JobRunner(store).wait(lost_id, timeout=30)
     assert job.status == "done" and job.attempts == 2
+
+
+def _synthetic_dataset(store: Store, n: int, dim: int = 16) -> tuple[str, str, np.ndarray]:
+    """Dataset 'big' of ``n`` records with vectors in three clusters, written through the store API."""
+    from core.images import ImageRecord
+
+    rng = np.random.default_rng(5)
+    records = [
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"c{i % 3}/img_{i:05d}.jpg",
+            labels=(f"c{i % 3}",),
+            width=8,
+            height=8,
+            n_bytes=100,
+            format="JPEG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i in range(n)
+    ]
+    store.ingest("big", "/synthetic", records, [])
+    key = "synthetic@v1/x/y"
+    store.register_encoder(key, "synthetic", "v1", "x", "y", dim, {"id": "synthetic"})
+    vectors = (6 * rng.standard_normal((3, dim)))[np.arange(n) % 3] + rng.standard_normal((n, dim))
+    store.write_embeddings(key, [r.content_hash for r in records], vectors.astype(np.float32))
+    return "big", key, vectors
+
+
+def test_a_layout_job_counts_placed_points_and_stores_what_the_page_reads(store: Store) -> None:
+    from core import reduce
+
+    dataset, key, _ = _synthetic_dataset(store, 2_500)
+    params = {"n_neighbors": 10, "sample_size": 1_000, "random_state": 3}
+    runner = JobRunner(store)
+    try:
+        job_id, _ = runner.submit("layout", dataset, {"encoder_key": key, "method": "umap-sampled", "params": params})
+        job = runner.wait(job_id, timeout=120)
+    finally:
+        runner.shutdown()
+    assert job.status == "done", job.error
+    assert job.unit == "points" and job.result is not None and job.result["n_points"] == 2_500
+    assert job.done == job.total == 2_500
+    frame, vectors = store.load_embeddings(dataset, key)
+    stored = reduce.cached_projection(store, key, "umap-sampled", params, frame)
+    assert stored is not None and stored.key == job.result["projection_key"]
+    expected = reduce.SampledUMAPReducer(n_neighbors=10, sample_size=1_000, random_state=3).fit_transform(vectors)
+    np.testing.assert_array_equal(stored.coords, expected)

@@ -62,3 +62,49 @@ def test_the_map_switches_to_the_sampled_layout_above_the_threshold_and_says_so(
     assert reduce.make_reducer(big.method, big.params).get_params()["min_dist"] == 0.3
     pca = reduce.layout_for_size("pca", {"normalize": False}, 10 * reduce.LARGE_MAP_THRESHOLD)
     assert (pca.method, pca.params, pca.note) == ("pca", {"normalize": False}, None)
+
+
+def test_a_layout_job_hears_placement_progress_and_can_stop_it() -> None:
+    x, _ = _clusters(3_000, seed=4)
+    heard: list[tuple[int, int | None, str | None]] = []
+    reducer = reduce.SampledUMAPReducer(sample_size=1_000, random_state=7)
+    reducer.on_progress = lambda done, total, message: heard.append((done, total, message))
+    assert "on_progress" not in reducer.get_params()  # not part of what the layout is (nor of its cache key)
+    coords = reducer.fit_transform(x)
+    assert heard[0][:2] == (0, None) and "1,000 randomly drawn points" in str(heard[0][2])
+    # Counting starts after the fit, so a rate (and ETA) measures placing points only.
+    assert heard[1][:2] == (0, 2_000) and "2,000 points" in str(heard[1][2])
+    assert heard[-1][:2] == (2_000, 2_000)
+    # The progress hook changes nothing in the layout.
+    np.testing.assert_array_equal(coords, reduce.SampledUMAPReducer(sample_size=1_000, random_state=7).fit_transform(x))
+
+    class Stop(Exception):
+        pass
+
+    def stop_when_placing(done: int, total: int | None, message: str | None) -> None:
+        if total is not None:
+            raise Stop
+
+    reducer.on_progress = stop_when_placing
+    with pytest.raises(Stop):
+        reducer.fit_transform(x)
+
+
+def test_a_stored_layout_is_found_without_computing_it(store, ingested, pixels_encoder) -> None:
+    from core.extract import embed_dataset
+
+    dataset = "d"  # what ``ingested`` names the image folder
+    embed_dataset(store, dataset, pixels_encoder)
+    frame, vectors = store.load_embeddings(dataset, pixels_encoder.key)
+    assert reduce.cached_projection(store, pixels_encoder.key, "pca", {}, frame) is None
+    made = reduce.project(store, dataset, pixels_encoder.key, "pca", {})
+    found = reduce.cached_projection(store, pixels_encoder.key, "pca", {}, frame)
+    assert found is not None and found.cached and found.key == made.key
+    np.testing.assert_array_equal(found.coords, made.coords)
+    # Rows in another order: the stored layout follows them.
+    shuffled = frame.iloc[::-1].reset_index(drop=True)
+    reordered = reduce.cached_projection(store, pixels_encoder.key, "pca", {}, shuffled)
+    assert reordered is not None
+    np.testing.assert_array_equal(reordered.coords, made.coords[::-1])
+    # Other parameters are another layout.
+    assert reduce.cached_projection(store, pixels_encoder.key, "pca", {"normalize": False}, frame) is None

@@ -48,6 +48,14 @@ def watched() -> dict[str, str]:
     return found
 
 
+def unwatch(key: str) -> None:
+    """Stop watching the jobs panel ``key`` watches: the page no longer waits for them (it has what
+    they make), so their end needs no rerun."""
+    mine = watched()
+    for job_id in [job_id for job_id, k in mine.items() if k == key]:
+        del mine[job_id]
+
+
 def submit_job(kind: str, dataset: str | None, params: dict[str, Any], *, key: str) -> str:
     """Start a job (or join the identical one already running) and watch it from panel ``key``."""
     job_id, _ = get_runner().submit(kind, dataset, params)
@@ -184,6 +192,10 @@ def _done_text(job: Job) -> str:
             f"{result.get('encoded', 0)} embedded, {result.get('cached', 0)} already cached, "
             f"{len(result.get('failed') or [])} failed ({result.get('images_per_s') or 0:.1f} img/s)."
         )
+    if job.kind == "layout" and "n_points" in result:
+        took = fmt_duration(float(result.get("seconds") or 0))
+        how = "was already cached" if result.get("cached") else f"took {took}"
+        return f"{int(result['n_points']):,} points laid out ({result.get('method')}); the layout {how}."
     return "Finished."
 
 

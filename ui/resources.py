@@ -23,7 +23,7 @@ from core.errors import EncoderUnavailableError, InvalidInputError
 from core.extract import weights_of_key
 from core.keys import EncoderKey
 from core.neighbors import NeighborIndex
-from core.reduce import Projection, project
+from core.reduce import Projection, cached_projection, project
 from core.store import Store
 from core.weights import check_page_weights
 
@@ -110,6 +110,21 @@ def _projection(db: str, cache: str, dataset: str, key: str, method: str, params
     return project(_store_at(db, cache), dataset, key, method, json.loads(params_json), images=frame, vectors=vectors)
 
 
+class _NotCached(Exception):
+    """Raised (so not cached) by :func:`_stored_projection` when the layout has not been computed."""
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _stored_projection(
+    db: str, cache: str, dataset: str, key: str, method: str, params_json: str, version: str
+) -> Projection:
+    frame, _ = _embeddings(db, cache, dataset, key, version)
+    found = cached_projection(_store_at(db, cache), key, method, json.loads(params_json), frame)
+    if found is None:
+        raise _NotCached
+    return found
+
+
 class DatasetView:
     """One page run's handle on a dataset: its version is read once, then every cached
     lookup (embeddings, layouts, neighbour indexes) is keyed by it."""
@@ -125,6 +140,15 @@ class DatasetView:
     def neighbor_index(self, key: str) -> tuple[pd.DataFrame, NeighborIndex]:
         frame, _ = self.embeddings(key)
         return frame, _neighbor_index(*self._where, self.dataset, key, self.version)
+
+    def stored_projection(self, key: str, method: str, params: dict[str, Any]) -> Projection | None:
+        """The layout if it was computed before (by this page, another session, a job or the CLI), else None."""
+        try:
+            return _stored_projection(
+                *self._where, self.dataset, key, method, json.dumps(params, sort_keys=True), self.version
+            )
+        except _NotCached:
+            return None
 
     def projection(self, key: str, method: str, params: dict[str, Any]) -> Projection:
         return _projection(*self._where, self.dataset, key, method, json.dumps(params, sort_keys=True), self.version)

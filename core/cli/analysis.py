@@ -1,6 +1,6 @@
 """Commands for the analyses built on stored embeddings:
 
-    python -m core project --dataset NAME --encoder ID [--method {umap,pca,tsne}] [--n-neighbors N]
+    python -m core project --dataset NAME --encoder ID [--method {umap,umap-sampled,pca,tsne}] [--n-neighbors N]
                            [--min-dist D] [--metric M] [--perplexity P] [--seed S]
     python -m core cluster --dataset NAME --encoder ID --method {hdbscan,kmeans,agglomerative,leiden}
                            [--k N] [--seed S]
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from core.cli.common import (
@@ -27,6 +29,7 @@ from core.cli.common import (
     emit,
     encoder_options,
     open_store,
+    progress_bar,
     resolve_encoder_key,
     seed_option,
 )
@@ -34,7 +37,7 @@ from core.errors import InvalidInputError
 
 # The built-ins, for help text only: a method is checked by its registry when the command runs,
 # so a plug-in's clusterer, reducer or labeller is accepted too (and the parser stays import-light).
-PROJECTION_METHODS = ("umap", "pca", "tsne")
+PROJECTION_METHODS = ("umap", "umap-sampled", "pca", "tsne")
 CLUSTER_METHODS = ("hdbscan", "kmeans", "agglomerative", "leiden")
 LABEL_METHODS = ("clip", "text", "visual", "imagenet")
 
@@ -73,6 +76,11 @@ def _add_project(sub: SubParsers) -> None:
     p.add_argument("--min-dist", type=float, help="umap (default 0.1)")
     p.add_argument("--metric", help="umap: cosine (default), euclidean, correlation, manhattan")
     p.add_argument("--perplexity", type=float, help="tsne (default 30)")
+    p.add_argument(
+        "--sample-size",
+        type=int,
+        help="umap-sampled: points UMAP is fitted on (default 20000); umap above 100,000 points switches to it",
+    )
 
 
 def _add_cluster(sub: SubParsers) -> None:
@@ -156,7 +164,14 @@ def _add_bias(sub: SubParsers) -> None:
     p.add_argument("--alternative", default="greater", choices=("greater", "less", "two-sided"))
 
 
-_PROJECTION_OPTIONS = {"n_neighbors": ("umap",), "min_dist": ("umap",), "metric": ("umap",), "perplexity": ("tsne",)}
+_UMAPS = ("umap", "umap-sampled")
+_PROJECTION_OPTIONS = {
+    "n_neighbors": _UMAPS,
+    "min_dist": _UMAPS,
+    "metric": _UMAPS,
+    "perplexity": ("tsne",),
+    "sample_size": ("umap-sampled",),
+}
 
 
 def _projection_params(args: argparse.Namespace) -> dict[str, Any]:
@@ -176,12 +191,33 @@ def _projection_params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_project(args: argparse.Namespace) -> int:
-    from core.reduce import project
+    from core.reduce import layout_for_size, project
 
     params = _projection_params(args)
     store = open_store()
     key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
-    proj = project(store, args.dataset, key, args.method, params)
+    images, vectors = store.load_embeddings(args.dataset, key)
+    # The layout the Map page would pick at this size, so the page finds it cached.
+    choice = layout_for_size(args.method, params, len(images))
+    if choice.note:
+        print(choice.note, file=sys.stderr)
+    bars: list[tuple[Callable[[int, int], None], Callable[[], None]]] = []  # made when counting starts
+
+    def progress(done: int, total: int | None, message: str | None) -> None:
+        if message:
+            print(message, file=sys.stderr)
+        if total is not None:
+            if not bars:
+                bars.append(progress_bar("Placing points", "points"))
+            bars[0][0](done, total)
+
+    try:
+        proj = project(
+            store, args.dataset, key, choice.method, choice.params, images=images, vectors=vectors, progress=progress
+        )
+    finally:
+        for _, close in bars:
+            close()
     payload = {
         "projection_key": proj.key,
         "dataset": args.dataset,

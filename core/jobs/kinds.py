@@ -127,9 +127,25 @@ def _run_layout(store: Store, dataset: str | None, params: dict[str, Any], ctx: 
     from core.reduce import project
 
     dataset = _required_dataset(dataset)
-    ctx.progress(0, 1, message="Computing the layout")
-    layout = project(store, dataset, params["encoder_key"], params["method"], params.get("params") or {})
-    ctx.progress(1, 1)
+    ctx.progress(0, None, message="Loading the vectors")
+    images, vectors = store.load_embeddings(dataset, params["encoder_key"])
+    ctx.progress(0, None, message=f"Laying out {len(images):,} points")
+
+    def report(done: int, total: int | None, message: str | None) -> None:
+        ctx.progress(done, total, message)
+        ctx.check_cancelled()
+
+    layout = project(
+        store,
+        dataset,
+        params["encoder_key"],
+        params["method"],
+        params.get("params") or {},
+        images=images,
+        vectors=vectors,
+        progress=report,
+    )
+    ctx.progress(len(layout.coords), len(layout.coords), message="Done")
     return {
         "projection_key": layout.key,
         "method": layout.method,
@@ -302,7 +318,7 @@ def _required_dataset(dataset: str | None) -> str:
 
 register_job_kind(JobKind("embed", "images", _title_embed, _run_embed))
 register_job_kind(
-    JobKind("layout", "steps", lambda d, p: f"Layout {p.get('method')} of {d} ({p.get('encoder_key')})", _run_layout)
+    JobKind("layout", "points", lambda d, p: f"Layout {p.get('method')} of {d} ({p.get('encoder_key')})", _run_layout)
 )
 register_job_kind(
     JobKind(
