@@ -364,6 +364,27 @@ def test_embedding_status_counts_per_key(store: Store) -> None:
     assert store.embedded_keys("d") == [k1, k2]
 
 
+def test_dataset_version_changes_with_every_change_a_cached_view_must_see(store: Store) -> None:
+    records = fake_records(4)
+    store.ingest("d", "/src", records, [])
+    key = register(store, dim=2)
+    seen = [store.dataset_version("d")]
+    assert store.dataset_version("d") == seen[0]  # nothing changed: the same version
+    store.write_embeddings(key, [r.content_hash for r in records[:2]], np.ones((2, 2)))
+    seen.append(store.dataset_version("d"))
+    store.write_embeddings(key, [r.content_hash for r in records[2:]], np.ones((2, 2)))
+    seen.append(store.dataset_version("d"))
+    time.sleep(0.01)  # replaced vectors: the same count, a newer write
+    store.write_embeddings(key, [records[0].content_hash], np.zeros((1, 2)), replace=True)
+    seen.append(store.dataset_version("d"))
+    store.ingest("d", "/src", records[:3], [])  # a rescan that lost a file
+    seen.append(store.dataset_version("d"))
+    store.ingest("d", "/src", records, [])  # and found it again
+    seen.append(store.dataset_version("d"))
+    assert len(set(seen)) == len(seen), seen
+    assert store.dataset_version("d") == seen[-1]
+
+
 # --------------------------------------------------------------------------- transactions
 
 

@@ -84,6 +84,21 @@ class DatasetsMixin(StoreConnection):
             .df()
         )
 
+    def dataset_version(self, dataset: str) -> str:
+        """A string that changes whenever ``dataset``'s images or any stored vectors change: the
+        dataset's last ingest and path count, and per encoder key the vector count and newest
+        write (vectors are global, so a write for another dataset changes it too: harmless, a
+        cache keyed by it reloads once). Milliseconds at a million rows, unlike the counts of
+        :meth:`list_datasets` and ``embedding_status``, which join images to vectors."""
+        cur = self._cursor()
+        updated = cur.execute("SELECT updated_at FROM datasets WHERE name = ?", [dataset]).fetchall()
+        n_paths = cur.execute("SELECT count(*) FROM dataset_images WHERE dataset = ?", [dataset]).fetchall()[0][0]
+        vectors = cur.execute(
+            "SELECT encoder_key, count(*), max(created_at) FROM embeddings GROUP BY encoder_key ORDER BY encoder_key"
+        ).fetchall()
+        written = ",".join(f"{key}={n}@{latest}" for key, n, latest in vectors)
+        return f"{updated[0][0] if updated else ''}|{n_paths}|{written}"
+
     def dataset_images(self, dataset: str) -> pd.DataFrame:
         """One row per distinct image of ``dataset`` (a file present at two paths is one row).
 
