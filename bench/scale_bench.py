@@ -17,6 +17,9 @@
   baseline writes the same records with one INSERT per row. Then ``--n`` synthetic records go
   through ``Store.ingest`` (Arrow bulk merge) and an unchanged rescan; per-row INSERTs are
   timed on a time-boxed prefix (a million of them would take hours) and reported as a rate.
+- **GPU layout**: on a machine with cuML and a CUDA GPU, ``core.reduce.GPUUMAPReducer`` (a full
+  cuML fit) at ``--n`` points and on a 50k subsample against umap-learn (skipped, with a note,
+  elsewhere).
 - **Map**: ``measure_map`` from bench/map_scale.py (another benchmark) when it can be imported.
 
 Every timed step reports wall seconds and this process's CPU seconds: on a shared machine the
@@ -277,6 +280,31 @@ def bench_layout(x: np.ndarray, n_small: int, sample_size: int) -> dict[str, Any
     return out
 
 
+def bench_gpu_layout(x: np.ndarray, subsample: int = 50_000) -> dict[str, Any]:
+    """cuML's UMAP (``core.reduce.GPUUMAPReducer``, what the Map picks on a GPU machine) at every
+    point of ``x``, and against umap-learn on a ``subsample``-point subsample (the CPU baseline)."""
+    if not reduce.gpu_umap_available():
+        return {"layout_gpu_1m_s": None, "layout_gpu_note": "not run: cuML is not importable or no CUDA GPU is visible"}
+    out: dict[str, Any] = {"layout_gpu_subsample_n": min(subsample, len(x))}
+    rng = np.random.default_rng(12)
+    rows = np.sort(rng.choice(len(x), min(TRUST_SAMPLE, len(x)), replace=False))
+    part = x[np.sort(rng.choice(len(x), out["layout_gpu_subsample_n"], replace=False))]
+    part_rows = np.sort(rng.choice(len(part), min(TRUST_SAMPLE, len(part)), replace=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reduce.GPUUMAPReducer().fit_transform(x[:5_000])  # untimed: CUDA context and kernels load once
+        with timed(out, "layout_gpu_1m"):
+            coords = reduce.GPUUMAPReducer().fit_transform(x)
+        out["layout_gpu_1m_trustworthiness"] = trust(x, coords, rows)
+        with timed(out, "layout_gpu_50k"):
+            gpu_part = reduce.GPUUMAPReducer().fit_transform(part)
+        out["layout_gpu_50k_trustworthiness"] = trust(part, gpu_part, part_rows)
+        with timed(out, "layout_cpu_umap_50k"):
+            cpu_part = reduce.UMAPReducer().fit_transform(part)
+        out["layout_cpu_umap_50k_trustworthiness"] = trust(part, cpu_part, part_rows)
+    return out
+
+
 # ------------------------------------------------------------------------------- ingest
 
 
@@ -519,6 +547,7 @@ def main() -> None:
             save()
         if "layout" in parts:
             result.update(bench_layout(x, n_small, args.sample_size))
+            result.update(bench_gpu_layout(x))
             save()
         del data, x, queries
     if "ingest" in parts:

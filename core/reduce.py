@@ -12,7 +12,9 @@ map is a read, not a recomputation.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import inspect
 import json
 import time
@@ -27,7 +29,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils import check_random_state
 
 from core.arrays import as_matrix, l2_normalize
-from core.errors import InvalidInputError
+from core.errors import EngineUnavailableError, InvalidInputError
 from core.registry import Registry
 from core.store import Store
 
@@ -301,6 +303,81 @@ def _weighted_positions(sample_coords: np.ndarray, neighbours: np.ndarray, dista
     return np.einsum("nk,nkd->nd", weights, sample_coords[neighbours]).astype(np.float32)
 
 
+# With cuML and a CUDA GPU, UMAP above this many points runs there as a full fit (seconds at 1M
+# points on an H200 by NVIDIA's figures; never measured by this project, which had no GPU).
+GPU_UMAP_ABOVE = 20_000
+
+
+@functools.cache
+def gpu_umap_available() -> bool:
+    """cuML importable and a CUDA device visible (checked once per process)."""
+    if importlib.util.find_spec("cuml") is None:
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@register_reducer
+class GPUUMAPReducer(Reducer):
+    """RAPIDS cuML's UMAP on a CUDA GPU: the whole dataset fitted, no sample.
+
+    Its layout differs from umap-learn's for the same parameters (another kNN graph builder and
+    optimiser), so it is its own method and its own cached layout. Cosine and correlation are
+    fitted as euclidean on unit (centred, for correlation) vectors, which ranks neighbours the
+    same way: cuML's fast graph builder (nn-descent, picked above ~50k points) is euclidean only.
+    """
+
+    method = "umap-gpu"
+
+    def __init__(
+        self, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine", random_state: int | None = 42
+    ) -> None:
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.metric = metric
+        self.random_state = random_state
+
+    def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
+        X = _map_matrix(X, minimum=3)
+        UMAPReducer(self.n_neighbors, self.min_dist, self.metric, self.random_state)._check_params()
+        umap_class = _cuml_umap()
+        X, metric = _as_euclidean(X, self.metric)
+        reducer = umap_class(
+            n_components=2,
+            n_neighbors=min(self.n_neighbors, X.shape[0] - 1),
+            min_dist=self.min_dist,
+            metric=metric,
+            random_state=self.random_state,
+            build_algo="auto" if metric == "euclidean" else "brute_force_knn",
+            output_type="numpy",
+        )
+        return np.ascontiguousarray(reducer.fit_transform(X), dtype=np.float32)
+
+
+def _cuml_umap() -> Any:
+    try:
+        from cuml.manifold import UMAP
+    except ImportError as exc:
+        raise EngineUnavailableError(
+            "The GPU UMAP layout needs RAPIDS cuML and a CUDA GPU (pip install cuml-cu12 on a GPU machine); "
+            f"choose UMAP or UMAP (sampled) here. ({exc})"
+        ) from exc
+    return UMAP
+
+
+def _as_euclidean(X: np.ndarray, metric: str) -> tuple[np.ndarray, str]:
+    """(vectors, metric) where cosine/correlation become euclidean on unit (centred) rows: the same
+    neighbours in the same order, since |a - b|^2 = 2 - 2 cos(a, b) for unit vectors."""
+    if metric == "correlation":
+        X = X - X.mean(axis=1, keepdims=True)
+    if metric in ("cosine", "correlation"):
+        return l2_normalize(X, zero_rows="keep", what="vectors"), "euclidean"
+    return np.ascontiguousarray(X, dtype=np.float32), metric
+
+
 @dataclass(frozen=True)
 class LayoutChoice:
     """The layout the Map page runs for a dataset of a given size, and what to tell the user."""
@@ -311,8 +388,16 @@ class LayoutChoice:
 
 
 def layout_for_size(method: str, params: dict[str, Any], n_points: int) -> LayoutChoice:
-    """``method`` as chosen, except UMAP above ``LARGE_MAP_THRESHOLD`` points: then the sampled
-    UMAP with the same parameters, and a note saying so (a full fit would run for hours)."""
+    """``method`` as chosen, except UMAP on many points: with cuML and a GPU above
+    ``GPU_UMAP_ABOVE`` points, a full fit there; otherwise above ``LARGE_MAP_THRESHOLD`` points
+    the sampled UMAP with the same parameters (a full fit on the CPU would run for hours). The
+    note says which."""
+    if method == "umap" and n_points > GPU_UMAP_ABOVE and gpu_umap_available():
+        note = (
+            f"{n_points:,} points are laid out with cuML's UMAP on the GPU: a full fit, in seconds. "
+            "Its layout differs a little from the CPU UMAP's, so it is kept as a layout of its own."
+        )
+        return LayoutChoice(GPUUMAPReducer.method, dict(params), note)
     if method != "umap" or n_points <= LARGE_MAP_THRESHOLD:
         return LayoutChoice(method, dict(params), None)
     sampled = {**params, "sample_size": SampledUMAPReducer().sample_size}

@@ -108,3 +108,83 @@ def test_a_stored_layout_is_found_without_computing_it(store, ingested, pixels_e
     np.testing.assert_array_equal(reordered.coords, made.coords[::-1])
     # Other parameters are another layout.
     assert reduce.cached_projection(store, pixels_encoder.key, "pca", {"normalize": False}, frame) is None
+
+
+class _FakeCumlUMAP:
+    """Records what RepLens asks cuML for; lays points out by their first two coordinates."""
+
+    calls: list[dict] = []
+
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+    def fit_transform(self, X: np.ndarray) -> np.ndarray:
+        type(self).calls.append({**self.kwargs, "X": X})
+        return X[:, :2].astype(np.float64)
+
+
+@pytest.fixture
+def fake_cuml(monkeypatch: pytest.MonkeyPatch) -> type[_FakeCumlUMAP]:
+    import sys
+    import types
+
+    manifold = types.ModuleType("cuml.manifold")
+    manifold.UMAP = _FakeCumlUMAP  # type: ignore[attr-defined]
+    package = types.ModuleType("cuml")
+    package.manifold = manifold  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "cuml", package)
+    monkeypatch.setitem(sys.modules, "cuml.manifold", manifold)
+    _FakeCumlUMAP.calls = []
+    return _FakeCumlUMAP
+
+
+def test_gpu_umap_fits_cosine_as_euclidean_on_unit_vectors(fake_cuml: type[_FakeCumlUMAP]) -> None:
+    x, _ = _clusters(500, seed=6)
+    coords = reduce.GPUUMAPReducer(n_neighbors=12, min_dist=0.2, random_state=9).fit_transform(x)
+    (call,) = fake_cuml.calls
+    assert (call["metric"], call["build_algo"], call["n_neighbors"], call["min_dist"]) == ("euclidean", "auto", 12, 0.2)
+    assert call["random_state"] == 9 and call["output_type"] == "numpy"
+    np.testing.assert_allclose(np.linalg.norm(call["X"], axis=1), 1.0, atol=1e-5)
+    # Unit rows: euclidean order is cosine order, so the kNN graph is the cosine one.
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(call["X"], unit, atol=1e-5)
+    assert coords.dtype == np.float32 and coords.shape == (500, 2)
+    reduce.GPUUMAPReducer(metric="manhattan").fit_transform(x)
+    assert fake_cuml.calls[-1]["metric"] == "manhattan" and fake_cuml.calls[-1]["build_algo"] == "brute_force_knn"
+    np.testing.assert_array_equal(fake_cuml.calls[-1]["X"], x)
+
+
+def test_without_cuml_the_gpu_layout_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from core.errors import EngineUnavailableError
+
+    monkeypatch.setitem(sys.modules, "cuml", None)  # import fails as when it is not installed
+    x, _ = _clusters(100)
+    with pytest.raises(EngineUnavailableError, match="needs RAPIDS cuML and a CUDA GPU"):
+        reduce.GPUUMAPReducer().fit_transform(x)
+
+
+def test_with_a_gpu_big_umap_maps_are_a_full_cuml_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reduce, "gpu_umap_available", lambda: True)
+    params = {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "random_state": 42}
+    big = reduce.layout_for_size("umap", params, 1_000_000)
+    assert (big.method, big.params) == ("umap-gpu", params) and big.note and "GPU" in big.note
+    small = reduce.layout_for_size("umap", params, reduce.GPU_UMAP_ABOVE)
+    assert (small.method, small.note) == ("umap", None)
+    monkeypatch.setattr(reduce, "gpu_umap_available", lambda: False)
+    assert reduce.layout_for_size("umap", params, 1_000_000).method == "umap-sampled"
+
+
+def test_real_cuml_umap_keeps_neighbourhoods_like_umap_learn() -> None:
+    pytest.importorskip("cuml")
+    if not reduce.gpu_umap_available():
+        pytest.skip("cuML is installed but no CUDA GPU is visible")
+    from sklearn.manifold import trustworthiness
+
+    x, _ = _clusters(5_000, seed=8)
+    gpu = reduce.GPUUMAPReducer(random_state=1).fit_transform(x)
+    cpu = reduce.UMAPReducer(random_state=1).fit_transform(x)
+    t_gpu = trustworthiness(x, gpu, n_neighbors=15, metric="cosine")
+    t_cpu = trustworthiness(x, cpu, n_neighbors=15, metric="cosine")
+    assert t_gpu >= t_cpu - 0.05, (t_gpu, t_cpu)

@@ -17,7 +17,13 @@ from ui.jobs import page_jobs, submit_job, unwatch, watch_jobs
 from ui.resources import DatasetView
 from ui.text import md_escape
 
-METHOD_NAMES = {"umap": "UMAP", "umap-sampled": "UMAP (sampled)", "pca": "PCA", "tsne": "t-SNE"}
+METHOD_NAMES = {
+    "umap": "UMAP",
+    "umap-sampled": "UMAP (sampled)",
+    "umap-gpu": "UMAP (GPU, cuML)",
+    "pca": "PCA",
+    "tsne": "t-SNE",
+}
 # Up to this many points a layout is computed in the page (seconds to a minute of UMAP on 2 cores);
 # above, as a job. PCA is always quick enough (a few seconds at 1M points).
 INLINE_MAX_POINTS = 20_000
