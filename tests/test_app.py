@@ -289,9 +289,8 @@ def test_map_too_big_to_lay_out_in_the_page_runs_a_layout_job(
     """Above the page's size limit the layout runs as a job (joined, not repeated, on a rerun), and
     the map appears when it ends; above the UMAP limit, the sampled UMAP, and the page says so."""
     from core import reduce
-    from ui import layouts
 
-    monkeypatch.setattr(layouts, "INLINE_MAX_POINTS", 10)
+    monkeypatch.setenv("REPLENS_LAYOUT_JOB_ABOVE", "10")
     monkeypatch.setattr(reduce, "LARGE_MAP_THRESHOLD", 10)
     at = run_page("pages/map.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY)
     notes = " ".join(i.value for i in at.info)

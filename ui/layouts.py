@@ -7,6 +7,7 @@ would run for hours); the page says so.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import streamlit as st
@@ -25,7 +26,8 @@ METHOD_NAMES = {
     "tsne": "t-SNE",
 }
 # Up to this many points a layout is computed in the page (seconds to a minute of UMAP on 2 cores);
-# above, as a job. PCA is always quick enough (a few seconds at 1M points).
+# above, as a job. REPLENS_LAYOUT_JOB_ABOVE changes it (a server with many cores may want more).
+# PCA is always quick enough (a few seconds at 1M points).
 INLINE_MAX_POINTS = 20_000
 ALWAYS_INLINE = frozenset({"pca"})
 
@@ -34,8 +36,13 @@ def method_name(method: str) -> str:
     return METHOD_NAMES.get(method, method)
 
 
+def inline_max_points() -> int:
+    value = os.environ.get("REPLENS_LAYOUT_JOB_ABOVE", "").strip()
+    return int(value) if value.isdigit() else INLINE_MAX_POINTS
+
+
 def runs_in_page(method: str, n_points: int) -> bool:
-    return method in ALWAYS_INLINE or n_points <= INLINE_MAX_POINTS
+    return method in ALWAYS_INLINE or n_points <= inline_max_points()
 
 
 def page_layout(
