@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,13 @@ def index_key(encoder_key: str, scope: str = "") -> str:
     return digest.hexdigest()
 
 
+def cached_index_exists(cache_dir: str | os.PathLike[str], encoder_key: str, scope: str = "") -> bool:
+    """Whether an ANN index of ``encoder_key`` within ``scope`` was built before (opening it then
+    costs seconds, or an update for the images added since, instead of a full build)."""
+    index_file = index_path(cache_dir, index_key(encoder_key, scope))
+    return index_file.exists() and slots_path(index_file).exists()
+
+
 def index_path(cache_dir: str | os.PathLike[str], key: str) -> Path:
     return Path(cache_dir) / "indexes" / f"{key}.usearch"
 
@@ -197,14 +204,16 @@ class NeighborIndex:
         encoder_key: str = "",
         hashes: Sequence[str] | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        ann_threshold: int = ANN_THRESHOLD,
+        ann_threshold: int | None = None,  # None: ANN_THRESHOLD as it is when called
         scope: str = "",
+        progress: AddProgress | None = None,
     ) -> None:
+        self._progress = progress  # hears how many vectors a build or an update has added
         self.matrix = normalize(vectors)
         self.n, self.dim = self.matrix.shape
         if hashes is not None and len(hashes) != self.n:
             raise InvalidInputError(f"{len(hashes)} hashes for {self.n} vectors; pass one hash per row.")
-        self.uses_ann = self.n >= ann_threshold
+        self.uses_ann = self.n >= (ANN_THRESHOLD if ann_threshold is None else ann_threshold)
         self.index_file: Path | None = None
         self.build: IndexBuild | None = None
         self._ann: Index | None = None
@@ -276,7 +285,7 @@ class NeighborIndex:
             why = f"{update.n_removed_total} of {update.n_slots} cached entries would be tombstones"
             del ann
         ann = self._new_ann()
-        _add(ann, np.arange(self.n), self.matrix)
+        _add(ann, np.arange(self.n), self.matrix, self._progress)
         slots = _Slots(keys=row_keys, alive=np.ones(self.n, dtype=bool), fingerprints=fingerprints)
         self._save(ann, slots)
         return ann, slots, IndexBuild(reused=0, added=self.n, removed=0, reason=f"built: {why}")
@@ -291,7 +300,7 @@ class NeighborIndex:
             ann.remove(update.stale_slots.astype(np.uint64))
         new_slots = np.arange(slots.n, slots.n + len(update.new_rows), dtype=np.int64)
         if len(new_slots):
-            _add(ann, new_slots, self.matrix[update.new_rows])
+            _add(ann, new_slots, self.matrix[update.new_rows], self._progress)
         alive = np.concatenate([slots.alive, np.ones(len(new_slots), dtype=bool)])
         alive[update.stale_slots] = False
         slots = _Slots(
@@ -338,9 +347,18 @@ class NeighborIndex:
             _save_pair(ann, slots, self.index_file)
 
 
-def _add(ann: Index, keys: np.ndarray, vectors: np.ndarray) -> None:
+ADD_CHUNK = 65_536  # vectors added per call when a build reports progress (seconds each at 1M)
+AddProgress = Callable[[int, int], None]  # (vectors added, vectors to add); may raise to stop the build
+
+
+def _add(ann: Index, keys: np.ndarray, vectors: np.ndarray, progress: AddProgress | None = None) -> None:
     threads = 0 if len(keys) >= PARALLEL_ADD_FROM else 1  # 0: every core
-    ann.add(keys.astype(np.uint64), vectors, threads=threads)
+    step = ADD_CHUNK if progress is not None else max(len(keys), 1)
+    for start in range(0, len(keys), step):
+        end = min(start + step, len(keys))
+        ann.add(keys[start:end].astype(np.uint64), vectors[start:end], threads=threads)
+        if progress is not None:
+            progress(end, len(keys))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from core.store import Store
 from core.uploads import check_upload_sizes
 from ui.errors import user_errors
 from ui.gallery import gallery, thumbnail
+from ui.neighbor_jobs import neighbor_index_ready
 from ui.resources import DatasetView, get_store, query_encoder
 from ui.state import QUERY_KEY
 from ui.text import md_escape
@@ -24,6 +25,7 @@ from ui.widgets import dataset_and_key, remembered_select, short_key
 SOURCE_DATASET = "An image from the dataset"
 SOURCE_UPLOAD = "Upload an image"
 NONE = "(none)"
+_INDEX_JOBS = "nb_index_jobs"  # the panel of an index job a search waits for (one per encoder key)
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,9 @@ def main() -> None:
     with user_errors():
         view = DatasetView(store, dataset)
         frame, _ = view.embeddings(key)
+        for needed in [key] if compare == NONE else [key, compare]:
+            if not neighbor_index_ready(view, needed, len(view.embeddings(needed)[0]), panel=f"{_INDEX_JOBS}_{needed}"):
+                return
         query = query_controls(frame)
         if query is None:
             return

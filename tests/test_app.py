@@ -341,6 +341,39 @@ def test_neighbors_query_first_with_similarity_one(env: dict[str, str]) -> None:
     np.testing.assert_allclose(table["Similarity"].to_numpy(), sims[order], atol=1e-4)
 
 
+def test_neighbors_above_the_index_threshold_builds_the_index_as_a_job_first(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import neighbors
+
+    monkeypatch.setattr(neighbors, "ANN_THRESHOLD", 10)  # the 16 images count as many
+    store = resources.get_store()
+    index_file = neighbors.index_path(store.cache_dir, neighbors.index_key(PIXELS_KEY, "shapes"))
+    index_file.unlink(missing_ok=True)
+    frame, vectors = store.load_embeddings("shapes", PIXELS_KEY)
+    query = frame["content_hash"].iloc[5]
+    at = run_page("pages/neighbors.py", rl_dataset="shapes", rl_encoder_key=PIXELS_KEY, rl_query_hash=query)
+    assert any("needs an approximate-neighbour index" in i.value for i in at.info)
+    assert not [d for d in at.dataframe if "Similarity" in d.value.columns]  # no search before the index
+
+    def index_jobs() -> list[dict]:
+        return [r for r in store.job_records(dataset="shapes") if r["kind"] == "index"]
+
+    assert [j["params"] for j in index_jobs()] == [{"encoder_key": PIXELS_KEY}]
+    finish_jobs(at)
+    (job,) = index_jobs()
+    assert job["status"] == "done" and job["result"]["approximate"] and job["result"]["n_vectors"] == 16
+    assert index_file.exists() and neighbors.cached_index_exists(store.cache_dir, PIXELS_KEY, "shapes")
+    at.slider(key="nb_k").set_value(5).run()
+    table = table_with(at, "Similarity", 0)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = unit @ unit[5]
+    order = np.argsort(-sims, kind="stable")[:5]
+    assert table["Path"].tolist() == frame["rel_path"].iloc[order].tolist()
+    np.testing.assert_allclose(table["Similarity"].to_numpy(), sims[order], atol=1e-4)
+    assert len(index_jobs()) == 1  # the page searched with the index on disk: no second build
+
+
 def test_neighbors_compare_shows_overlap(env: dict[str, str]) -> None:
     store = resources.get_store()
     frame_a, va = store.load_embeddings("shapes", PIXELS_KEY)

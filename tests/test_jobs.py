@@ -348,3 +348,25 @@ def test_a_layout_job_counts_placed_points_and_stores_what_the_page_reads(store:
     assert stored is not None and stored.key == job.result["projection_key"]
     expected = reduce.SampledUMAPReducer(n_neighbors=10, sample_size=1_000, random_state=3).fit_transform(vectors)
     np.testing.assert_array_equal(stored.coords, expected)
+
+
+def test_an_index_job_builds_the_neighbour_index_once_and_a_rerun_reuses_it(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from core import neighbors
+
+    monkeypatch.setattr(neighbors, "ANN_THRESHOLD", 100)
+    monkeypatch.setattr(neighbors, "ADD_CHUNK", 500)
+    dataset, key, vectors = _synthetic_dataset(store, 1_200)
+    runner = JobRunner(store)
+    try:
+        first = runner.wait(runner.submit("index", dataset, {"encoder_key": key})[0], timeout=120)
+        again = runner.wait(runner.submit("index", dataset, {"encoder_key": key})[0], timeout=120)
+    finally:
+        runner.shutdown()
+    assert first.status == "done", first.error
+    assert first.unit == "vectors" and first.done == first.total == 1_200
+    assert first.result is not None and first.result["approximate"] and first.result["added"] == 1_200
+    assert first.result["reason"].startswith("built")
+    assert neighbors.cached_index_exists(store.cache_dir, key, dataset)
+    assert again.result is not None and (again.result["reason"], again.result["reused"]) == ("cached", 1_200)

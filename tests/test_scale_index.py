@@ -145,3 +145,44 @@ def test_hashes_of_any_text_survive_the_sidecar(tmp_path: Path) -> None:
     again = _index(x, hashes, tmp_path)
     assert again.build is not None and (again.build.reason, again.build.reused) == ("cached", 300)
     np.testing.assert_array_equal(_top(again, x[:20]), _top(NeighborIndex(x), x[:20]))
+
+
+def test_a_build_reports_vectors_added_in_chunks_and_a_stopped_build_leaves_no_index(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(neighbors, "ADD_CHUNK", 1_000)
+    x = _clustered(2_500, seed=21)
+    hashes = [f"h{i}" for i in range(len(x))]
+    heard: list[tuple[int, int]] = []
+    built = NeighborIndex(
+        x,
+        encoder_key="toy@v1/x/y",
+        hashes=hashes,
+        cache_dir=tmp_path,
+        ann_threshold=100,
+        scope="ds",
+        progress=lambda done, total: heard.append((done, total)),
+    )
+    assert heard == [(1_000, 2_500), (2_000, 2_500), (2_500, 2_500)]
+    assert neighbors.cached_index_exists(tmp_path, "toy@v1/x/y", "ds")
+    # Chunked adds find what one add finds.
+    np.testing.assert_array_equal(_top(built, _near(x[:50])), _top(NeighborIndex(x), _near(x[:50])))
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first_chunk(done: int, total: int) -> None:
+        raise Stop
+
+    other = tmp_path / "other"
+    with pytest.raises(Stop):
+        NeighborIndex(
+            x,
+            encoder_key="toy@v1/x/y",
+            hashes=hashes,
+            cache_dir=other,
+            ann_threshold=100,
+            scope="ds",
+            progress=stop_after_first_chunk,
+        )
+    assert not neighbors.cached_index_exists(other, "toy@v1/x/y", "ds")  # a cancelled build saves nothing

@@ -196,6 +196,9 @@ def _done_text(job: Job) -> str:
         took = fmt_duration(float(result.get("seconds") or 0))
         how = "was already cached" if result.get("cached") else f"took {took}"
         return f"{int(result['n_points']):,} points laid out ({result.get('method')}); the layout {how}."
+    if job.kind == "index" and "n_vectors" in result:
+        took = fmt_duration(float(result.get("seconds") or 0))
+        return f"{int(result['n_vectors']):,} vectors indexed ({result.get('reason')}) in {took}."
     return "Finished."
 
 

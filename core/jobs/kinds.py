@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -152,6 +153,41 @@ def _run_layout(store: Store, dataset: str | None, params: dict[str, Any], ctx: 
         "n_points": int(len(layout.coords)),
         "cached": layout.cached,
         "seconds": round(layout.seconds, 3),
+    }
+
+
+def _run_index(store: Store, dataset: str | None, params: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Build (or bring up to date) the ANN neighbour index of ``dataset`` × ``encoder_key`` on disk,
+    where the Neighbors page opens it in seconds."""
+    from core.neighbors import NeighborIndex
+
+    dataset = _required_dataset(dataset)
+    ctx.progress(0, None, message="Loading the vectors")
+    images, vectors = store.load_embeddings(dataset, params["encoder_key"])
+    ctx.progress(0, None, message=f"Indexing {len(images):,} vectors")
+
+    def report(done: int, total: int) -> None:
+        ctx.progress(done, total)
+        ctx.check_cancelled()
+
+    started = time.perf_counter()
+    index = NeighborIndex(
+        vectors,
+        encoder_key=params["encoder_key"],
+        hashes=images["content_hash"].tolist(),
+        cache_dir=store.cache_dir,
+        scope=dataset,
+        progress=report,
+    )
+    ctx.progress(len(images), len(images), message="Done")
+    build = index.build
+    return {
+        "n_vectors": int(index.n),
+        "approximate": bool(index.uses_ann),
+        "reason": build.reason if build else "exact search: no index needed",
+        "added": build.added if build else 0,
+        "reused": build.reused if build else 0,
+        "seconds": round(time.perf_counter() - started, 3),
     }
 
 
@@ -319,6 +355,9 @@ def _required_dataset(dataset: str | None) -> str:
 register_job_kind(JobKind("embed", "images", _title_embed, _run_embed))
 register_job_kind(
     JobKind("layout", "points", lambda d, p: f"Layout {p.get('method')} of {d} ({p.get('encoder_key')})", _run_layout)
+)
+register_job_kind(
+    JobKind("index", "vectors", lambda d, p: f"Neighbour index of {d} ({p.get('encoder_key')})", _run_index)
 )
 register_job_kind(
     JobKind(
