@@ -19,7 +19,7 @@ from core.datasets import collect_garbage, delete_dataset, ingest_path, is_new_s
 from core.errors import ROOTS_HOW_TO, EncoderUnavailableError, InvalidInputError, RepLensError
 from core.extract import UnfinishedExtraction, resume_extraction, unfinished_extractions
 from core.jobs import Job
-from core.keys import FP32, EncoderKey
+from core.keys import FP32, EncoderKey, precision_of
 from core.names import check_dataset_name
 from core.roots import check_server_path
 from core.store import Store
@@ -444,7 +444,7 @@ def render_unfinished(store: Store, dataset: str, jobs: list[Job]) -> None:
 
 def resume(store: Store, run: UnfinishedExtraction) -> None:
     with st.spinner(f"Loading {md_escape(run.encoder_id)}…"):
-        encoder = get_encoder(run.encoder_id, run.layer, run.pooling, run.weights)
+        encoder = get_encoder(run.encoder_id, run.layer, run.pooling, run.weights, precision_of(run.encoder_key))
     bar = st.progress(0.0, text="Resuming…")
     report = resume_extraction(store, run, encoder, progress=embed_progress(bar))
     store.remember_encoder_key(run.dataset, report.encoder)

@@ -305,3 +305,14 @@ def test_cli_embed_passes_the_precision_to_the_encoder(tmp_path: Path, cli) -> N
     assert json.loads(done.stdout)["encoder"] == "random-resnet18@seed0/last/avg~bf16"
     refused = cli(["embed", "--dataset", "p", "--encoder", "pixels", "--precision", "bf16"])
     assert refused.returncode != 0 and "pixels runs at precision fp32, not bf16" in refused.stderr
+
+
+def test_a_query_image_is_embedded_at_the_precision_of_the_stored_vectors() -> None:
+    """The Neighbors page's upload query, and the Data page's Resume: a dataset extracted at bf16
+    (the Data page's "auto" on an AMX CPU) gets a bf16 encoder, not an fp32 one with another key."""
+    from ui import resources
+
+    for precision in ("bf16", "fp32"):
+        key = load_encoder("random-resnet18", "cpu", precision=precision).key
+        encoder = resources.query_encoder(key)
+        assert (encoder.key, encoder.precision) == (key, precision)

@@ -21,7 +21,7 @@ from core import config
 from core.encoders import BaseEncoder, load_encoder
 from core.errors import EncoderUnavailableError, InvalidInputError
 from core.extract import weights_of_key
-from core.keys import EncoderKey
+from core.keys import FP32, EncoderKey
 from core.neighbors import NeighborIndex
 from core.reduce import Projection, cached_projection, project
 from core.store import Store
@@ -38,7 +38,9 @@ def get_store() -> Store:
     return _store_at(str(config.db_path()), str(config.cache_dir()))
 
 
-def get_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None = None) -> BaseEncoder:
+def get_encoder(
+    encoder_id: str, layer: str, pooling: str, weights: str | None = None, precision: str = FP32
+) -> BaseEncoder:
     """A loaded encoder, shared by sessions (forward passes are serialised inside the encoder).
 
     ``weights``: a local weights file for a hub encoder (an upload kept by ``core.weights``);
@@ -52,12 +54,12 @@ def get_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None =
             f"Weights file {weights} does not exist.",
             page_message="The weights file given for this encoder is no longer on the server; upload it again.",
         )
-    return _loaded_encoder(encoder_id, layer, pooling, weights or None)
+    return _loaded_encoder(encoder_id, layer, pooling, weights or None, precision)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def _loaded_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None) -> BaseEncoder:
-    return load_encoder(encoder_id, "auto", layer=layer, pooling=pooling, weights=weights)
+def _loaded_encoder(encoder_id: str, layer: str, pooling: str, weights: str | None, precision: str) -> BaseEncoder:
+    return load_encoder(encoder_id, "auto", layer=layer, pooling=pooling, weights=weights, precision=precision)
 
 
 def query_encoder(key: str) -> BaseEncoder:
@@ -69,7 +71,10 @@ def query_encoder(key: str) -> BaseEncoder:
             f"{key} holds imported vectors: RepLens cannot embed a new image into that space. "
             "Pick an image from the dataset instead, or choose an extracted encoder."
         )
-    encoder = get_encoder(parsed.encoder_id, parsed.layer, parsed.pooling, weights_of_key(get_store(), key))
+    # At the precision the stored vectors were computed at: a bf16 dataset gets a bf16 query.
+    encoder = get_encoder(
+        parsed.encoder_id, parsed.layer, parsed.pooling, weights_of_key(get_store(), key), parsed.precision
+    )
     if encoder.key != key:
         raise InvalidInputError(
             f"The stored vectors came from {key}, but this RepLens has {encoder.key}. An uploaded image "
