@@ -326,3 +326,26 @@ def test_clip_labeller_with_random_weights_loaded_from_a_file(ingested, tmp_path
     assert [t[0]["word"] for t in tac] == ["dog", "tree"]
     stored = store.load_cluster_labels(run.run_id)
     assert (stored["method"] == "clip").all() and len(stored) == 3
+
+
+def test_clip_labels_of_bf16_vectors_load_the_bf16_text_tower(ingested, tmp_path: Path) -> None:
+    """Without an encoder passed in (the CLI, a labelling job), the text tower is loaded at the
+    precision the image vectors were stored at: a bf16 dataset is labelled, not refused."""
+    import open_clip
+    import torch
+
+    from core.encoders import load_encoder
+    from core.extract import embed_dataset
+
+    store, _, _ = ingested
+    torch.manual_seed(1)
+    path = tmp_path / "clip-random.pt"
+    torch.save({k: v.half() for k, v in open_clip.create_model("ViT-B-32", pretrained=None).state_dict().items()}, path)
+    enc = load_encoder("clip-vitb32", "cpu", weights=path, precision="bf16")
+    assert enc.key.endswith("~bf16")
+    embed_dataset(store, "d", enc, workers=1, weights=str(path))
+    run = run_clustering(store, "d", enc.key, "kmeans", {"n_clusters": 2, "reduce": None})
+    out = concepts.label_run(
+        store, run.run_id, "clip", weights=str(path), vocabulary=["cat", "dog", "tree"], templates=("a {}.",), top=2
+    )
+    assert [c.cluster for c in out] == [0, 1] and all(c.label in {"cat", "dog", "tree"} for c in out)

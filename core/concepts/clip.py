@@ -22,7 +22,7 @@ from core.cluster import NOISE, ClusterRun
 from core.concepts.labels import DEFAULT_TOP, ClusterLabel, LabellingWarning, register_labeller
 from core.errors import EmbeddingsNotFoundError, InvalidInputError
 from core.fsutil import atomic_path
-from core.keys import encoder_id_of
+from core.keys import encoder_id_of, precision_of
 from core.store import Store
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -272,7 +272,8 @@ def clip_labeller(
         from core.encoders import load_encoder
 
         spec = store.encoder_spec(key) or {}
-        encoder = load_encoder(spec.get("id", encoder_id_of(key)), device, weights=weights)
+        # At the stored precision: bf16 image vectors need the bf16 text tower (its key says so).
+        encoder = load_encoder(spec.get("id", encoder_id_of(key)), device, weights=weights, precision=precision_of(key))
     if encoder.key != key:
         raise InvalidInputError(
             f"the text encoder is {encoder.key} but the images were embedded as {key}; "
