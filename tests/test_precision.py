@@ -316,3 +316,26 @@ def test_a_query_image_is_embedded_at_the_precision_of_the_stored_vectors() -> N
         key = load_encoder("random-resnet18", "cpu", precision=precision).key
         encoder = resources.query_encoder(key)
         assert (encoder.key, encoder.precision) == (key, precision)
+
+
+def test_analysis_commands_pick_the_key_their_precision_names(
+    dataset: Store, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import json
+
+    from core.cli import main
+
+    store = dataset
+    for name in ("fp32", "bf16"):
+        embed_dataset(store, "d", load_encoder("random-resnet18", "cpu", precision=name))
+    store.close()
+    monkeypatch.setenv("REPLENS_DB", str(store.path))
+    monkeypatch.setenv("REPLENS_CACHE", str(store.cache_dir))
+    common = ["--dataset", "d", "--encoder", "random-resnet18", "--json"]
+    for name, suffix in (("bf16", "~bf16"), ("fp32", "")):
+        assert main(["project", *common, "--method", "pca", "--precision", name]) == 0
+        assert json.loads(capsys.readouterr().out)["encoder"] == f"random-resnet18@seed0/last/avg{suffix}"
+        assert main(["cluster", *common, "--method", "kmeans", "--k", "2", "--precision", name]) == 0
+        assert json.loads(capsys.readouterr().out)["encoder"] == f"random-resnet18@seed0/last/avg{suffix}"
+    assert main(["project", *common, "--method", "pca"]) == 2  # both stored: say which
+    assert "--precision" in capsys.readouterr().err

@@ -28,9 +28,9 @@ from core.cli.common import (
     dataset_option,
     emit,
     encoder_options,
+    key_from_args,
     open_store,
     progress_bar,
-    resolve_encoder_key,
     seed_option,
 )
 from core.errors import InvalidInputError
@@ -195,7 +195,7 @@ def cmd_project(args: argparse.Namespace) -> int:
 
     params = _projection_params(args)
     store = open_store()
-    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    key = key_from_args(store, args)
     images, vectors = store.load_embeddings(args.dataset, key)
     # The layout the Map page would pick at this size, so the page finds it cached.
     choice = layout_for_size(args.method, params, len(images))
@@ -281,7 +281,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"--stability {args.stability}: give 2 or more seeds (or 0 for none)")
     seed = args.seed or 0
     store = open_store()
-    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    key = key_from_args(store, args)
     images, vectors = store.load_embeddings(args.dataset, key)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -446,7 +446,7 @@ def cmd_diagnostics(args: argparse.Namespace) -> int:
 
     store = open_store()
     store.require_dataset(args.dataset)
-    keys = [resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)] if args.encoder else None
+    keys = [key_from_args(store, args)] if args.encoder else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = dataset_diagnostics(store, args.dataset, keys)
@@ -473,7 +473,7 @@ def cmd_bias(args: argparse.Namespace) -> int:
     from core.bias_runs import folder_options, folder_test, run_battery
 
     store = open_store()
-    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    key = key_from_args(store, args)
     paths = store.dataset_paths(args.dataset)
     try:
         test = folder_test(

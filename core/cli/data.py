@@ -15,9 +15,9 @@ from core.cli.common import (
     dataset_option,
     emit,
     encoder_options,
+    key_from_args,
     open_store,
     progress_bar,
-    resolve_encoder_key,
 )
 from core.engines import ENGINES, SCALE_EXTRA_HINT
 from core.errors import InvalidInputError
@@ -335,7 +335,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     store = open_store()
-    key = resolve_encoder_key(store, args.dataset, args.encoder, args.layer, args.pool)
+    key = key_from_args(store, args)
     n = store.export_embeddings(args.dataset, key, args.out)
     emit(
         args,
