@@ -403,7 +403,7 @@ def layout_for_size(method: str, params: dict[str, Any], n_points: int) -> Layou
     sampled = {**params, "sample_size": SampledUMAPReducer().sample_size}
     note = (
         f"{n_points:,} points is more than a full UMAP fit handles in reasonable time "
-        f"(above {LARGE_MAP_THRESHOLD:,}): UMAP was fitted on {sampled['sample_size']:,} randomly drawn points "
+        f"(above {LARGE_MAP_THRESHOLD:,}): UMAP is fitted on {sampled['sample_size']:,} randomly drawn points "
         "and every other point placed beside its nearest fitted neighbours."
     )
     return LayoutChoice(SampledUMAPReducer.method, sampled, note)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import config, images
+from core import config, images, neighbors
 from core.errors import InvalidInputError
 from core.extract import embed_images
 from core.neighbors import Neighbors, mean_similarity, overlap
@@ -135,7 +135,7 @@ def main() -> None:
     st.title("Neighbors")
     st.caption(
         "Which images does this encoder place closest to a query? Cosine similarity on L2-normalised "
-        "vectors; exact search below 200k images, an HNSW index (re-scored exactly) above."
+        f"vectors; exact search below {neighbors.ANN_THRESHOLD:,} images, an HNSW index (re-scored exactly) above."
     )
     store = get_store()
     picked = dataset_and_key(store)
