@@ -321,7 +321,7 @@ def gpu_umap_available() -> bool:
 
 
 @register_reducer
-class GPUUMAPReducer(Reducer):
+class GPUUMAPReducer(UMAPReducer):
     """RAPIDS cuML's UMAP on a CUDA GPU: the whole dataset fitted, no sample.
 
     Its layout differs from umap-learn's for the same parameters (another kNN graph builder and
@@ -330,19 +330,11 @@ class GPUUMAPReducer(Reducer):
     same way: cuML's fast graph builder (nn-descent, picked above ~50k points) is euclidean only.
     """
 
-    method = "umap-gpu"
-
-    def __init__(
-        self, n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "cosine", random_state: int | None = 42
-    ) -> None:
-        self.n_neighbors = n_neighbors
-        self.min_dist = min_dist
-        self.metric = metric
-        self.random_state = random_state
+    method = "umap-gpu"  # the parameters (and their checks) are UMAPReducer's
 
     def fit_transform(self, X: np.ndarray, y: Any = None) -> np.ndarray:
         X = _map_matrix(X, minimum=3)
-        UMAPReducer(self.n_neighbors, self.min_dist, self.metric, self.random_state)._check_params()
+        self._check_params()
         umap_class = _cuml_umap()
         X, metric = _as_euclidean(X, self.metric)
         reducer = umap_class(

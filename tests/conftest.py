@@ -83,6 +83,37 @@ class Folder:
         return sorted(self.files)
 
 
+SYNTHETIC_KEY = "synthetic@v1/x/y"
+
+
+def synthetic_dataset(store: object, n: int, dim: int = 16, name: str = "big") -> tuple[str, str, np.ndarray]:
+    """Dataset ``name`` of ``n`` image records (no files) in folders c0..c2, with vectors in three
+    well-separated clusters under :data:`SYNTHETIC_KEY`, written through the store API.
+    -> (dataset, key, vectors)."""
+    from core.images import ImageRecord
+
+    rng = np.random.default_rng(5)
+    records = [
+        ImageRecord(
+            content_hash=f"{i:032x}",
+            rel_path=f"c{i % 3}/img_{i:05d}.jpg",
+            labels=(f"c{i % 3}",),
+            width=8,
+            height=8,
+            n_bytes=100,
+            format="JPEG",
+            mtime=0.0,
+            caption=None,
+        )
+        for i in range(n)
+    ]
+    store.ingest(name, "/synthetic", records, [])  # type: ignore[attr-defined]
+    store.register_encoder(SYNTHETIC_KEY, "synthetic", "v1", "x", "y", dim, {"id": "synthetic"})  # type: ignore[attr-defined]
+    vectors = ((6 * rng.standard_normal((3, dim)))[np.arange(n) % 3] + rng.standard_normal((n, dim))).astype(np.float32)
+    store.write_embeddings(SYNTHETIC_KEY, [r.content_hash for r in records], vectors)  # type: ignore[attr-defined]
+    return name, SYNTHETIC_KEY, vectors
+
+
 def offline_hub_env(base: Path) -> dict[str, str]:
     """Hub caches in ``base`` (empty) and the Hugging Face hub offline: hub encoders cannot load."""
     return {"HF_HUB_OFFLINE": "1", "HF_HOME": str(base / "hf"), "TORCH_HOME": str(base / "torch")}

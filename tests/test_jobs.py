@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from conftest import Folder
+from conftest import Folder, synthetic_dataset
 from core import images
 from core.jobs import JOB_KINDS, JobContext, JobKind, JobRunner, job_identity, process_owner, register_job_kind
 from core.store import Store
@@ -302,37 +302,10 @@ def test_jobs_page_lists_jobs_and_resumes_an_interrupted_one() -> None:
     assert job.status == "done" and job.attempts == 2
 
 
-def _synthetic_dataset(store: Store, n: int, dim: int = 16) -> tuple[str, str, np.ndarray]:
-    """Dataset 'big' of ``n`` records with vectors in three clusters, written through the store API."""
-    from core.images import ImageRecord
-
-    rng = np.random.default_rng(5)
-    records = [
-        ImageRecord(
-            content_hash=f"{i:032x}",
-            rel_path=f"c{i % 3}/img_{i:05d}.jpg",
-            labels=(f"c{i % 3}",),
-            width=8,
-            height=8,
-            n_bytes=100,
-            format="JPEG",
-            mtime=0.0,
-            caption=None,
-        )
-        for i in range(n)
-    ]
-    store.ingest("big", "/synthetic", records, [])
-    key = "synthetic@v1/x/y"
-    store.register_encoder(key, "synthetic", "v1", "x", "y", dim, {"id": "synthetic"})
-    vectors = (6 * rng.standard_normal((3, dim)))[np.arange(n) % 3] + rng.standard_normal((n, dim))
-    store.write_embeddings(key, [r.content_hash for r in records], vectors.astype(np.float32))
-    return "big", key, vectors
-
-
 def test_a_layout_job_counts_placed_points_and_stores_what_the_page_reads(store: Store) -> None:
     from core import reduce
 
-    dataset, key, _ = _synthetic_dataset(store, 2_500)
+    dataset, key, _ = synthetic_dataset(store, 2_500)
     params = {"n_neighbors": 10, "sample_size": 1_000, "random_state": 3}
     runner = JobRunner(store)
     try:
@@ -357,7 +330,7 @@ def test_an_index_job_builds_the_neighbour_index_once_and_a_rerun_reuses_it(
 
     monkeypatch.setattr(neighbors, "ANN_THRESHOLD", 100)
     monkeypatch.setattr(neighbors, "ADD_CHUNK", 500)
-    dataset, key, vectors = _synthetic_dataset(store, 1_200)
+    dataset, key, vectors = synthetic_dataset(store, 1_200)
     runner = JobRunner(store)
     try:
         first = runner.wait(runner.submit("index", dataset, {"encoder_key": key})[0], timeout=120)

@@ -11,45 +11,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
+from conftest import SYNTHETIC_KEY, synthetic_dataset
 from core import reduce
-from core.images import ImageRecord
 from core.store import Store
 from tests.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, settle, streamlit_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "test-output" / "layout-job"
 N_POINTS = 3_000
-KEY = "synthetic@v1/x/y"
+KEY = SYNTHETIC_KEY
 MAP_JS = "() => window.__replensBigmap?.maps.get('map_chart')"
 READY_JS = f"(n) => {{ const m = ({MAP_JS})(); return !!m && m.stats.ready && m.stats.n === n && m.stats.drawn > 0; }}"
 
 
 def build(db: Path, cache: Path) -> None:
     """Dataset 'big': N_POINTS records in three folders with clustered vectors (no layout yet)."""
-    rng = np.random.default_rng(3)
-    records = [
-        ImageRecord(
-            content_hash=f"{i:032x}",
-            rel_path=f"c{i % 3}/img_{i:05d}.jpg",
-            labels=(f"c{i % 3}",),
-            width=8,
-            height=8,
-            n_bytes=100,
-            format="JPEG",
-            mtime=0.0,
-            caption=None,
-        )
-        for i in range(N_POINTS)
-    ]
     store = Store(db, cache)
     try:
-        store.ingest("big", "/synthetic", records, [])
-        store.register_encoder(KEY, "synthetic", "v1", "x", "y", 16, {"id": "synthetic"})
-        vectors = (6 * rng.standard_normal((3, 16)))[np.arange(N_POINTS) % 3] + rng.standard_normal((N_POINTS, 16))
-        store.write_embeddings(KEY, [r.content_hash for r in records], vectors.astype(np.float32))
+        synthetic_dataset(store, N_POINTS)
         store.remember_dataset("big")
     finally:
         store.close()

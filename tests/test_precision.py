@@ -312,10 +312,10 @@ def test_a_query_image_is_embedded_at_the_precision_of_the_stored_vectors() -> N
     (the Data page's "auto" on an AMX CPU) gets a bf16 encoder, not an fp32 one with another key."""
     from ui import resources
 
-    for precision in ("bf16", "fp32"):
-        key = load_encoder("random-resnet18", "cpu", precision=precision).key
+    for name in ("bf16", "fp32"):
+        key = load_encoder("random-resnet18", "cpu", precision=name).key
         encoder = resources.query_encoder(key)
-        assert (encoder.key, encoder.precision) == (key, precision)
+        assert (encoder.key, encoder.precision) == (key, name)
 
 
 def test_analysis_commands_pick_the_key_their_precision_names(
