@@ -6,6 +6,7 @@ Most run ``core.cli.main`` in-process (fast); one goes through ``python -m core`
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -119,25 +120,31 @@ def test_python_dash_m_core_cluster_for_real(env_store: str, cli) -> None:
     assert human.returncode == 0 and "2 clusters" in human.stdout and "vs folders: ARI" in human.stdout
 
 
-def test_project_caches_the_layout_the_map_page_opens_with(env_store: str, capsys) -> None:
-    """`make demo` runs `project` so the first Map visit needs no UMAP: the CLI's default
-    layout must have the very cache key the page's default widgets produce."""
+def open_map(encoder_key: str) -> Any:
+    """The Map page of dataset d under ``encoder_key``, in a new AppTest session."""
     from pathlib import Path
 
     from streamlit.testing.v1 import AppTest
 
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
+    at.session_state["rl_dataset"], at.session_state["rl_encoder_key"] = "d", encoder_key
+    at.run()
+    at.switch_page("pages/map.py")
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_project_caches_the_layout_the_map_page_opens_with(env_store: str, capsys) -> None:
+    """`make demo` runs `project` so the first Map visit needs no UMAP: the CLI's default
+    layout must have the very cache key the page's default widgets produce."""
     first = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels")
     assert first["cached"] is False and first["method"] == "umap" and first["n_points"] == 8
     assert first["params"] == {"n_neighbors": 15, "min_dist": 0.1, "metric": "cosine", "random_state": 42}
     again = run_json(capsys, "project", "--dataset", "d", "--encoder", "pixels")
     assert again["cached"] is True and again["projection_key"] == first["projection_key"]
 
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
-    at.session_state["rl_dataset"], at.session_state["rl_encoder_key"] = "d", env_store
-    at.run()
-    at.switch_page("pages/map.py")
-    at.run()
-    assert not at.exception
+    at = open_map(env_store)
     assert any("loaded from cache" in c.value for c in at.caption), [c.value for c in at.caption]
     store = Store(config.db_path(), config.cache_dir())
     try:
@@ -154,10 +161,6 @@ def test_project_caches_the_layout_the_map_page_opens_with(env_store: str, capsy
 def test_project_above_the_umap_limit_makes_the_sampled_layout_the_map_asks_for(
     env_store: str, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
-
     from core import reduce
 
     monkeypatch.setattr(reduce, "LARGE_MAP_THRESHOLD", 4)  # d has 8 images
@@ -166,12 +169,7 @@ def test_project_above_the_umap_limit_makes_the_sampled_layout_the_map_asks_for(
     out = json.loads(printed.out)
     assert out["method"] == "umap-sampled" and out["params"]["sample_size"] == 20_000 and out["cached"] is False
     assert "8 points is more than a full UMAP fit handles" in printed.err
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app.py"), default_timeout=60)
-    at.session_state["rl_dataset"], at.session_state["rl_encoder_key"] = "d", env_store
-    at.run()
-    at.switch_page("pages/map.py")
-    at.run()
-    assert not at.exception
+    at = open_map(env_store)
     captions = [c.value for c in at.caption]
     assert any("UMAP (sampled)" in c and "loaded from cache" in c for c in captions), captions
     sized = run_json(

@@ -63,6 +63,20 @@ def submit_job(kind: str, dataset: str | None, params: dict[str, Any], *, key: s
     return job_id
 
 
+def await_job(dataset: str, kind: str, params: dict[str, Any], explanation: str, *, key: str) -> None:
+    """What a page shows while the result it needs is made by a job: the job started (or the running
+    one joined; if the last one with these parameters stopped, it is offered to resume instead),
+    ``explanation`` (Markdown), and its live panel, which reruns the page when it ends."""
+
+    def jobs() -> list[Job]:
+        return page_jobs(dataset, kind, match=lambda job: job.params == params)
+
+    if not jobs():
+        submit_job(kind, dataset, params, key=key)
+    st.info(explanation, icon=":material/hourglass_top:")
+    watch_jobs(lambda: [job.job_id for job in jobs()], key=key)
+
+
 def resume_job(job_id: str, *, key: str) -> str:
     get_runner().resume(job_id)
     watched()[job_id] = key

@@ -12,9 +12,8 @@ from typing import Any
 
 import streamlit as st
 
-from core.jobs import Job
 from core.reduce import Projection, layout_for_size
-from ui.jobs import page_jobs, submit_job, unwatch, watch_jobs
+from ui.jobs import await_job, unwatch
 from ui.resources import DatasetView
 from ui.text import md_escape
 
@@ -67,19 +66,12 @@ def page_layout(
 
 
 def layout_job_panel(dataset: str, key: str, method: str, params: dict[str, Any], n_points: int, *, panel: str) -> None:
-    """Start the layout job (or join the one running, started here, elsewhere or from a terminal)
-    unless the last one with these settings failed or was cancelled: then offer to resume it."""
-    wanted = {"encoder_key": key, "method": method, "params": params}
-
-    def jobs() -> list[Job]:
-        return page_jobs(dataset, "layout", match=lambda job: job.params == wanted)
-
-    if not jobs():
-        submit_job("layout", dataset, wanted, key=panel)
-    st.info(
+    await_job(
+        dataset,
+        "layout",
+        {"encoder_key": key, "method": method, "params": params},
         f"Laying out **{n_points:,} points** of {md_escape(dataset)} with {method_name(method)} takes a while, so it "
         "runs on the server as a job: it goes on if you leave this page or close the tab (the Jobs page lists it), "
         "and the map appears here when it ends.",
-        icon=":material/hourglass_top:",
+        key=panel,
     )
-    watch_jobs(lambda: [job.job_id for job in jobs()], key=panel)

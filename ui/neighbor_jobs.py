@@ -9,11 +9,8 @@ seconds.
 
 from __future__ import annotations
 
-import streamlit as st
-
 from core import neighbors
-from core.jobs import Job
-from ui.jobs import page_jobs, submit_job, unwatch, watch_jobs
+from ui.jobs import await_job, unwatch
 from ui.resources import DatasetView
 from ui.text import md_escape
 
@@ -25,19 +22,14 @@ def neighbor_index_ready(view: DatasetView, key: str, n_vectors: int, *, panel: 
     if n_vectors < neighbors.ANN_THRESHOLD or neighbors.cached_index_exists(store.cache_dir, key, view.dataset):
         unwatch(panel)
         return True
-    wanted = {"encoder_key": key}
-
-    def jobs() -> list[Job]:
-        return page_jobs(view.dataset, "index", match=lambda job: job.params == wanted)
-
-    if not jobs():
-        submit_job("index", view.dataset, wanted, key=panel)
-    st.info(
+    await_job(
+        view.dataset,
+        "index",
+        {"encoder_key": key},
         f"Searching **{n_vectors:,} vectors** of {md_escape(view.dataset)} needs an approximate-neighbour index. "
         "It is built once, on the server, as a job (a few minutes at a million vectors): it goes on if you leave "
         "this page or close the tab, then stays on disk and is updated as images are added. Searches then take "
         "milliseconds, and every similarity shown is an exact cosine.",
-        icon=":material/hourglass_top:",
+        key=panel,
     )
-    watch_jobs(lambda: [job.job_id for job in jobs()], key=panel)
     return False
