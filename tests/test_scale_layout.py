@@ -34,6 +34,31 @@ def test_points_outside_the_sample_land_beside_their_own_cluster() -> None:
     np.testing.assert_array_equal(coords, reduce.SampledUMAPReducer(sample_size=1_000, random_state=7).fit_transform(x))
 
 
+def test_a_placed_point_sits_at_the_sharp_membership_mean_of_its_nearest_sampled_points() -> None:
+    """The placement recomputed here with exact cosine neighbours (sklearn), not usearch."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x, _ = _clusters(2_500, seed=5)
+    coords = reduce.SampledUMAPReducer(sample_size=1_000, random_state=11).fit_transform(x)
+    sample = np.sort(np.random.RandomState(11).choice(2_500, 1_000, replace=False))
+    rest = np.setdiff1d(np.arange(2_500), sample)
+    distances, found = NearestNeighbors(n_neighbors=5, metric="cosine").fit(x[sample]).kneighbors(x[rest])
+    excess = distances - distances[:, :1]
+    weights = np.exp(-excess / np.maximum(0.25 * excess.mean(axis=1, keepdims=True), 1e-6))
+    expected = (weights[:, :, None] * coords[sample][found]).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+    # usearch stores the sample at half precision: a near-tie may swap, so nearly every point, not all.
+    close = np.linalg.norm(coords[rest] - expected, axis=1) < 1e-2 * np.ptp(coords, axis=0).max()
+    assert close.mean() >= 0.98
+    with pytest.raises(InvalidInputError, match="placement_neighbors=0"):
+        reduce.SampledUMAPReducer(sample_size=1_000, placement_neighbors=0).fit_transform(x)
+    # Another placement is another layout, so another cache key.
+    params = reduce.SampledUMAPReducer().get_params()
+    assert params["placement_neighbors"] == 5
+    assert reduce.projection_key(["h"], "e", "umap-sampled", params) != reduce.projection_key(
+        ["h"], "e", "umap-sampled", {**params, "placement_neighbors": 15}
+    )
+
+
 def test_below_the_sample_size_it_is_plain_umap() -> None:
     x, _ = _clusters(300, seed=1)
     sampled = reduce.SampledUMAPReducer(n_neighbors=10, sample_size=1_000, random_state=3).fit_transform(x)
