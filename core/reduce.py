@@ -270,8 +270,7 @@ class SampledUMAPReducer(Reducer):
         rest = np.setdiff1d(np.arange(n), sample, assume_unique=True)
         # Counted from here only: the rate (and so the ETA) is that of placing points, not of the fit.
         self._report(0, len(rest), f"Placing the other {len(rest):,} points beside their nearest sampled ones")
-        k = min(self.placement_neighbors, self.sample_size)
-        neighbours, distances = _nearest_in_sample(X, sample, rest, self.metric, k, self._report)
+        neighbours, distances = _nearest_in_sample(X, sample, rest, self.metric, self.placement_neighbors, self._report)
         coords[rest] = _weighted_positions(coords[sample], neighbours, distances)
         return coords
 
