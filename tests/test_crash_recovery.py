@@ -99,7 +99,7 @@ def per_key_counts(store: Store, table_sql: str, params: list[object]) -> dict[s
 def test_embed_killed_three_times_then_rerun_embeds_each_image_exactly_once(
     tmp_path: Path, isolated_env: dict[str, str]
 ) -> None:
-    n = 360
+    n = 480
     files = make_folder(tmp_path / "imgs", n)
     expected = {xxhash.xxh3_128_hexdigest(data): rel for rel, data in files.items()}  # what the scan must hold
     assert len(expected) == n
@@ -119,9 +119,10 @@ def test_embed_killed_three_times_then_rerun_embeds_each_image_exactly_once(
         proc = spawn(command, tmp_path / f"embed{attempt}", env)
         if attempt == 0:  # right after it starts its run: opening, the first chunks
             reached = wait_until(lambda: (store.runs("embed")["status"] == "running").any(), proc)
-        else:  # once a random number of new vectors is in; two thirds stay to do, so neither a slow
-            # poll under load nor the kill's random delay lets the command finish them first
-            target = min(n // 3, start + int(rng.integers(8, 48)))
+        else:  # once a random number of new vectors is in (always more than the killed runs left, so
+            # this command has opened its own run); each kill leaves hundreds to do, so neither a slow
+            # poll under load nor the kill's random delay lets the command finish them all first
+            target = start + int(rng.integers(8, 48))
             reached = wait_until(lambda: store.count_embeddings(key) >= target, proc)  # noqa: B023
         if reached and proc.poll() is None:
             flagged_while_running.append(unfinished_extractions(store, "d"))
